@@ -1,0 +1,1 @@
+"""Benchmarks: each `main()` prints one JSON object (console scripts `vidgpt-bench-*`)."""

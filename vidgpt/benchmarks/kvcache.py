@@ -1,0 +1,147 @@
+"""Long-video generation with and without the temporal kv-cache, in one run; prints one JSON object.
+
+    vidgpt-bench-kvcache                      # defaults: `small` flavor, under two minutes on 2 CPU cores
+    vidgpt-bench-kvcache --flavor xl --latent-size 32 --frames 80 --chunk 8 --window 25 --steps 50
+
+Reports wall time of both (`cache_s`, `no_cache_s`, `speedup`), the analytic FLOP ratio of the two
+generations (`flop_ratio`: no-cache / cache), and `max_abs_diff` / `max_rel_diff` between the two
+videos over the frames generated before the cache's first eviction (after it they differ by design).
+The model has random (untrained, non-zero) weights. Rectified flow is the default process because
+DDIM with an untrained network amplifies round-off by 1/sqrt(alpha_bar) (~150 at t=999); `--process
+ddpm` still reports the relative difference faithfully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import torch
+
+from vidgpt.attention import flash_available
+from vidgpt.diffusion import GaussianDiffusion, RectifiedFlow
+from vidgpt.model import FLAVORS, VidGPT, count_params
+from vidgpt.sampling import frames_before_eviction, generate, generation_flops
+from vidgpt.testing import randomize_weights_
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="vidgpt-bench-kvcache",
+        description="Time autoregressive generation with and without the kv-cache; print one JSON object.",
+    )
+    ap.add_argument("--flavor", choices=sorted(FLAVORS), default="small", help="model size (default: small)")
+    ap.add_argument("--frames", type=int, default=16, help="frames to generate after the prompt (default: 16)")
+    ap.add_argument("--prompt-frames", type=int, default=1, help="clean prompt frames (default: 1)")
+    ap.add_argument("--chunk", type=int, default=4, help="frames denoised together (default: 4)")
+    ap.add_argument("--window", type=int, default=8, help="kv-cache window in frames (default: 8)")
+    ap.add_argument("--steps", type=int, default=6, help="denoising steps per chunk (default: 6)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of weights, prompt and noise (default: 0)")
+    ap.add_argument("--latent-size", type=int, default=32, help="latent height = width (default: 32, i.e. 256px video)")
+    ap.add_argument("--batch", type=int, default=1, help="videos generated together (default: 1)")
+    ap.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale; != 1 adds a null-text branch")
+    ap.add_argument("--process", choices=("flow", "ddpm"), default="flow", help="diffusion process (default: flow)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
+    args = ap.parse_args(argv)
+    for name in ("frames", "prompt_frames", "chunk", "window", "steps", "latent_size", "batch"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def _timed(fn, device: torch.device):  # noqa: ANN001, ANN202
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)
+    cfg = FLAVORS[args.flavor]
+    model = randomize_weights_(VidGPT(cfg), seed=args.seed).to(device=device, dtype=dtype).eval()
+    diffusion = RectifiedFlow() if args.process == "flow" else GaussianDiffusion()
+    gen = torch.Generator().manual_seed(args.seed)
+    shape = (args.batch, args.prompt_frames, cfg.in_channels, args.latent_size, args.latent_size)
+    prompt = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    text = None
+    if args.cfg_scale != 1.0:
+        text = torch.randn(args.batch, cfg.text_len, cfg.text_dim, generator=gen).to(device=device, dtype=dtype)
+    common = dict(chunk=args.chunk, window=args.window, steps=args.steps)
+
+    def run_once(use_cache: bool, frames: int = args.frames, steps: int = args.steps) -> torch.Tensor:
+        noise = torch.Generator(device=device).manual_seed(args.seed + 1)
+        return generate(
+            model, diffusion, prompt, frames, text=text, cfg_scale=args.cfg_scale, use_cache=use_cache,
+            generator=noise, chunk=args.chunk, window=args.window, steps=steps,
+        )
+
+    run_once(True, frames=2 * args.chunk, steps=1)  # warm-up (allocator, kernels); not timed
+    cached, cache_s = _timed(lambda: run_once(True), device)
+    uncached, no_cache_s = _timed(lambda: run_once(False), device)
+
+    flops = {
+        use: generation_flops(model, prompt, args.frames, use_cache=use, guided=text is not None, **common)
+        for use in (True, False)
+    }
+    n_same = frames_before_eviction(args.prompt_frames, args.frames, chunk=args.chunk, window=args.window)
+    lo, hi = args.prompt_frames, args.prompt_frames + n_same
+    diff = (cached[:, lo:hi].float() - uncached[:, lo:hi].float()).abs()
+    scale = uncached[:, lo:hi].float().abs().max().clamp_min(1e-30)
+    max_abs = float(diff.max()) if n_same else 0.0
+    flop_ratio = flops[False] / flops[True]
+    speedup = no_cache_s / cache_s
+    return {
+        "benchmark": "kvcache",
+        "flavor": args.flavor,
+        "params": count_params(cfg),
+        "latent": [cfg.in_channels, args.latent_size, args.latent_size],
+        "batch": args.batch,
+        "prompt_frames": args.prompt_frames,
+        "frames": args.frames,
+        "chunk": args.chunk,
+        "window": args.window,
+        "steps": args.steps,
+        "process": args.process,
+        "cfg_scale": args.cfg_scale,
+        "device": str(device),
+        "dtype": args.dtype,
+        "attention_kernel": "flash" if (device.type == "cuda" and flash_available() and dtype != torch.float32) else "sdpa",
+        "threads": torch.get_num_threads(),
+        "cache_s": round(cache_s, 4),
+        "no_cache_s": round(no_cache_s, 4),
+        "speedup": round(speedup, 4),
+        "cache_gflop": round(flops[True] / 1e9, 3),
+        "no_cache_gflop": round(flops[False] / 1e9, 3),
+        "flop_ratio": round(flop_ratio, 4),
+        "speedup_over_flop_ratio": round(speedup / flop_ratio, 4),
+        "cache_gflops_per_s": round(flops[True] / cache_s / 1e9, 2),
+        "no_cache_gflops_per_s": round(flops[False] / no_cache_s / 1e9, 2),
+        "frames_compared": n_same,
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_abs / float(scale) if n_same else 0.0,
+        "goal_speedup": speedup >= 0.8 * flop_ratio,
+        "goal_diff": max_abs <= 1e-4,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    result = run(parse_args(argv))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

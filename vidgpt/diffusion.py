@@ -1,0 +1,291 @@
+"""Diffusion processes and the frame-as-prompt training objective, separate from the network.
+
+Two processes share one small interface (native time units differ, the network sees `model_time`):
+- `GaussianDiffusion`: the paper's DDPM: 1000 steps, linear betas, epsilon prediction; DDIM sampling
+  with any number of steps (eta=0 deterministic, eta=1 ancestral-like).
+- `RectifiedFlow`: x_t = (1 - t) x0 + t eps, velocity (eps - x0) prediction, Euler sampling.
+
+Frame as prompt: a clip of L frames is split into P clean prompt frames (timestep 0, optionally lightly
+noised while still labelled 0) and L - P noisy frames; the loss is averaged over noisy frames only.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Predictor = Callable[..., Tensor]
+
+
+# ----------------------------------------------------------------------------- prompt lengths
+
+
+@dataclass(frozen=True)
+class PromptSampling:
+    """How many clean prompt frames a training clip gets; drawn once per batch."""
+
+    rule: Literal["uniform", "chunked"] = "uniform"
+    """uniform: P in [min_len, L-1]; chunked: P in {1, 1+chunk, 1+2*chunk, ...} below L."""
+    min_len: int = 1
+    """Smallest prompt length of the uniform rule."""
+    chunk: int = 8
+    """Step of the chunked rule (the paper: 8, giving {1, 9, 17, 25} for L = 33)."""
+
+    def __post_init__(self) -> None:
+        if self.rule not in ("uniform", "chunked"):
+            raise ValueError(f"prompt rule must be 'uniform' or 'chunked', got {self.rule!r}")
+        if self.min_len < 1 or self.chunk < 1:
+            raise ValueError(f"prompt min_len and chunk must be >= 1, got {self.min_len}, {self.chunk}")
+
+    def choices(self, clip_len: int) -> list[int]:
+        """Every prompt length the rule allows for clips of `clip_len` frames (at least one noisy frame)."""
+        if self.rule == "uniform":
+            out = list(range(self.min_len, clip_len))
+        else:
+            out = list(range(1, clip_len, self.chunk))
+        if not out:
+            raise ValueError(f"clips of {clip_len} frames leave no room for a prompt under {self}")
+        return out
+
+    def sample(self, clip_len: int, generator: torch.Generator | None = None) -> int:
+        options = self.choices(clip_len)
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+class Diffusion(ABC):
+    """A forward noising process, its training target and a deterministic sampler."""
+
+    @abstractmethod
+    def sample_time(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """Training timesteps (batch,) in native units."""
+
+    @abstractmethod
+    def time_at(self, fraction: Tensor) -> Tensor:
+        """Native time at a fraction in [0, 1] of the way from clean to pure noise."""
+
+    @abstractmethod
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x_t from clean x0 (B, T, C, H, W), noise of the same shape and per-frame t (B, T)."""
+
+    @abstractmethod
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the network is trained to predict."""
+
+    @abstractmethod
+    def model_time(self, t: Tensor) -> Tensor:
+        """The timestep values fed to the network (0 = clean, up to ~1000)."""
+
+    @abstractmethod
+    def schedule(self, steps: int) -> list[tuple[float, float]]:
+        """Sampling as (t, t_next) pairs from pure noise down to clean."""
+
+    @abstractmethod
+    def step(self, pred: Tensor, x: Tensor, t: float, t_next: float, noise: Tensor | None = None) -> Tensor:
+        """One sampling update x_t -> x_{t_next} given the network's prediction at t."""
+
+    def needs_step_noise(self) -> bool:
+        return False
+
+    def training_loss(
+        self,
+        model: Predictor,
+        x0: Tensor,
+        prompt_len: int,
+        *,
+        generator: torch.Generator | None = None,
+        valid: Tensor | None = None,
+        text: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        text_drop_prob: float = 0.0,
+        prompt_noise: tuple[float, float] = (0.0, 0.0),
+    ) -> Tensor:
+        """Frame-as-prompt loss of one batch.
+
+        x0: clean latents (B, L, C, H, W); prompt_len: P clean prompt frames (1 <= P < L);
+        valid: (B, L) bool, False for padding frames (excluded from the loss);
+        text_drop_prob: probability that a sample's caption becomes the null embedding (CFG);
+        prompt_noise: (lo, hi) fraction of the noise range used to lightly noise prompt frames,
+        which still carry timestep 0. (0, 0) keeps them clean.
+        """
+        B, L = x0.shape[:2]
+        if not 0 < prompt_len < L:
+            raise ValueError(f"prompt_len must be in [1, {L - 1}] for clips of {L} frames, got {prompt_len}")
+        device = x0.device
+        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        is_prompt = (torch.arange(L, device=device) < prompt_len).expand(B, L)  # (B, L)
+        t_noisy = self.sample_time(B, generator, device)  # (B,)
+        t = torch.where(is_prompt, torch.zeros_like(t_noisy)[:, None], t_noisy[:, None])  # (B, L)
+
+        lo, hi = prompt_noise
+        if hi > 0:  # noise augmentation of prompt frames, still labelled t = 0
+            u = lo + (hi - lo) * torch.rand(B, generator=generator, device=device)
+            prompt_in = self.add_noise(x0, noise, self.time_at(u)[:, None].expand(B, L))
+        else:
+            prompt_in = x0
+        x_in = torch.where(is_prompt[:, :, None, None, None], prompt_in, self.add_noise(x0, noise, t))
+
+        drop = None
+        if text is not None and text_drop_prob > 0:
+            drop = torch.rand(B, generator=generator, device=device) < text_drop_prob
+        pred = model(x_in, self.model_time(t), text=text, text_mask=text_mask, drop_text=drop)
+        return frame_prompt_loss(pred, self.target(x0, noise, t), prompt_len, valid)
+
+
+class GaussianDiffusion(Diffusion):
+    """DDPM with linear betas and epsilon prediction; native time: integer step 0..num_steps-1."""
+
+    def __init__(
+        self, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, eta: float = 0.0
+    ) -> None:
+        if num_steps < 2 or not 0 < beta_start < beta_end < 1:
+            raise ValueError(f"bad DDPM schedule: num_steps={num_steps}, betas=({beta_start}, {beta_end})")
+        self.num_steps = num_steps
+        self.eta = eta  # DDIM stochasticity at sampling
+        betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)  # (num_steps,), float64
+
+    def _abar(self, t: Tensor) -> Tensor:
+        return self.alphas_cumprod.to(t.device)[t.long()]
+
+    def sample_time(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        return torch.randint(self.num_steps, (batch,), generator=generator, device=device)
+
+    def time_at(self, fraction: Tensor) -> Tensor:
+        return torch.round(fraction.clamp(0, 1) * (self.num_steps - 1)).long()
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        abar = self._abar(t)[:, :, None, None, None]  # (B, T, 1, 1, 1)
+        return (abar.sqrt() * x0 + (1 - abar).sqrt() * noise).to(x0.dtype)
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        return noise
+
+    def model_time(self, t: Tensor) -> Tensor:
+        return t.float()
+
+    def schedule(self, steps: int) -> list[tuple[float, float]]:
+        if not 1 <= steps <= self.num_steps:
+            raise ValueError(f"DDIM steps must be in [1, {self.num_steps}], got {steps}")
+        ts = [self.num_steps - 1]
+        if steps > 1:
+            ts = torch.linspace(self.num_steps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
+        nxt = ts[1:] + [-1]  # -1: fully clean
+        return [(float(a), float(b)) for a, b in zip(ts, nxt)]
+
+    def step(self, pred: Tensor, x: Tensor, t: float, t_next: float, noise: Tensor | None = None) -> Tensor:
+        """DDIM update with eta = 0 when noise is None, else with the given eta-scaled noise."""
+        abar = float(self.alphas_cumprod[int(t)])
+        abar_next = 1.0 if t_next < 0 else float(self.alphas_cumprod[int(t_next)])
+        x0 = (x - math.sqrt(1 - abar) * pred) / math.sqrt(abar)
+        sigma = 0.0
+        if noise is not None and t_next >= 0:
+            sigma = self.eta * math.sqrt((1 - abar_next) / (1 - abar) * (1 - abar / abar_next))
+        out = math.sqrt(abar_next) * x0 + math.sqrt(max(1 - abar_next - sigma**2, 0.0)) * pred
+        if sigma:
+            out = out + sigma * noise
+        return out
+
+    def needs_step_noise(self) -> bool:
+        return self.eta > 0
+
+
+class RectifiedFlow(Diffusion):
+    """Rectified flow; native time t in [0, 1] (0 = clean, 1 = noise); velocity target eps - x0."""
+
+    def sample_time(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        return torch.rand(batch, generator=generator, device=device)
+
+    def time_at(self, fraction: Tensor) -> Tensor:
+        return fraction.clamp(0, 1).float()
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        tt = t.to(x0.dtype)[:, :, None, None, None]
+        return (1 - tt) * x0 + tt * noise
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        return noise - x0
+
+    def model_time(self, t: Tensor) -> Tensor:
+        return t.float() * 1000.0
+
+    def schedule(self, steps: int) -> list[tuple[float, float]]:
+        if steps < 1:
+            raise ValueError(f"flow sampling needs >= 1 step, got {steps}")
+        ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+        return list(zip(ts[:-1], ts[1:]))
+
+    def step(self, pred: Tensor, x: Tensor, t: float, t_next: float, noise: Tensor | None = None) -> Tensor:
+        return x + (t_next - t) * pred
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def frame_prompt_loss(pred: Tensor, target: Tensor, prompt_len: int, valid: Tensor | None = None) -> Tensor:
+    """Mean squared error over noisy frames only.
+
+    pred, target: (B, L, C, H, W); frames < prompt_len are prompts and contribute nothing (their
+    gradient is exactly zero); valid: (B, L) bool masks padding frames out as well.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    B, L = pred.shape[:2]
+    per_frame = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, L)
+    keep = (torch.arange(L, device=pred.device) >= prompt_len).expand(B, L)
+    if valid is not None:
+        if valid.shape != (B, L):
+            raise ValueError(f"valid mask must be (B, L)={(B, L)}, got {tuple(valid.shape)}")
+        keep = keep & valid.bool()
+    count = keep.sum()
+    return torch.where(keep, per_frame, torch.zeros_like(per_frame)).sum() / count.clamp_min(1)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Which process, its schedule, and the frame-as-prompt training options."""
+
+    process: Literal["ddpm", "flow"] = "ddpm"
+    """ddpm: the paper's epsilon-prediction DDPM; flow: rectified flow (velocity prediction)."""
+    num_steps: int = 1000
+    """DDPM training steps."""
+    beta_start: float = 1e-4
+    """DDPM linear beta schedule start."""
+    beta_end: float = 0.02
+    """DDPM linear beta schedule end."""
+    ddim_eta: float = 0.0
+    """DDIM stochasticity at sampling (0 = deterministic)."""
+    prompt_noise: tuple[float, float] = (0.0, 0.0)
+    """Light noise on prompt frames as a (lo, hi) fraction of the noise range; paper: (0.05, 0.1)."""
+    text_drop_prob: float = 0.1
+    """Probability of replacing a caption by the null embedding in training (CFG)."""
+    prompt: PromptSampling = PromptSampling()
+    """Prompt-length rule."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.prompt_noise
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"prompt_noise must satisfy 0 <= lo <= hi <= 1, got {self.prompt_noise}")
+        if not 0 <= self.text_drop_prob <= 1:
+            raise ValueError(f"text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
+        if self.ddim_eta < 0:
+            raise ValueError(f"ddim_eta must be >= 0, got {self.ddim_eta}")
+
+
+def build_diffusion(cfg: DiffusionConfig) -> Diffusion:
+    if cfg.process == "ddpm":
+        return GaussianDiffusion(cfg.num_steps, cfg.beta_start, cfg.beta_end, cfg.ddim_eta)
+    if cfg.process == "flow":
+        return RectifiedFlow()
+    raise ValueError(f"diffusion process must be 'ddpm' or 'flow', got {cfg.process!r}")

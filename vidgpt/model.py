@@ -1,0 +1,490 @@
+"""ViD-GPT: a causal spatial-temporal diffusion transformer (STDiT) on video latents.
+
+Pure model math: no I/O, no logging, no distributed code.
+
+    from vidgpt.model import FLAVORS, VidGPT
+    model = VidGPT(FLAVORS["tiny"])
+    eps = model(x, t)            # x: (B, T, C, H, W) latents, t: (B, T) per-frame timesteps
+
+Each block: spatial self-attention inside every frame (bidirectional) -> causal temporal
+self-attention across frames at every spatial position (RoPE on temporal q/k) -> cross-attention to
+text (optional) -> MLP. adaLN-single modulation from per-frame timesteps, so clean prompt frames carry
+t=0 while noisy frames carry t. Frame i of the output depends only on frames <= i of the input, which
+is what makes the temporal kv-cache (`vidgpt.kv_cache`) exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+from vidgpt.attention import attention
+from vidgpt.kv_cache import TemporalKVCache
+
+NUM_MODULATIONS = 9  # (shift, scale, gate) x (spatial attention, temporal attention, MLP)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a ViD-GPT network."""
+
+    depth: int
+    """Number of STDiT blocks."""
+    hidden: int
+    """Token width."""
+    heads: int
+    """Attention heads (hidden must divide by heads; head dim must be even for RoPE)."""
+    patch: int = 2
+    """Spatial patch size p; patches are (1, p, p): no temporal patching, one token row per frame."""
+    in_channels: int = 4
+    """Latent channels C (4 for the SD VAE, 3 for the identity codec)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of `hidden`."""
+    text_dim: int = 4096
+    """Width of the text-encoder embeddings (T5-XXL: 4096); 0 disables cross-attention."""
+    text_len: int = 120
+    """Most text tokens a caption may have (length of the learned null embedding)."""
+    freq_dim: int = 256
+    """Width of the sinusoidal timestep features."""
+    rope_theta: float = 10000.0
+    """RoPE base of the temporal attention."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("depth", "hidden", "heads", "patch", "in_channels", "freq_dim"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.heads >= 1 and self.hidden % self.heads:
+            problems.append(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        elif self.heads >= 1 and (self.hidden // self.heads) % 2:
+            problems.append(f"head dim hidden/heads={self.hidden // self.heads} must be even for RoPE")
+        if self.text_dim < 0 or (self.text_dim > 0 and self.text_len < 1):
+            problems.append(f"text_dim={self.text_dim}, text_len={self.text_len}: need text_dim >= 0, text_len >= 1")
+        if self.mlp_ratio <= 0:
+            problems.append(f"mlp_ratio must be > 0 (got {self.mlp_ratio})")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden * self.mlp_ratio)
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch * self.patch * self.in_channels
+
+
+FLAVORS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(depth=2, hidden=32, heads=2, text_dim=16, text_len=8),
+    "small": ModelConfig(depth=12, hidden=384, heads=6),
+    "base": ModelConfig(depth=12, hidden=768, heads=12),
+    "xl": ModelConfig(depth=28, hidden=1152, heads=16),  # the paper's STDiT-XL/2
+}
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of (possibly fractional) timesteps: (...,) -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float().unsqueeze(-1) * freqs  # (..., half)
+    feats = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        feats = F.pad(feats, (0, 1))
+    return feats
+
+
+def sincos_2d(h: int, w: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Fixed 2D sin-cos positions of an h x w token grid: (h*w, dim), row-major like the patch order."""
+    if dim % 4:
+        raise ValueError(f"2D sin-cos positions need hidden divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float32),
+        torch.arange(w, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    out = []
+    for coord in (ys.reshape(-1), xs.reshape(-1)):
+        angles = coord[:, None] * omega[None, :]  # (h*w, quarter)
+        out += [torch.sin(angles), torch.cos(angles)]
+    return torch.cat(out, dim=1)
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of RoPE angles for integer positions (T,) -> each (T, 1, head_dim/2)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, E/2), float64: exact at large T
+    return torch.cos(angles).float()[:, None, :], torch.sin(angles).float()[:, None, :]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (N, T, H, E) by per-frame angles (T, 1, E/2) (half-split pairing)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """Per-frame timesteps (B, T) -> (B, T, hidden)."""
+
+    def __init__(self, hidden: int, freq_dim: int) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        feats = timestep_features(t, self.freq_dim).to(self.mlp[0].weight.dtype)
+        return self.mlp(feats)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim if out is None else out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, L, D) -> q, k, v each (N, L, H, E)."""
+        q, k, v = rearrange(self.qkv(x), "N L (K H E) -> K N L H E", K=3, H=self.heads)
+        return q, k, v
+
+    def out(self, o: torch.Tensor) -> torch.Tensor:
+        return self.proj(rearrange(o, "N L H E -> N L (H E)"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_heads(x)
+        return self.out(attention(q, k, v))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, N, D) queries; context: (B, L, D); mask: (B, L) True = valid token."""
+        q = rearrange(self.q(x), "B N (H E) -> B N H E", H=self.heads)
+        k, v = rearrange(self.kv(context), "B L (K H E) -> K B L H E", K=2, H=self.heads)
+        o = attention(q, k, v, key_mask=mask)
+        return self.proj(rearrange(o, "B N H E -> B N (H E)"))
+
+
+KV = tuple[torch.Tensor, torch.Tensor]
+Rope = tuple[torch.Tensor, torch.Tensor]
+
+
+class STDiTBlock(nn.Module):
+    """Spatial attention -> causal temporal attention -> cross-attention -> MLP, on (B, T, S, D)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.hidden
+        self.norm_s = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.attn_s = SelfAttention(d, cfg.heads)
+        self.norm_t = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.attn_t = SelfAttention(d, cfg.heads)
+        if cfg.text_dim:
+            self.norm_c = nn.LayerNorm(d, eps=1e-6)
+            self.attn_c = CrossAttention(d, cfg.heads)
+        self.norm_m = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(d, cfg.mlp_hidden)
+        self.scale_shift_table = nn.Parameter(torch.zeros(NUM_MODULATIONS, d))
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        mod: torch.Tensor,
+        rope: Rope,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+        past: KV | None,
+    ) -> tuple[torch.Tensor, KV]:
+        """h: (B, T, S, D); mod: (B, T, 9, D) shared adaLN-single input; rope: cos/sin (T, 1, E/2);
+        past: cached temporal (k, v), each (B*S, Tc, H, E). Returns h and this call's temporal (k, v)."""
+        B, T, S, D = h.shape
+        m = (mod + self.scale_shift_table).unsqueeze(2)  # (B, T, 1, 9, D): broadcast over S
+        sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m = m.unbind(dim=3)  # each (B, T, 1, D)
+
+        # spatial: bidirectional inside each frame
+        xs = rearrange(modulate(self.norm_s(h), sh_s, sc_s), "B T S D -> (B T) S D")
+        h = h + g_s * rearrange(self.attn_s(xs), "(B T) S D -> B T S D", B=B)
+
+        # temporal: causal across frames at each spatial position, RoPE on q/k, cached keys first
+        xt = rearrange(modulate(self.norm_t(h), sh_t, sc_t), "B T S D -> (B S) T D")
+        q, k, v = self.attn_t.qkv_heads(xt)  # (B*S, T, H, E)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        new_kv = (k, v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)  # (B*S, Tc+T, H, E)
+        o = self.attn_t.out(attention(q, k, v, causal=True))  # (B*S, T, D)
+        h = h + g_t * rearrange(o, "(B S) T D -> B T S D", B=B)
+
+        # text: every token attends to the caption (no mixing across frames)
+        if context is not None:
+            xc = rearrange(self.norm_c(h), "B T S D -> B (T S) D")
+            h = h + rearrange(self.attn_c(xc, context, context_mask), "B (T S) D -> B T S D", T=T)
+
+        h = h + g_m * self.mlp(modulate(self.norm_m(h), sh_m, sc_m))
+        return h, new_kv
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.hidden, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.zeros(2, cfg.hidden))
+        self.linear = nn.Linear(cfg.hidden, cfg.patch_dim)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """h: (B, T, S, D), temb: (B, T, D) -> (B, T, S, p*p*C)."""
+        shift, scale = (self.scale_shift_table + temb.unsqueeze(2)).unsqueeze(2).unbind(dim=3)
+        return self.linear(modulate(self.norm(h), shift, scale))
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class VidGPT(nn.Module):
+    """The ViD-GPT network. `forward(x, t)` predicts noise (or velocity) of x's shape."""
+
+    block_class = STDiTBlock  # the unit of activation checkpointing and of ZeRO-3 prefetch
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.activation_checkpointing = False
+        d = cfg.hidden
+        self.x_embedder = nn.Linear(cfg.patch_dim, d)
+        self.t_embedder = TimestepEmbedder(d, cfg.freq_dim)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, NUM_MODULATIONS * d))
+        if cfg.text_dim:
+            self.y_embedder = Mlp(cfg.text_dim, d, d)  # caption projection
+            self.null_text = nn.Parameter(torch.zeros(cfg.text_len, cfg.text_dim))
+        self.blocks = nn.ModuleList(STDiTBlock(cfg) for _ in range(cfg.depth))
+        self.final = FinalLayer(cfg)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Every initialisation in one place. Gates, cross-attention outputs and the output layer start at
+        zero, so each block (and the model's prediction) starts as the identity (zero)."""
+        d = self.cfg.hidden
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+        nn.init.zeros_(self.t_block[1].weight)  # adaLN-single: starts from the per-block tables
+        for block in self.blocks:
+            table = torch.randn(NUM_MODULATIONS, d) / d**0.5
+            table[2::3] = 0.0  # gates: g_s, g_t, g_m
+            block.scale_shift_table.data.copy_(table)
+            if self.cfg.text_dim:
+                nn.init.zeros_(block.attn_c.proj.weight)
+        self.final.scale_shift_table.data.copy_(torch.randn(2, d) / d**0.5)
+        nn.init.zeros_(self.final.linear.weight)
+        if self.cfg.text_dim:
+            nn.init.normal_(self.null_text, std=self.cfg.text_dim**-0.5)
+
+    def _text_context(
+        self,
+        batch: int,
+        text: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        drop_text: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Project text to (B, text_len, D) with mask (B, text_len) or None (all valid).
+
+        Captions shorter than text_len are padded (and masked); missing or dropped text is the learned
+        null embedding of full length, so unconditional calls match caption dropout in training."""
+        cfg = self.cfg
+        if not cfg.text_dim:
+            if text is not None or drop_text is not None:
+                raise ValueError("this model has text_dim=0 (no cross-attention) but text was given")
+            return None, None
+        if text is None:
+            if text_mask is not None or drop_text is not None:
+                raise ValueError("text_mask/drop_text given without text")
+            return self.y_embedder(self.null_text).expand(batch, -1, -1), None
+        if text.ndim != 3 or text.shape[0] != batch or text.shape[2] != cfg.text_dim or text.shape[1] > cfg.text_len:
+            raise ValueError(
+                f"text must be (B={batch}, L<={cfg.text_len}, {cfg.text_dim}), got {tuple(text.shape)}"
+            )
+        L = text.shape[1]
+        if text_mask is None:
+            text_mask = torch.ones(batch, L, dtype=torch.bool, device=text.device)
+        elif text_mask.shape != (batch, L):
+            raise ValueError(f"text_mask must be (B, L)={(batch, L)}, got {tuple(text_mask.shape)}")
+        text_mask = text_mask.bool()
+        if L < cfg.text_len:  # pad to text_len: (B, L, E) -> (B, text_len, E)
+            text = F.pad(text, (0, 0, 0, cfg.text_len - L))
+            text_mask = F.pad(text_mask, (0, cfg.text_len - L), value=False)
+        if drop_text is not None:
+            if drop_text.shape != (batch,):
+                raise ValueError(f"drop_text must be (B,)={(batch,)}, got {tuple(drop_text.shape)}")
+            text = torch.where(drop_text[:, None, None], self.null_text.to(text.dtype), text)
+            text_mask = text_mask | drop_text[:, None]
+        if not bool(text_mask.any(dim=1).all()):
+            raise ValueError("text_mask has a row with no valid token; pass drop_text or text=None instead")
+        if bool(text_mask.all()):
+            text_mask = None  # nothing to mask: lets attention use its fastest kernel
+        return self.y_embedder(text), text_mask
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
+        cache: TemporalKVCache | None = None,
+        write_cache: bool = False,
+        frame_offset: int = 0,
+    ) -> torch.Tensor:
+        """Predict the diffusion target for every frame.
+
+        x: (B, T, C, H, W) latents; t: (B, T) per-frame timesteps (0 = clean; prompt frames carry 0).
+        text: (B, L, text_dim) embeddings, text_mask: (B, L) True = valid; text=None means unconditional.
+        drop_text: (B,) True replaces that sample's text by the null embedding (CFG dropout).
+        cache: temporal keys/values of earlier frames; the frames of x come right after them.
+        write_cache: append this call's frames to the cache (call it with clean frames and t=0).
+        frame_offset: absolute index of x's first frame when no cache is given (RoPE positions).
+        Returns (B, T, C, H, W).
+        """
+        cfg = self.cfg
+        if x.ndim != 5 or x.shape[2] != cfg.in_channels or x.shape[3] % cfg.patch or x.shape[4] % cfg.patch:
+            raise ValueError(
+                f"x must be (B, T, C={cfg.in_channels}, H, W) with H, W divisible by patch={cfg.patch}; "
+                f"got {tuple(x.shape)}"
+            )
+        B, T, _, H, W = x.shape
+        if t.shape != (B, T):
+            raise ValueError(f"t must hold one timestep per frame, (B, T)={(B, T)}; got {tuple(t.shape)}")
+        if write_cache and cache is None:
+            raise ValueError("write_cache=True needs a cache")
+        hp, wp = H // cfg.patch, W // cfg.patch
+
+        tokens = rearrange(x, "B T C (h p) (w q) -> B T (h w) (p q C)", p=cfg.patch, q=cfg.patch)
+        h = self.x_embedder(tokens) + sincos_2d(hp, wp, cfg.hidden, x.device).to(x.dtype)  # (B, T, S, D)
+        temb = self.t_embedder(t)  # (B, T, D)
+        mod = rearrange(self.t_block(temb), "B T (K D) -> B T K D", K=NUM_MODULATIONS)
+        context, context_mask = self._text_context(B, text, text_mask, drop_text)
+        start = cache.next_position if cache is not None else frame_offset
+        rope = rope_angles(torch.arange(start, start + T, device=x.device), cfg.head_dim, cfg.rope_theta)
+
+        for i, block in enumerate(self.blocks):
+            past = cache.get(i) if cache is not None else None
+            if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
+                h, kv = checkpoint(block, h, mod, rope, context, context_mask, past, use_reentrant=False)
+            else:
+                h, kv = block(h, mod, rope, context, context_mask, past)
+            if write_cache:
+                cache.extend(i, *kv)
+        if write_cache:
+            cache.advance(T)
+
+        out = self.final(h, temb)  # (B, T, S, p*p*C)
+        return rearrange(out, "B T (h w) (p q C) -> B T C (h p) (w q)", h=hp, p=cfg.patch, q=cfg.patch)
+
+
+# ----------------------------------------------------------------------------- accounting
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    params: int
+    """Trainable parameters."""
+    flops: int
+    """Forward FLOPs (2 per multiply-add) of matmuls and attention (dense score matrices)."""
+    attention_flops: int
+    """The part of `flops` spent in attention score/value products."""
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameters of VidGPT(cfg), computed from the config alone (no model is built)."""
+    d, m, f = cfg.hidden, cfg.mlp_hidden, cfg.freq_dim
+    linear = lambda i, o: i * o + o  # noqa: E731
+    n = linear(cfg.patch_dim, d) + linear(f, d) + linear(d, d) + linear(d, NUM_MODULATIONS * d)
+    if cfg.text_dim:
+        n += linear(cfg.text_dim, d) + linear(d, d) + cfg.text_len * cfg.text_dim
+    block = NUM_MODULATIONS * d + 2 * (linear(d, 3 * d) + linear(d, d)) + linear(d, m) + linear(m, d)
+    if cfg.text_dim:
+        block += 2 * d + linear(d, d) + linear(d, 2 * d) + linear(d, d)
+    return n + cfg.depth * block + 2 * d + linear(d, cfg.patch_dim)
+
+
+def model_stats(
+    cfg: ModelConfig,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    cached_frames: int = 0,
+) -> ModelStats:
+    """Parameters and forward FLOPs of one call on a (batch, frames, C, height, width) latent clip.
+
+    cached_frames: frames already in the kv-cache that the temporal attention also reads.
+    Captions are always padded to cfg.text_len tokens.
+    """
+    d, m, p = cfg.hidden, cfg.mlp_hidden, cfg.patch
+    if height % p or width % p:
+        raise ValueError(f"latent size {height}x{width} is not divisible by patch={p}")
+    S = (height // p) * (width // p)
+    frame_rows = batch * frames
+    N = frame_rows * S  # tokens
+    L = cfg.text_len if cfg.text_dim else 0
+
+    mm = 2 * N * cfg.patch_dim * d  # patch embedding
+    mm += 2 * frame_rows * (cfg.freq_dim * d + d * d + d * NUM_MODULATIONS * d)  # t embedder + t_block
+    mm += 2 * N * d * cfg.patch_dim  # output layer
+    if L:
+        mm += 2 * batch * L * (cfg.text_dim * d + d * d)  # caption projection
+    per_block = 2 * N * (2 * (3 * d * d + d * d) + 2 * d * m)  # spatial + temporal attn projections, MLP
+    attn = 4 * frame_rows * S * S * d  # spatial scores and values
+    attn += 4 * batch * S * frames * (cached_frames + frames) * d  # temporal (dense, incl. cached keys)
+    if L:
+        per_block += 2 * N * 2 * d * d + 2 * batch * L * 2 * d * d  # cross q, proj; text k, v
+        attn += 4 * N * L * d
+    total_attn = cfg.depth * attn
+    return ModelStats(
+        params=count_params(cfg),
+        flops=mm + cfg.depth * per_block + total_attn,
+        attention_flops=total_attn,
+    )
+

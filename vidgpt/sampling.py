@@ -1,0 +1,173 @@
+"""Autoregressive long-video generation with (or, for reference, without) the temporal kv-cache.
+
+    video = generate(model, diffusion, prompt, num_frames=64, chunk=8, window=25, steps=50)
+
+With the cache: the prompt frames are written to a per-block cache of temporal keys/values by one
+clean (t=0) pass; every denoising step runs the network on the current chunk only, attending to
+cache + chunk; a finished chunk is written to the cache by one more clean pass. The cache is a
+sliding window of at most `window` frames. Without the cache, every denoising step recomputes the
+whole window: the last `window` finished frames at t=0 followed by the chunk. The two agree to
+float32 round-off until the first eviction, after which they differ by design (cached keys of
+deeper blocks remember evicted frames).
+
+Classifier-free guidance batches the conditional and the null-text branch together: rows [0, B) of
+every call (and of the cache) are the conditional branch, rows [B, 2B) the null-text branch, so the
+null-text branch has its own cache entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vidgpt.diffusion import Diffusion
+from vidgpt.kv_cache import TemporalKVCache
+from vidgpt.model import VidGPT, model_stats
+
+
+def chunks(prompt_frames: int, num_frames: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """(first frame index, size) of each generated chunk; the last one may be shorter."""
+    for start in range(prompt_frames, prompt_frames + num_frames, chunk):
+        yield start, min(chunk, prompt_frames + num_frames - start)
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    new_frames: int
+    """Frames the network runs on."""
+    cached_frames: int
+    """Frames whose cached keys/values the temporal attention also reads."""
+
+
+def model_calls(
+    prompt_frames: int, num_frames: int, *, chunk: int, window: int, steps: int, use_cache: bool
+) -> list[ModelCall]:
+    """Every network call `generate` makes, in order (for FLOP accounting)."""
+    calls: list[ModelCall] = []
+    if use_cache:
+        calls.append(ModelCall(prompt_frames, 0))
+    plan = list(chunks(prompt_frames, num_frames, chunk))
+    for i, (start, size) in enumerate(plan):
+        context = min(start, window)  # finished frames visible to this chunk
+        if use_cache:
+            calls += [ModelCall(size, context)] * steps
+            if i + 1 < len(plan):
+                calls.append(ModelCall(size, context))  # write the finished chunk
+        else:
+            calls += [ModelCall(context + size, 0)] * steps
+    return calls
+
+
+def generation_flops(
+    model: VidGPT, prompt: Tensor, num_frames: int, *, chunk: int, window: int, steps: int,
+    use_cache: bool, guided: bool = False,
+) -> int:
+    """Analytic forward FLOPs of one `generate` call."""
+    B, P, _, H, W = prompt.shape
+    return sum(
+        model_stats(
+            model.cfg, c.new_frames, H, W, batch=B * (2 if guided else 1),
+            cached_frames=c.cached_frames,
+        ).flops
+        for c in model_calls(P, num_frames, chunk=chunk, window=window, steps=steps, use_cache=use_cache)
+    )
+
+
+@torch.no_grad()
+def generate(
+    model: VidGPT,
+    diffusion: Diffusion,
+    prompt: Tensor,
+    num_frames: int,
+    *,
+    chunk: int,
+    window: int,
+    steps: int,
+    text: Tensor | None = None,
+    text_mask: Tensor | None = None,
+    cfg_scale: float = 1.0,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """Generate `num_frames` frames after `prompt` (B, P, C, H, W); returns (B, P + num_frames, C, H, W).
+
+    chunk: frames denoised together; window: most finished frames a chunk attends to (the cache size);
+    steps: denoising steps per chunk; cfg_scale != 1 applies classifier-free guidance against the null
+    text (needs `text`); progress(frames_done, num_frames) is called after each chunk.
+    """
+    if prompt.ndim != 5 or prompt.shape[1] < 1:
+        raise ValueError(f"prompt must be (B, P>=1, C, H, W) latents, got {tuple(prompt.shape)}")
+    if chunk < 1 or window < 1 or steps < 1 or num_frames < 0:
+        raise ValueError(f"need chunk, window, steps >= 1 and num_frames >= 0; got {chunk}, {window}, {steps}, {num_frames}")
+    guided = cfg_scale != 1.0
+    if guided and text is None:
+        raise ValueError("classifier-free guidance (cfg_scale != 1) needs text")
+    B, P = prompt.shape[:2]
+    schedule = diffusion.schedule(steps)
+
+    # conditioning of every call; with CFG rows [B, 2B) are the null-text branch
+    cond: dict[str, Tensor | None] = {"text": text, "text_mask": text_mask}
+    rows = B
+    if guided:
+        rows = 2 * B
+        cond = {
+            "text": torch.cat([text, text]),
+            "text_mask": None if text_mask is None else torch.cat([text_mask, text_mask]),
+            "drop_text": torch.arange(2 * B, device=prompt.device) >= B,
+        }
+
+    def both(x: Tensor) -> Tensor:
+        return torch.cat([x, x]) if guided else x
+
+    def net(x: Tensor, t: Tensor, **kw: object) -> Tensor:
+        return model(both(x), t.expand(rows, -1), **cond, **kw)
+
+    def guide(out: Tensor) -> Tensor:
+        if not guided:
+            return out
+        c, u = out.chunk(2)
+        return u + cfg_scale * (c - u)
+
+    def zeros(n: int) -> Tensor:
+        return torch.zeros(1, n, device=prompt.device)
+
+    cache = TemporalKVCache(window) if use_cache else None
+    if cache is not None:
+        net(prompt, zeros(P), cache=cache, write_cache=True)
+
+    frames = [prompt]
+    done = 0
+    plan = list(chunks(P, num_frames, chunk))
+    for i, (start, size) in enumerate(plan):
+        shape = (B, size, *prompt.shape[2:])
+        x = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)
+        context = torch.cat(frames, dim=1)[:, -window:] if cache is None else None  # (B, <=W, C, H, W)
+        for t, t_next in schedule:
+            t_model = diffusion.model_time(torch.full((1, size), t, device=prompt.device))
+            if cache is not None:
+                out = net(x, t_model, cache=cache)
+            else:
+                n_ctx = context.shape[1]
+                t_all = torch.cat([zeros(n_ctx), t_model], dim=1)
+                out = net(torch.cat([context, x], dim=1), t_all, frame_offset=start - n_ctx)[:, n_ctx:]
+            noise = None
+            if diffusion.needs_step_noise():
+                noise = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)
+            x = diffusion.step(guide(out), x, t, t_next, noise)
+        frames.append(x)
+        if cache is not None and i + 1 < len(plan):
+            net(x, zeros(size), cache=cache, write_cache=True)
+        done += size
+        if progress is not None:
+            progress(done, num_frames)
+    return torch.cat(frames, dim=1)
+
+
+def frames_before_eviction(prompt_frames: int, num_frames: int, *, chunk: int, window: int) -> int:
+    """How many generated frames were denoised while the cache had evicted nothing; on these, cached
+    and uncached generation must agree to round-off."""
+    return sum(size for start, size in chunks(prompt_frames, num_frames, chunk) if start <= window)
