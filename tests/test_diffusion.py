@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from vidgpt.diffusion import (
+    DiffusionConfig,
+    GaussianDiffusion,
+    PromptSampling,
+    RectifiedFlow,
+    build_diffusion,
+    frame_prompt_loss,
+)
+
+from conftest import tiny_model
+
+PROCESSES = [GaussianDiffusion(), RectifiedFlow()]
+
+
+# ----------------------------------------------------------------------------- prompt lengths
+
+
+def test_uniform_rule_covers_its_range() -> None:
+    rule = PromptSampling("uniform", min_len=3)
+    g = torch.Generator().manual_seed(0)
+    draws = Counter(rule.sample(10, g) for _ in range(2000))
+    assert set(draws) == set(range(3, 10))  # [p_min, L-1], every value reached
+    assert min(draws.values()) > 2000 / 7 * 0.7  # roughly uniform
+
+
+def test_chunked_rule_matches_the_paper() -> None:
+    rule = PromptSampling("chunked", chunk=8)
+    assert rule.choices(33) == [1, 9, 17, 25]
+    g = torch.Generator().manual_seed(0)
+    assert {rule.sample(33, g) for _ in range(500)} == {1, 9, 17, 25}
+    assert PromptSampling("chunked", chunk=4).choices(10) == [1, 5, 9]
+
+
+def test_prompt_rule_errors() -> None:
+    with pytest.raises(ValueError, match="no room for a prompt"):
+        PromptSampling("uniform", min_len=5).choices(5)
+    with pytest.raises(ValueError, match="'uniform' or 'chunked'"):
+        PromptSampling("random")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=">= 1"):
+        PromptSampling("chunked", chunk=0)
+
+
+def test_prompt_sampling_is_seeded() -> None:
+    rule = PromptSampling()
+    a = [rule.sample(17, torch.Generator().manual_seed(5)) for _ in range(3)]
+    b = [rule.sample(17, torch.Generator().manual_seed(5)) for _ in range(3)]
+    assert a == b
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def test_ddpm_schedule_is_the_papers() -> None:
+    d = GaussianDiffusion()
+    assert d.num_steps == 1000
+    betas = 1 - d.alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), d.alphas_cumprod[:-1]])
+    torch.testing.assert_close(betas[[0, -1]], torch.tensor([1e-4, 0.02], dtype=torch.float64))
+    assert torch.allclose(betas[1:] - betas[:-1], torch.full((999,), (0.02 - 1e-4) / 999, dtype=torch.float64))
+    sched = d.schedule(10)
+    assert len(sched) == 10 and sched[0][0] == 999 and sched[-1] == (0.0, -1.0)
+    assert all(a > b for a, b in sched)
+
+
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+@pytest.mark.parametrize("steps", [1, 3, 20])
+def test_sampler_recovers_x0_from_an_oracle(diffusion, steps: int) -> None:  # noqa: ANN001
+    """With the exact target as prediction, sampling from pure noise lands exactly on x0."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 3, 4, 4, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t0 = diffusion.schedule(steps)[0][0]
+    x = diffusion.add_noise(x0, noise, torch.full((2, 3), t0, dtype=torch.float64))
+    for t, t_next in diffusion.schedule(steps):
+        tt = torch.full((2, 3), t, dtype=torch.float64)
+        pred = diffusion.target(x0, noise, tt)
+        x = diffusion.step(pred, x, t, t_next)
+    torch.testing.assert_close(x, x0, atol=1e-8, rtol=1e-8)
+
+
+def test_build_diffusion_and_config_errors() -> None:
+    assert isinstance(build_diffusion(DiffusionConfig()), GaussianDiffusion)
+    assert isinstance(build_diffusion(DiffusionConfig(process="flow")), RectifiedFlow)
+    with pytest.raises(ValueError, match="prompt_noise"):
+        DiffusionConfig(prompt_noise=(0.2, 0.1))
+    with pytest.raises(ValueError, match="text_drop_prob"):
+        DiffusionConfig(text_drop_prob=1.5)
+    with pytest.raises(ValueError, match="'ddpm' or 'flow'"):
+        build_diffusion(DiffusionConfig(process="edm"))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_loss_ignores_prompt_frames() -> None:
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(3, 8, 4, 4, 4, generator=g, requires_grad=True)
+    target = torch.randn(3, 8, 4, 4, 4, generator=g)
+    loss = frame_prompt_loss(pred, target, prompt_len=3)
+    loss.backward()
+    assert pred.grad[:, :3].abs().max() == 0
+    assert (pred.grad[:, 3:] != 0).all()
+    # prompt targets may be anything, even non-finite, without touching the loss
+    target2 = target.clone()
+    target2[:, :3] = float("inf")
+    assert frame_prompt_loss(pred, target2, prompt_len=3) == loss
+    want = (pred[:, 3:] - target[:, 3:]).pow(2).mean()
+    torch.testing.assert_close(loss, want)
+
+
+def test_loss_ignores_padding_frames() -> None:
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(2, 6, 1, 2, 2, generator=g, requires_grad=True)
+    target = torch.randn(2, 6, 1, 2, 2, generator=g)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    loss = frame_prompt_loss(pred, target, 2, valid)
+    loss.backward()
+    assert pred.grad[1, 4:].abs().max() == 0 and pred.grad[0, 4:].abs().min() > 0
+    per_frame = (pred - target).pow(2).mean(dim=(2, 3, 4))
+    torch.testing.assert_close(loss, torch.cat([per_frame[0, 2:], per_frame[1, 2:4]]).mean())
+
+
+class Recorder(torch.nn.Module):
+    """Wraps the tiny model and records what the loss fed it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_model()
+        self.calls: list[dict] = []
+
+    def forward(self, x, t, **kw):  # noqa: ANN001, ANN003, ANN201
+        self.calls.append({"x": x.detach().clone(), "t": t.clone(), **kw})
+        return self.net(x, t, **kw)
+
+
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+def test_training_loss_feeds_clean_prompts_at_t0(diffusion) -> None:  # noqa: ANN001
+    model = Recorder()
+    x0 = torch.randn(4, 6, 4, 8, 8)
+    loss = diffusion.training_loss(model, x0, 2, generator=torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    call = model.calls[0]
+    assert torch.equal(call["x"][:, :2], x0[:, :2])  # prompt frames clean
+    assert (call["x"][:, 2:] - x0[:, 2:]).abs().mean() > 0.1  # the rest noised
+    assert torch.equal(call["t"][:, :2], torch.zeros(4, 2))
+    # one noise level per sample for all its noisy frames
+    assert (call["t"][:, 2:] == call["t"][:, 2:3]).all()
+    assert call["t"][:, 2:].max() > 0
+
+
+def test_training_loss_prompt_noise_keeps_label_zero() -> None:
+    model = Recorder()
+    x0 = torch.randn(4, 6, 4, 8, 8)
+    d = GaussianDiffusion()
+    d.training_loss(model, x0, 3, prompt_noise=(0.05, 0.1), generator=torch.Generator().manual_seed(0))
+    call = model.calls[0]
+    assert torch.equal(call["t"][:, :3], torch.zeros(4, 3))
+    delta = (call["x"][:, :3] - x0[:, :3]).abs().mean()
+    assert 0.01 < delta < 1.0  # lightly noised: t in [50, 100] has sqrt(1 - abar) ~ 0.07..0.14
+
+
+def test_training_loss_text_dropout_and_determinism() -> None:
+    model = Recorder()
+    x0 = torch.randn(64, 3, 4, 8, 8)
+    text = torch.randn(64, 5, 16)
+    d = RectifiedFlow()
+    a = d.training_loss(model, x0, 1, text=text, text_drop_prob=0.5, generator=torch.Generator().manual_seed(3))
+    b = d.training_loss(model, x0, 1, text=text, text_drop_prob=0.5, generator=torch.Generator().manual_seed(3))
+    assert a == b
+    drops = model.calls[0]["drop_text"]
+    assert torch.equal(drops, model.calls[1]["drop_text"])
+    assert 10 < int(drops.sum()) < 54
+    c = d.training_loss(model, x0, 1, text=text, text_drop_prob=0.5, generator=torch.Generator().manual_seed(4))
+    assert c != a
+    with pytest.raises(ValueError, match="prompt_len"):
+        d.training_loss(model, x0, 3)
+
+
+def test_training_step_reduces_loss() -> None:
+    """The objective is trainable end to end: a few AdamW steps on one batch lower it."""
+    torch.manual_seed(0)
+    model = tiny_model().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    d = GaussianDiffusion()
+    x0 = torch.randn(2, 4, 4, 8, 8)
+
+    def loss_at(seed: int) -> torch.Tensor:
+        return d.training_loss(model, x0, 1, generator=torch.Generator().manual_seed(seed))
+
+    with torch.no_grad():
+        before = sum(float(loss_at(s)) for s in range(4))
+    for step in range(30):
+        opt.zero_grad()
+        loss_at(step % 4).backward()
+        opt.step()
+    with torch.no_grad():
+        after = sum(float(loss_at(s)) for s in range(4))
+    assert after < 0.8 * before

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vidgpt.attention import Backend, use_backend
+from vidgpt.benchmarks import kvcache as bench
+from vidgpt.diffusion import GaussianDiffusion, RectifiedFlow
+from vidgpt.kv_cache import TemporalKVCache
+from vidgpt.sampling import (
+    ModelCall,
+    frames_before_eviction,
+    generate,
+    generation_flops,
+    model_calls,
+)
+
+from conftest import tiny_model
+
+PROCESSES = [GaussianDiffusion(), RectifiedFlow()]
+B, C, H, W = 2, 4, 8, 8
+
+
+def _prompt(frames: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(B, frames, C, H, W, generator=torch.Generator().manual_seed(frames)).to(dtype)
+
+
+def _gen(model, diffusion, prompt, n, **kw):  # noqa: ANN001, ANN003, ANN202
+    return generate(model, diffusion, prompt, n, generator=torch.Generator().manual_seed(11), **kw)
+
+
+def _assert_roundoff(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal to float32 round-off, relative to the values' scale (DDIM amplifies an untrained network's
+    output by up to 1/sqrt(alpha_bar) ~ 150, so frames reach magnitudes of hundreds)."""
+    scale = b.abs().max().clamp_min(1.0)
+    assert (a - b).abs().max() <= 2e-6 * scale, float((a - b).abs().max() / scale)
+
+
+# (prompt length, chunk, window, frames): the cache never evicts while these frames are generated
+NO_EVICTION = [(1, 1, 8, 7), (1, 2, 8, 8), (3, 4, 12, 9), (2, 3, 11, 9), (5, 5, 10, 5)]
+
+
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+@pytest.mark.parametrize("P,chunk,window,n", NO_EVICTION)
+def test_cache_equals_no_cache_before_eviction(diffusion, P: int, chunk: int, window: int, n: int) -> None:  # noqa: ANN001
+    model = tiny_model(text=False)
+    assert frames_before_eviction(P, n, chunk=chunk, window=window) == n
+    prompt = _prompt(P)
+    common = dict(chunk=chunk, window=window, steps=4)
+    cached = _gen(model, diffusion, prompt, n, use_cache=True, **common)
+    plain = _gen(model, diffusion, prompt, n, use_cache=False, **common)
+    assert cached.shape == (B, P + n, C, H, W)
+    assert torch.equal(cached[:, :P], prompt)
+    _assert_roundoff(cached, plain)
+
+
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+def test_cache_equals_no_cache_in_float64(diffusion) -> None:  # noqa: ANN001
+    """Without float32 round-off the two paths are the same computation."""
+    model = tiny_model(text=True, dtype=torch.float64)
+    prompt = _prompt(2, torch.float64)
+    text = torch.randn(B, 5, 16, dtype=torch.float64)
+    kw = dict(chunk=3, window=9, steps=5, text=text)
+    a = _gen(model, diffusion, prompt, 7, use_cache=True, **kw)
+    b = _gen(model, diffusion, prompt, 7, use_cache=False, **kw)
+    torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+def test_cfg_with_cache_equals_cfg_without(diffusion) -> None:  # noqa: ANN001
+    model = tiny_model(text=True)
+    prompt = _prompt(2)
+    text = torch.randn(B, 6, 16)
+    mask = torch.ones(B, 6, dtype=torch.bool)
+    mask[0, 4:] = False
+    kw = dict(chunk=2, window=8, steps=4, text=text, text_mask=mask, cfg_scale=4.0)
+    guided = _gen(model, diffusion, prompt, 6, use_cache=True, **kw)
+    _assert_roundoff(guided, _gen(model, diffusion, prompt, 6, use_cache=False, **kw))
+    # guidance does something: it differs from the conditional sample
+    plain = _gen(model, diffusion, prompt, 6, **{**kw, "cfg_scale": 1.0})
+    assert (guided - plain).abs().max() > 1e-3 * plain.abs().max()
+
+
+def test_cfg_combines_two_separately_run_branches() -> None:
+    """The batched CFG sampler equals guidance computed from two independent model calls (each branch
+    with its own cache) by hand, on one denoising step."""
+    model = tiny_model(text=True)
+    diffusion = RectifiedFlow()
+    prompt, text, s = _prompt(2), torch.randn(B, 4, 16), 3.0
+    out = _gen(model, diffusion, prompt, 2, chunk=2, window=4, steps=1, text=text, cfg_scale=s)
+    x = torch.randn(B, 2, C, H, W, generator=torch.Generator().manual_seed(11))
+    t = diffusion.model_time(torch.full((B, 2), 1.0))
+    with torch.no_grad():
+        branch = {}
+        for name, txt in (("cond", text), ("null", None)):
+            cache = TemporalKVCache(4)
+            model(prompt, torch.zeros(B, 2), text=txt, cache=cache, write_cache=True)
+            branch[name] = model(x, t, text=txt, cache=cache)
+    v = branch["null"] + s * (branch["cond"] - branch["null"])
+    _assert_roundoff(out[:, 2:], diffusion.step(v, x, 1.0, 0.0))
+
+
+def test_eviction_makes_the_two_differ_and_bounds_the_cache() -> None:
+    model = tiny_model(text=False)
+    diffusion = RectifiedFlow()
+    P, chunk, window, n = 1, 2, 3, 8
+    kept = frames_before_eviction(P, n, chunk=chunk, window=window)
+    assert kept == 4  # chunks starting at frames 1 and 3 see everything; the one at 5 does not
+    a = _gen(model, diffusion, _prompt(P), n, chunk=chunk, window=window, steps=3)
+    b = _gen(model, diffusion, _prompt(P), n, chunk=chunk, window=window, steps=3, use_cache=False)
+    _assert_roundoff(a[:, : P + kept], b[:, : P + kept])
+    assert (a[:, P + kept :] - b[:, P + kept :]).abs().max() > 1e-4
+
+    cache = TemporalKVCache(window)
+    lengths = []
+    with torch.no_grad():
+        for frames in (2, 2, 3, 1):
+            model(torch.randn(1, frames, C, H, W), torch.zeros(1, frames), cache=cache, write_cache=True)
+            lengths.append((cache.length, cache.get(0)[0].shape[1], cache.next_position, cache.evicted))
+    assert lengths == [(2, 2, 2, 0), (3, 3, 4, 1), (3, 3, 7, 4), (3, 3, 8, 5)]
+
+
+def test_cache_keeps_the_newest_frames() -> None:
+    cache = TemporalKVCache(window=3)
+    for start in (0, 2, 4):
+        k = torch.arange(start, start + 2).float().view(1, 2, 1, 1)
+        cache.extend(0, k, k + 100)
+        cache.advance(2)
+    k, v = cache.get(0)
+    assert k.flatten().tolist() == [3.0, 4.0, 5.0] and v.flatten().tolist() == [103.0, 104.0, 105.0]
+    with pytest.raises(ValueError, match="batch size or image size changed"):
+        cache.extend(0, torch.zeros(2, 1, 1, 1), torch.zeros(2, 1, 1, 1))
+    with pytest.raises(ValueError, match="window"):
+        TemporalKVCache(0)
+
+
+def test_prompt_longer_than_window() -> None:
+    model = tiny_model(text=False)
+    out = _gen(model, RectifiedFlow(), _prompt(6), 4, chunk=2, window=3, steps=2)
+    assert out.shape == (B, 10, C, H, W) and torch.isfinite(out).all()
+
+
+def test_seeded_sampling_is_deterministic() -> None:
+    model = tiny_model()
+    prompt = _prompt(2)
+    kw = dict(chunk=2, window=6, steps=3)
+    a = _gen(model, GaussianDiffusion(), prompt, 5, **kw)
+    b = _gen(model, GaussianDiffusion(), prompt, 5, **kw)
+    assert torch.equal(a, b)
+    c = generate(model, GaussianDiffusion(), prompt, 5, generator=torch.Generator().manual_seed(12), **kw)
+    assert not torch.equal(a[:, 2:], c[:, 2:])
+    # stochastic DDIM (eta = 1) is seeded too
+    d1 = _gen(model, GaussianDiffusion(eta=1.0), prompt, 5, **kw)
+    d2 = _gen(model, GaussianDiffusion(eta=1.0), prompt, 5, **kw)
+    assert torch.equal(d1, d2) and not torch.equal(d1, a)
+
+
+def test_model_calls_and_flops_match_what_generate_runs() -> None:
+    """The call plan used for FLOP accounting is exactly what the sampler runs, and its FLOPs are
+    exactly what a FLOP counter measures (reference attention kernel, which the counter sees)."""
+    model = tiny_model(text=True)
+    prompt, text = _prompt(2), torch.randn(B, 5, 16)
+    for use_cache in (True, False):
+        seen: list[tuple[int, int]] = []
+
+        def hook(module, args, kwargs, seen=seen):  # noqa: ANN001, ANN202
+            cache = kwargs.get("cache")
+            seen.append((args[0].shape[1], 0 if cache is None else cache.length))
+
+        handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+        kw = dict(chunk=2, window=4, steps=3, use_cache=use_cache)
+        with use_backend(Backend.MATH), FlopCounterMode(display=False) as counter:
+            _gen(model, RectifiedFlow(), prompt, 7, text=text, cfg_scale=2.0, **kw)
+        handle.remove()
+        plan = model_calls(2, 7, chunk=2, window=4, steps=3, use_cache=use_cache)
+        assert seen == [(c.new_frames, c.cached_frames) for c in plan]
+        assert counter.get_total_flops() == generation_flops(model, prompt, 7, guided=True, **kw)
+    assert model_calls(1, 4, chunk=2, window=8, steps=2, use_cache=True) == [
+        ModelCall(1, 0), ModelCall(2, 1), ModelCall(2, 1), ModelCall(2, 1), ModelCall(2, 3), ModelCall(2, 3),
+    ]
+
+
+def test_generate_refuses_bad_arguments() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match="prompt must be"):
+        generate(model, RectifiedFlow(), torch.randn(2, 4, 8, 8), 3, chunk=1, window=2, steps=1)
+    with pytest.raises(ValueError, match="chunk, window, steps >= 1"):
+        generate(model, RectifiedFlow(), _prompt(1), 3, chunk=0, window=2, steps=1)
+    with pytest.raises(ValueError, match="needs text"):
+        generate(model, RectifiedFlow(), _prompt(1), 3, chunk=1, window=2, steps=1, cfg_scale=2.0)
+
+
+def test_kvcache_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--flavor", "tiny", "--latent-size", "8", "--frames", "6", "--chunk", "2", "--window", "4", "--steps", "2"]
+    assert bench.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["frames_compared"] == 4
+    assert result["max_abs_diff"] <= 1e-4
+    assert result["flop_ratio"] > 1.0
+    assert result["cache_s"] > 0 and result["no_cache_s"] > 0
+    assert {"speedup", "flop_ratio", "max_abs_diff", "cache_s", "no_cache_s"} <= result.keys()
