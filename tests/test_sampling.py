@@ -194,7 +194,7 @@ def test_generate_refuses_bad_arguments() -> None:
 
 
 def test_kvcache_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--flavor", "tiny", "--latent-size", "8", "--frames", "6", "--chunk", "2", "--window", "4", "--steps", "2"]
+    args = ["--flavor", "tiny", "--latent-size", "8", "--frames", "6", "--chunk", "2", "--window", "4", "--steps", "2", "--repeats", "1"]
     assert bench.main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["frames_compared"] == 4
@@ -202,3 +202,16 @@ def test_kvcache_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[
     assert result["flop_ratio"] > 1.0
     assert result["cache_s"] > 0 and result["no_cache_s"] > 0
     assert {"speedup", "flop_ratio", "max_abs_diff", "cache_s", "no_cache_s"} <= result.keys()
+
+
+def test_benchmark_script_and_help() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "bench_kvcache.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--flavor", "--frames", "--prompt-frames", "--chunk", "--window", "--steps", "--seed"):
+        assert flag in out
+    bad = subprocess.run([sys.executable, str(script), "--chunk", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--chunk must be >= 1" in bad.stderr
