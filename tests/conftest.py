@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,3 +23,65 @@ def tiny_model(text: bool = True, seed: int = 0, dtype: torch.dtype = torch.floa
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(1234)
+
+
+# ----------------------------------------------------------------------------- a real S3 server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto_server (a real S3-compatible HTTP server) on 127.0.0.1 with a free port; yields its URL and
+    points boto3 at it for the whole session (credentials are dummies moto accepts)."""
+    import shutil
+    import subprocess
+    import time
+    import urllib.request
+
+    exe = shutil.which("moto_server")
+    if exe is None:
+        pytest.skip("moto_server not installed: pip install 'moto[server]'")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not start on {url}")
+            time.sleep(0.2)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AWS_ENDPOINT_URL", url)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    mp.setenv("VIDGPT_S3_MAX_ATTEMPTS", "2")
+    try:
+        yield url
+    finally:
+        mp.undo()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A fresh, empty bucket on the moto server; yields 's3://NAME'."""
+    import uuid
+
+    from data_pipeline.storage import s3_client
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client().create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -1,0 +1,447 @@
+"""vidgpt-encode: turn raw videos into VAE-latent WebDataset shards, once, offline.
+
+    vidgpt-encode videos/ s3://bucket/latents --codec sd-vae --vae stabilityai/sd-vae-ft-ema \\
+        --size 256 --fps 8 --min-frames 17 --max-frames 257
+    vidgpt-encode merge-index s3://bucket/latents
+
+Decoding (PyAV: fps resampling, short-side resize, centre crop, clip splitting) runs in a pool of
+processes ahead of the codec, so the codec (the GPU) never waits on decoding. Finished shards are
+published atomically (uploaded in the background for S3), then committed by a small record; a re-run
+after a crash or kill skips committed inputs and redoes only the unit that was in progress, so every
+input is encoded exactly once. Unusable videos go to failures.jsonl and the run continues. With
+`--num-workers-total N --worker-index W` (defaults from SLURM_ARRAY_TASK_COUNT/ID) N independent
+workers split the input list; when the last one finishes, the index is merged (or run `merge-index`).
+Exit status: 0 done; 1 a shard could not be written or uploaded (re-run to retry); 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from data_pipeline import storage
+from data_pipeline.index import (
+    PROGRESS,
+    SHARDS,
+    DatasetIndexError,
+    InputRecord,
+    UnitRecord,
+    check_job,
+    done_name,
+    merge_index,
+    read_units,
+    shard_name,
+    unit_record_name,
+    worker_tag,
+    write_json,
+)
+from data_pipeline.inputs import InputError, InputItem, inputs_digest, list_inputs, worker_share
+from data_pipeline.shards import Sample, ShardBuilder
+from data_pipeline.video import Clip, DecodeOptions, VideoError, decode_clips
+
+
+@dataclass
+class EncodeConfig:
+    input: str
+    output: str
+    codec: str = "identity"
+    vae: str | None = None
+    height: int = 64
+    width: int = 64
+    fps: float | None = None
+    frame_stride: int = 1
+    min_frames: int = 8
+    max_frames: int = 256
+    shard_samples: int = 256
+    shard_bytes: int = 1 << 30
+    num_workers_total: int = 1
+    worker_index: int = 0
+    decode_workers: int = 2
+    prefetch: int = 4
+    text_encoder: str | None = None
+    device: str | None = None
+    batch_size: int = 8
+    progress: bool = True
+    merge: bool = True
+
+
+@dataclass
+class Summary:
+    worker: int
+    total: int
+    inputs: int = 0  # this worker's share
+    skipped: int = 0  # already committed by an earlier run
+    ok: int = 0
+    failed: int = 0
+    clips: int = 0
+    frames: int = 0
+    bytes: int = 0
+    shards: int = 0
+    publish_errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    codec_s: float = 0.0
+    merged: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["codec_busy_fraction"] = self.codec_s / self.wall_s if self.wall_s else 0.0
+        return d
+
+
+def decode_input(item: InputItem, opts: DecodeOptions) -> tuple[list[Clip] | None, str | None]:
+    """Runs in a decode process: the clips of one input, or the reason it cannot be used."""
+    try:
+        source: Any = item.source
+        if storage.is_s3(source):
+            source = io.BytesIO(storage.read_bytes(source))
+        return decode_clips(source, dataclasses.replace(opts, start=item.start, end=item.end)), None
+    except VideoError as exc:
+        return None, str(exc)
+    except storage.MissingError as exc:
+        return None, f"missing: {exc}"
+
+
+class Progress:
+    """videos/s and frames/s on stderr: a live line on a terminal, a line every 10 s otherwise."""
+
+    def __init__(self, enabled: bool, total: int, tag: str) -> None:
+        self.enabled, self.total, self.tag = enabled, total, tag
+        self.tty = sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+
+    def update(self, s: Summary, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.last < (0.5 if self.tty else 10.0)):
+            return
+        self.last = now
+        dt = max(now - self.start, 1e-9)
+        done = s.ok + s.failed
+        line = (
+            f"[{self.tag}] {done}/{self.total} videos | {done / dt:.2f} videos/s | {s.frames / dt:.1f} frames/s"
+            f" | ok {s.ok} failed {s.failed} | {s.clips} clips in {s.shards} shards"
+        )
+        sys.stderr.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
+        sys.stderr.flush()
+
+
+class Encoder:
+    """One worker's encoding job."""
+
+    def __init__(self, cfg: EncodeConfig) -> None:
+        from data_pipeline.codecs import build_codec
+
+        self.cfg = cfg
+        self.root = cfg.output.rstrip("/") if storage.is_s3(cfg.output) else os.path.abspath(cfg.output)
+        self.opts = DecodeOptions(
+            height=cfg.height, width=cfg.width, fps=cfg.fps, frame_stride=cfg.frame_stride,
+            min_frames=cfg.min_frames, max_frames=cfg.max_frames,
+        )
+        self.items = list_inputs(cfg.input)
+        self.share = worker_share(self.items, cfg.worker_index, cfg.num_workers_total)
+        self.codec = build_codec(cfg.codec, vae=cfg.vae, device=cfg.device, batch_size=cfg.batch_size)
+        self.text = None
+        if cfg.text_encoder:
+            from data_pipeline.text import TextEncoder
+
+            self.text = TextEncoder(cfg.text_encoder, device=cfg.device)
+        self.tag = worker_tag(cfg.worker_index, cfg.num_workers_total)
+        local = not storage.is_s3(self.root)
+        self.staging = (
+            os.path.join(self.root, SHARDS, f".staging-{self.tag}") if local else tempfile.mkdtemp(prefix="vidgpt-enc-")
+        )
+        self.uploader = ThreadPoolExecutor(max_workers=1) if not local else None
+
+    def job(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "codec": self.codec.describe(), "size": [cfg.height, cfg.width], "fps": cfg.fps,
+            "frame_stride": cfg.frame_stride, "min_frames": cfg.min_frames, "max_frames": cfg.max_frames,
+            "num_workers_total": cfg.num_workers_total, "num_inputs": len(self.items),
+            "inputs_sha256": inputs_digest(self.items),
+            "text_encoder": None if self.text is None else {"path": self.cfg.text_encoder, "dim": self.text.dim},
+        }
+
+    def _clean_uncommitted(self, next_seq: int) -> None:
+        """Remove shards of this worker that were published but never committed (a crash in between)."""
+        shutil.rmtree(self.staging, ignore_errors=True) if not storage.is_s3(self.root) else None
+        for uri in storage.list_files(storage.join(self.root, SHARDS)):
+            name = uri.rsplit("/", 1)[-1]
+            if name.startswith(self.tag + "-") and name.endswith(".tar"):
+                if int(name[len(self.tag) + 1 : -4]) >= next_seq:
+                    storage.delete(uri)
+
+    def samples(self, item: InputItem, clips: list[Clip]) -> Iterator[Sample]:
+        text = None
+        if self.text is not None and item.caption:
+            text = self.text.encode([item.caption])[0]
+        describe = self.codec.describe()
+        for i, clip in enumerate(clips):
+            start = time.perf_counter()
+            latents = self.codec.encode(clip.frames)  # (T, C, h, w), scaled
+            self.summary.codec_s += time.perf_counter() - start
+            meta = {
+                "source": item.name, "input_id": item.id, "clip": i, "frame_indices": clip.frame_indices,
+                "fps": clip.fps, "start_time": clip.start_time, "caption": item.caption,
+                "codec": describe["name"], "scale_factor": describe["scale_factor"],
+                "size": [self.cfg.height, self.cfg.width],
+            }
+            yield Sample(key=f"{item.id}-{i:04d}", latents=latents, meta=meta, caption=item.caption, text=text)
+
+    def _publish(self, unit: UnitRecord, local_path: str | None) -> None:
+        """Make the unit's shard visible, then commit the unit (runs on the uploader thread for S3)."""
+        if unit.shard is not None and local_path is not None:
+            target = storage.join(self.root, unit.shard.path)
+            if storage.is_s3(self.root):
+                storage.upload_file(local_path, target)
+                os.unlink(local_path)
+            else:
+                os.replace(local_path, target)
+        write_json(storage.join(self.root, unit_record_name(unit.worker, unit.total, unit.seq)), unit.to_json())
+
+    def run(self) -> Summary:
+        cfg = self.cfg
+        total, worker = cfg.num_workers_total, cfg.worker_index
+        self.summary = s = Summary(worker=worker, total=total, inputs=len(self.share))
+        t0 = time.monotonic()
+        check_job(self.root, self.job())
+        units = read_units(self.root, worker, total)
+        done_ids = {rec.id for u in units for rec in u.inputs}
+        next_seq = max((u.seq for u in units), default=-1) + 1
+        self._clean_uncommitted(next_seq)
+        os.makedirs(self.staging, exist_ok=True)
+        pending = [it for it in self.share if it.id not in done_ids]
+        s.skipped = len(self.share) - len(pending)
+        progress = Progress(cfg.progress, len(pending), self.tag)
+        futures: list[Future[None]] = []
+
+        def finish(unit: UnitRecord, builder: ShardBuilder) -> None:
+            local_path: str | None = str(builder.local_path)
+            if builder.samples:
+                unit.shard = builder.close()
+                s.shards += 1
+                s.bytes += unit.shard.bytes
+            else:
+                builder.abort()
+                local_path = None
+            if self.uploader is not None:
+                futures.append(self.uploader.submit(self._publish, unit, local_path))
+            else:
+                try:
+                    self._publish(unit, local_path)
+                except storage.StorageError as exc:
+                    s.publish_errors.append(str(exc))
+
+        def new_unit(seq: int) -> tuple[UnitRecord, ShardBuilder]:
+            name = shard_name(worker, total, seq)
+            local = os.path.join(self.staging, os.path.basename(name) + ".partial")
+            return UnitRecord(worker, total, seq, None), ShardBuilder(local, name)
+
+        ctx = mp.get_context("spawn")
+        pool = ctx.Pool(cfg.decode_workers) if cfg.decode_workers > 0 and pending else None
+        unit, builder = new_unit(next_seq)
+        try:
+            window: deque[tuple[InputItem, Any]] = deque()
+            todo = iter(pending)
+
+            def submit() -> None:
+                item = next(todo, None)
+                if item is not None:
+                    window.append((item, pool.apply_async(decode_input, (item, self.opts)) if pool else None))
+
+            for _ in range(max(1, cfg.prefetch)):
+                submit()
+            while window:
+                item, job = window.popleft()
+                submit()
+                clips, reason = job.get() if job is not None else decode_input(item, self.opts)
+                if clips is None:
+                    unit.inputs.append(InputRecord(item.id, item.name, "failed", reason))
+                    s.failed += 1
+                else:
+                    n = 0
+                    for sample in self.samples(item, clips):
+                        builder.add(sample)
+                        n += sample.latents.shape[0]
+                    unit.inputs.append(InputRecord(item.id, item.name, "ok", None, len(clips), n))
+                    s.ok += 1
+                    s.clips += len(clips)
+                    s.frames += n
+                progress.update(s)
+                if builder.samples >= cfg.shard_samples or builder.nbytes >= cfg.shard_bytes:
+                    finish(unit, builder)
+                    unit, builder = new_unit(unit.seq + 1)
+            if unit.inputs:
+                finish(unit, builder)
+            else:
+                builder.abort()
+        except BaseException:
+            builder.abort()
+            raise
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+            if self.uploader is not None:
+                for fut in futures:
+                    exc = fut.exception()
+                    if exc is not None:
+                        s.publish_errors.append(str(exc))
+                self.uploader.shutdown()
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+        if not s.publish_errors:
+            self._write_done()
+            if cfg.merge:
+                s.merged = self._merge_if_complete()
+        s.wall_s = time.monotonic() - t0
+        progress.update(s, final=True)
+        return s
+
+    def _write_done(self) -> None:
+        cfg = self.cfg
+        units = read_units(self.root, cfg.worker_index, cfg.num_workers_total)
+        committed = {rec.id for u in units for rec in u.inputs}
+        missing = [it.name for it in self.share if it.id not in committed]
+        if missing:
+            raise DatasetIndexError(f"{len(missing)} inputs of {self.tag} are not committed, e.g. {missing[0]}")
+        write_json(
+            storage.join(self.root, done_name(cfg.worker_index, cfg.num_workers_total)),
+            {
+                "worker": cfg.worker_index, "total": cfg.num_workers_total,
+                "units": [u.seq for u in units],
+                "shards": [u.shard.to_json() for u in units if u.shard is not None],
+                "inputs": {
+                    "ok": sum(r.status == "ok" for u in units for r in u.inputs),
+                    "failed": sum(r.status == "failed" for u in units for r in u.inputs),
+                },
+            },
+        )
+
+    def _merge_if_complete(self) -> bool:
+        total = self.cfg.num_workers_total
+        if all(storage.exists(storage.join(self.root, done_name(w, total))) for w in range(total)):
+            merge_index(self.root)
+            return True
+        return False
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="vidgpt-encode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("input", help="directory of videos (local or s3://, searched recursively) or a .jsonl/.csv manifest")
+    ap.add_argument("output", help="dataset root: local directory or s3://bucket/prefix")
+    ap.add_argument("--codec", choices=("identity", "sd-vae"), default="identity",
+                    help="identity: pixels in [-1, 1] as latents (CPU demo, tests); sd-vae: diffusers AutoencoderKL")
+    ap.add_argument("--vae", help="sd-vae: local directory or hub id of the AutoencoderKL (e.g. stabilityai/sd-vae-ft-ema)")
+    ap.add_argument("--size", type=int, nargs="+", metavar=("H", "W"), default=[64],
+                    help="output frame size: H (square) or H W; short side resized, then centre-cropped (default: 64)")
+    ap.add_argument("--fps", type=float, help="resample to this frame rate (default: keep the source rate)")
+    ap.add_argument("--frame-stride", type=int, default=1, help="then keep every k-th frame (default: 1)")
+    ap.add_argument("--min-frames", type=int, default=8, help="drop clips shorter than this (default: 8)")
+    ap.add_argument("--max-frames", type=int, default=256, help="split videos into clips of at most this many frames (default: 256)")
+    ap.add_argument("--shard-samples", type=int, default=256, help="close a shard at the first video boundary with at least this many clips (default: 256)")
+    ap.add_argument("--shard-mb", type=float, default=1024, help="... or once it holds this many MiB (default: 1024)")
+    ap.add_argument("--num-workers-total", type=int, default=_env_int("SLURM_ARRAY_TASK_COUNT", 1),
+                    help="independent workers splitting the input list (default: $SLURM_ARRAY_TASK_COUNT or 1)")
+    ap.add_argument("--worker-index", type=int, default=None,
+                    help="this worker's index (default: $SLURM_ARRAY_TASK_ID minus $SLURM_ARRAY_TASK_MIN, or 0)")
+    ap.add_argument("--decode-workers", type=int, default=min(4, os.cpu_count() or 1),
+                    help="decoding processes running ahead of the codec; 0 decodes inline (default: min(4, CPUs))")
+    ap.add_argument("--prefetch", type=int, default=None, help="videos decoded ahead (default: 2 x decode workers)")
+    ap.add_argument("--text-encoder", help="local directory of a T5 encoder: store caption embeddings as KEY.text.npy")
+    ap.add_argument("--device", help="codec/text-encoder device (default: cuda if available, else cpu)")
+    ap.add_argument("--batch-size", type=int, default=8, help="frames per VAE batch (default: 8)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    ap.add_argument("--no-merge", action="store_true", help="do not merge index.json when the last worker finishes")
+    return ap
+
+
+def parse_config(argv: list[str]) -> EncodeConfig:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if len(a.size) > 2:
+        ap.error(f"--size takes H or H W, got {len(a.size)} numbers")
+    height, width = a.size[0], a.size[-1]
+    worker = a.worker_index
+    if worker is None:
+        worker = _env_int("SLURM_ARRAY_TASK_ID", 0) - _env_int("SLURM_ARRAY_TASK_MIN", 0)
+    checks = {
+        "--size": min(height, width) >= 1, "--frame-stride": a.frame_stride >= 1,
+        "--min-frames": a.min_frames >= 1, "--max-frames": a.max_frames >= a.min_frames,
+        "--shard-samples": a.shard_samples >= 1, "--shard-mb": a.shard_mb > 0,
+        "--num-workers-total": a.num_workers_total >= 1, "--worker-index": 0 <= worker < a.num_workers_total,
+        "--decode-workers": a.decode_workers >= 0, "--batch-size": a.batch_size >= 1,
+        "--fps": a.fps is None or a.fps > 0,
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        ap.error(
+            f"invalid {bad[0]} (size {a.size}, fps {a.fps}, min/max frames {a.min_frames}/{a.max_frames}, "
+            f"worker {worker} of {a.num_workers_total})"
+        )
+    if a.codec == "sd-vae" and not a.vae:
+        ap.error("--codec sd-vae needs --vae PATH_OR_ID")
+    return EncodeConfig(
+        input=a.input, output=a.output, codec=a.codec, vae=a.vae, height=height, width=width, fps=a.fps,
+        frame_stride=a.frame_stride, min_frames=a.min_frames, max_frames=a.max_frames,
+        shard_samples=a.shard_samples, shard_bytes=int(a.shard_mb * 1024 * 1024),
+        num_workers_total=a.num_workers_total, worker_index=worker, decode_workers=a.decode_workers,
+        prefetch=a.prefetch if a.prefetch is not None else max(2, 2 * a.decode_workers),
+        text_encoder=a.text_encoder, device=a.device, batch_size=a.batch_size,
+        progress=not a.no_progress, merge=not a.no_merge,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["merge-index"]:
+            ap = argparse.ArgumentParser(prog="vidgpt-encode merge-index",
+                                         description="Merge every worker's partial index into index.json.")
+            ap.add_argument("output", help="dataset root: local directory or s3://bucket/prefix")
+            root = ap.parse_args(argv[1:]).output
+            root = root.rstrip("/") if storage.is_s3(root) else os.path.abspath(root)
+            index = merge_index(root)
+            print(f"{storage.join(root, 'index.json')}: {index['num_samples']} samples in {index['num_shards']} "
+                  f"shards; inputs ok {index['inputs']['ok']}, failed {index['inputs']['failed']}")
+            return 0
+        cfg = parse_config(argv)
+        summary = Encoder(cfg).run()
+    except (InputError, DatasetIndexError, storage.StorageError, ValueError) as exc:
+        print(f"vidgpt-encode: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, (InputError, ValueError)) else 1
+    out = summary.to_json()
+    print(json.dumps(out))
+    for err in summary.publish_errors:
+        print(f"vidgpt-encode: error: shard not written: {err}", file=sys.stderr)
+    if summary.failed:
+        print(f"vidgpt-encode: {summary.failed} input(s) could not be used: see "
+              f"{storage.join(cfg.output, 'failures.jsonl')} (after merge) or {storage.join(cfg.output, PROGRESS)}",
+              file=sys.stderr)
+    return 1 if summary.publish_errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

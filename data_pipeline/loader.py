@@ -1,0 +1,414 @@
+"""The trainer's side: stream latent clips from shards, equal per rank, deterministic and resumable.
+
+    loader = LatentLoader(LoaderConfig("s3://bucket/latents", num_frames=33, batch_size=4), rank, world)
+    for batch in loader:            # one epoch; batch["latents"]: (B, T, C, H, W) float16
+        ...
+    state = loader.state_dict()     # save with the checkpoint; load_state_dict(state) resumes exactly
+
+How samples are assigned. An epoch's global sequence is every sample of every shard, shards in a
+seeded per-epoch order. It is cut into `world` equal contiguous parts (one per rank), each cut into
+`num_workers` equal parts (one per DataLoader worker), every part a whole number of batches; the few
+samples left over (fewer than world x workers x batch) sit out that epoch. So every rank yields the
+same number of batches however uneven the shards are, and a distributed job never hangs at an
+epoch's end. Each worker reads its part in blocks of `shuffle_buffer` samples, each fetched with
+ranged reads (one per shard piece, an HTTP Range GET on S3) using the byte offsets in index.json,
+and yields a block in a seeded random order: a shuffle buffer whose state is a pure function of the
+position, which is what makes resume exact without re-reading consumed shards.
+
+Resume. The state is (epoch, batches consumed by this rank, the layout). With the same layout every
+worker skips straight to its next sample. With a different number of ranks or workers, the samples
+not yet consumed in the epoch (the rest of every old worker's part) become the new global sequence
+and are split again, so the epoch continues with each remaining sample seen once.
+
+A corrupt or truncated sample is replaced by the worker's previous good one (so counts stay equal
+across ranks), with a warning; when more than `max_bad_fraction` of a worker's samples are bad the
+loader stops with an error naming the shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_pipeline import storage
+from data_pipeline.index import INDEX, read_json
+from data_pipeline.shards import Sample, ShardError, read_samples, scan_shard
+
+log = logging.getLogger("vidgpt.data")
+
+Segment = tuple[int, int]  # [start, end) positions in an epoch's global sequence
+
+
+class DataError(RuntimeError):
+    """The dataset cannot be read as asked."""
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    source: str
+    """Dataset root (with index.json), an index.json location, or shards: a comma-separated list or a
+    brace pattern such as 'data/shards/w00000-of00001-{000000..000009}.tar' (these are scanned once)."""
+    num_frames: int
+    """Frames per training clip (a random window of longer clips; shorter clips are padded and masked)."""
+    batch_size: int
+    """Clips per batch on each rank."""
+    crop: Literal["random", "whole"] = "random"
+    """random: a random window of num_frames frames; whole: the clip from its first frame, up to num_frames."""
+    shuffle_buffer: int = 256
+    """Samples shuffled together (one block read at a time)."""
+    seed: int = 0
+    """Seed of shard order, shuffling and windows (the same on every rank)."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 reads in the training process)."""
+    max_bad_fraction: float = 0.01
+    """Stop with an error once more than this fraction of a worker's samples were corrupt."""
+    text: bool = True
+    """Return caption embeddings when the samples have them."""
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1 or self.num_workers < 0:
+            raise ValueError(
+                f"LoaderConfig needs num_frames, batch_size, shuffle_buffer >= 1 and num_workers >= 0; got "
+                f"{self.num_frames}, {self.batch_size}, {self.shuffle_buffer}, {self.num_workers}"
+            )
+        if self.crop not in ("random", "whole"):
+            raise ValueError(f"LoaderConfig.crop must be 'random' or 'whole', got {self.crop!r}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f"LoaderConfig.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
+# ----------------------------------------------------------------------------- the shard table
+
+
+@dataclass(frozen=True)
+class ShardTable:
+    uris: list[str]
+    offsets: list[list[int]]  # per shard: sample offsets, then the end of the last sample
+    frames: list[list[int]]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(f) for f in self.frames]
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """'a-{000..003}.tar' -> ['a-000.tar', ..., 'a-003.tar'] (zero padding kept); several braces nest."""
+    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if not m:
+        return [pattern]
+    lo, hi = m.group(1), m.group(2)
+    width = len(lo) if lo.startswith("0") else 0
+    out = []
+    for n in range(int(lo), int(hi) + 1):
+        out += expand_braces(pattern[: m.start()] + str(n).zfill(width) + pattern[m.end() :])
+    return out
+
+
+def load_table(source: str) -> ShardTable:
+    if source.endswith(".tar") or "," in source or "{" in source:
+        uris = [u for part in source.split(",") if part.strip() for u in expand_braces(part.strip())]
+        offsets, frames = [], []
+        log.warning("no index.json given: scanning %d shard(s) once to find their samples", len(uris))
+        for uri in uris:
+            o, f, _ = scan_shard(uri)
+            offsets.append(o)
+            frames.append(f)
+        return ShardTable(uris, offsets, frames)
+    index_uri = source if source.endswith(".json") else storage.join(source, INDEX)
+    root = index_uri.rsplit("/", 1)[0] if storage.is_s3(index_uri) else os.path.dirname(os.path.abspath(index_uri))
+    try:
+        index = read_json(index_uri)
+    except storage.MissingError as exc:
+        raise DataError(f"{index_uri}: no dataset index (encode with vidgpt-encode, or pass shard paths)") from exc
+    shards = [s for s in index["shards"] if s["samples"] > 0]
+    return ShardTable(
+        uris=[storage.join(root, s["path"]) for s in shards],
+        offsets=[s["offsets"] for s in shards],
+        frames=[s["frames"] for s in shards],
+    )
+
+
+# ----------------------------------------------------------------------------- the plan (pure functions)
+
+
+def shard_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5A4D])).permutation(num_shards)
+
+
+def split_equal(segments: list[Segment], parts: int, multiple: int) -> list[list[Segment]]:
+    """Cut a sequence of segments into `parts` consecutive pieces of equal length, a multiple of
+    `multiple`; the remainder at the end is left out."""
+    total = sum(b - a for a, b in segments)
+    each = (total // (parts * multiple)) * multiple
+    out: list[list[Segment]] = []
+    it = iter(segments)
+    cur: Segment | None = next(it, None)
+    for _ in range(parts):
+        need, piece = each, []
+        while need > 0 and cur is not None:
+            a, b = cur
+            take = min(need, b - a)
+            piece.append((a, a + take))
+            need -= take
+            cur = (a + take, b) if a + take < b else next(it, None)
+        out.append(piece)
+    return out
+
+
+def positions(segments: list[Segment]) -> np.ndarray:
+    if not segments:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in segments])
+
+
+def to_segments(pos: np.ndarray) -> list[Segment]:
+    """Sorted-or-not positions -> maximal runs of consecutive values, in order."""
+    out: list[Segment] = []
+    for p in pos.tolist():
+        if out and out[-1][1] == p:
+            out[-1] = (out[-1][0], p + 1)
+        else:
+            out.append((p, p + 1))
+    return out
+
+
+@dataclass(frozen=True)
+class Layout:
+    world: int
+    workers: int  # readers per rank (DataLoader workers, or 1 in-process)
+    batch_size: int
+
+    def reader_segments(self, base: list[Segment], rank: int, worker: int) -> list[Segment]:
+        per_rank = split_equal(base, self.world, self.batch_size * self.workers)[rank]
+        return split_equal(per_rank, self.workers, self.batch_size)[worker]
+
+    def batches_per_rank(self, base: list[Segment]) -> int:
+        total = sum(b - a for a, b in base)
+        return total // (self.world * self.workers * self.batch_size) * self.workers
+
+    def consumed(self, rank_batches: int, worker: int) -> int:
+        """Batches worker `worker` had produced once its rank consumed `rank_batches` (round robin)."""
+        return max(0, (rank_batches - worker + self.workers - 1) // self.workers)
+
+
+def reader_order(
+    base: list[Segment], layout: Layout, rank: int, worker: int, *, seed: int, epoch: int, block: int
+) -> np.ndarray:
+    """Epoch positions in the order one reader yields them: its part, block-shuffled."""
+    pos = positions(layout.reader_segments(base, rank, worker))
+    out = []
+    for b0 in range(0, len(pos), block):
+        chunk = pos[b0 : b0 + block]
+        rng = np.random.default_rng(
+            np.random.SeedSequence([seed, epoch, rank, worker, b0, layout.world, layout.workers])
+        )
+        out.append(chunk[rng.permutation(len(chunk))])
+    return np.concatenate(out) if out else pos
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+
+class _EpochDataset(IterableDataset):
+    """One rank's batches for one epoch, from a given position; runs inside DataLoader workers."""
+
+    def __init__(
+        self, cfg: LoaderConfig, table: ShardTable, epoch: int, base: list[Segment], layout: Layout,
+        rank: int, start_batches: int,
+    ) -> None:
+        self.cfg, self.table, self.epoch, self.base = cfg, table, epoch, base
+        self.layout, self.rank, self.start_batches = layout, rank, start_batches
+        order = shard_order(len(table.uris), cfg.seed, epoch)
+        self.shard_of_slot = order
+        sizes = np.array(table.sizes, dtype=np.int64)[order]
+        self.slot_start = np.concatenate([[0], np.cumsum(sizes)])  # epoch position of each slot's first sample
+
+    def locate(self, pos: int) -> tuple[int, int]:
+        """Epoch position -> (shard index, sample index within the shard)."""
+        slot = int(np.searchsorted(self.slot_start, pos, side="right") - 1)
+        return int(self.shard_of_slot[slot]), pos - int(self.slot_start[slot])
+
+    def _read(self, pos_block: np.ndarray) -> dict[int, Sample | ShardError]:
+        """Fetch the samples at some positions: one ranged read per run of neighbours in a shard."""
+        located = sorted((self.locate(int(p)), int(p)) for p in pos_block)
+        out: dict[int, Sample | ShardError] = {}
+        i = 0
+        while i < len(located):
+            (shard, first), _ = located[i]
+            j = i
+            while j + 1 < len(located) and located[j + 1][0] == (shard, located[j][0][1] + 1):
+                j += 1
+            last = located[j][0][1]
+            got = read_samples(self.table.uris[shard], self.table.offsets[shard], first, last + 1)
+            for k in range(i, j + 1):
+                out[located[k][1]] = got[k - i]
+            i = j + 1
+        return out
+
+    def _item(self, sample: Sample, pos: int) -> dict[str, Any]:
+        cfg = self.cfg
+        lat = sample.latents  # (T, C, H, W) float16
+        T = lat.shape[0]
+        n = cfg.num_frames
+        start = 0
+        if cfg.crop == "random" and T > n:
+            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, self.epoch, pos, 0xC0]))
+            start = int(rng.integers(0, T - n + 1))
+        window = lat[start : start + n]
+        valid = np.zeros(n, dtype=bool)
+        valid[: window.shape[0]] = True
+        if window.shape[0] < n:
+            window = np.concatenate([window, np.zeros((n - window.shape[0], *lat.shape[1:]), lat.dtype)])
+        return {"latents": window, "valid": valid, "key": sample.key, "position": pos,
+                "caption": sample.caption, "text": sample.text if cfg.text else None, "start": start}
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        shapes = {it["latents"].shape[1:] for it in items}
+        if len(shapes) > 1:
+            raise DataError(f"samples of one dataset have different latent shapes {sorted(shapes)}")
+        batch: dict[str, Any] = {
+            "latents": torch.from_numpy(np.stack([it["latents"] for it in items])),  # (B, T, C, H, W)
+            "valid": torch.from_numpy(np.stack([it["valid"] for it in items])),  # (B, T)
+            "keys": [it["key"] for it in items],
+            "positions": torch.tensor([it["position"] for it in items], dtype=torch.int64),
+            "frame_start": torch.tensor([it["start"] for it in items], dtype=torch.int64),
+            "captions": [it["caption"] for it in items],
+        }
+        texts = [it["text"] for it in items]
+        if any(t is not None for t in texts):
+            dim = next(t for t in texts if t is not None).shape[1]
+            length = max(t.shape[0] for t in texts if t is not None)
+            text = np.zeros((len(items), length, dim), dtype=np.float16)
+            mask = np.zeros((len(items), length), dtype=bool)
+            for i, t in enumerate(texts):
+                if t is not None:
+                    text[i, : t.shape[0]] = t
+                    mask[i, : t.shape[0]] = True
+            batch["text"] = torch.from_numpy(text)  # (B, L, D)
+            batch["text_mask"] = torch.from_numpy(mask)  # (B, L); an all-False row: no caption
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        cfg, layout = self.cfg, self.layout
+        order = reader_order(
+            self.base, layout, self.rank, worker, seed=cfg.seed, epoch=self.epoch, block=cfg.shuffle_buffer
+        )
+        skip = layout.consumed(self.start_batches, worker) * cfg.batch_size
+        planned, bad = len(order), 0
+        last_good: Sample | None = None
+        pending: list[dict[str, Any]] = []
+        # one block (the shuffle buffer) at a time; a resume starts at the first unconsumed sample
+        size = cfg.shuffle_buffer
+        starts = [skip, *range((skip // size + 1) * size, planned, size)] if skip < planned else []
+        for a in starts:
+            block = order[a : (a // size + 1) * size]
+            samples = self._read(block)
+            for p in block.tolist():
+                sample = samples[p]
+                if isinstance(sample, ShardError):
+                    bad += 1
+                    log.warning("skipping a bad sample (%d so far): %s", bad, sample)
+                    if bad > cfg.max_bad_fraction * planned:
+                        raise DataError(
+                            f"{self.table.uris[self.locate(p)[0]]}: {bad} of this worker's {planned} samples "
+                            f"are corrupt or truncated, above max_bad_fraction={cfg.max_bad_fraction}; last: {sample}"
+                        )
+                    if last_good is None:  # nothing to stand in yet: take the next good one of this block
+                        last_good = next((s for s in samples.values() if isinstance(s, Sample)), None)
+                        if last_good is None:
+                            raise DataError(f"{self.table.uris[self.locate(p)[0]]}: no readable sample ({sample})")
+                    sample = last_good
+                last_good = sample
+                pending.append(self._item(sample, p))
+                if len(pending) == cfg.batch_size:
+                    yield self._collate(pending)
+                    pending = []
+
+
+class LatentLoader:
+    """One rank's view of the dataset: an iterable of batches per epoch with exact resume."""
+
+    def __init__(self, cfg: LoaderConfig, rank: int = 0, world: int = 1, table: ShardTable | None = None) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, {world})")
+        self.cfg, self.rank = cfg, rank
+        self.table = table if table is not None else load_table(cfg.source)
+        if not self.table.uris:
+            raise DataError(f"{cfg.source}: the dataset has no samples")
+        self.layout = Layout(world, max(1, cfg.num_workers), cfg.batch_size)
+        self.num_samples = sum(self.table.sizes)
+        self.epoch = 0
+        self.batches = 0  # consumed by this rank in the current epoch
+        self.base: list[Segment] | None = None  # None: the whole epoch; else what a resize left over
+        if len(self) == 0:
+            raise DataError(
+                f"{cfg.source}: {self.num_samples} samples cannot fill one batch of {cfg.batch_size} on each of "
+                f"{world} ranks x {self.layout.workers} workers"
+            )
+
+    def _base(self) -> list[Segment]:
+        return self.base if self.base is not None else [(0, self.num_samples)]
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch (from its start)."""
+        return self.layout.batches_per_rank(self._base())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batches, self.base = epoch, 0, None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        dataset = _EpochDataset(self.cfg, self.table, self.epoch, self._base(), self.layout, self.rank, self.batches)
+        loader = DataLoader(
+            dataset, batch_size=None, num_workers=self.cfg.num_workers,
+            prefetch_factor=2 if self.cfg.num_workers else None, persistent_workers=False,
+        )
+        total = len(self)
+        for batch in loader:
+            self.batches += 1
+            yield batch
+        if self.batches != total:
+            raise DataError(f"epoch {self.epoch}: yielded {self.batches} batches, planned {total}")
+        self.set_epoch(self.epoch + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1, "epoch": self.epoch, "batches": self.batches, "seed": self.cfg.seed,
+            "world": self.layout.world, "workers": self.layout.workers, "batch_size": self.layout.batch_size,
+            "num_samples": self.num_samples, "base": None if self.base is None else [list(s) for s in self.base],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            raise DataError(f"unknown data-loader state version {state.get('version')!r}")
+        if state["num_samples"] != self.num_samples or state["seed"] != self.cfg.seed:
+            raise DataError(
+                f"data-loader state is for {state['num_samples']} samples with seed {state['seed']}, but this dataset "
+                f"has {self.num_samples} with seed {self.cfg.seed}: not the same data"
+            )
+        self.epoch = int(state["epoch"])
+        base = None if state["base"] is None else [tuple(s) for s in state["base"]]
+        old = Layout(state["world"], state["workers"], state["batch_size"])
+        if old == self.layout:
+            self.base, self.batches = base, int(state["batches"])  # type: ignore[assignment]
+            return
+        # a different layout: what every old reader had not yet consumed becomes this epoch's sequence
+        old_base = base if base is not None else [(0, self.num_samples)]
+        rest: list[Segment] = []
+        for r in range(old.world):
+            for w in range(old.workers):
+                done = old.consumed(int(state["batches"]), w) * old.batch_size
+                order = reader_order(
+                    old_base, old, r, w, seed=self.cfg.seed, epoch=self.epoch, block=self.cfg.shuffle_buffer
+                )
+                rest += to_segments(np.sort(order[done:]))
+        self.base, self.batches = rest, 0

@@ -1,0 +1,228 @@
+"""WebDataset tar shards of latent clips: the sample schema, the shard builder and range reads.
+
+One sample is one clip (DESIGN.md):
+    KEY.latents.npy   float16 (T, C, H, W), already multiplied by the codec's scale factor
+    KEY.json          source, frame indices, fps, caption, codec name and scale
+    KEY.txt           caption (optional)
+    KEY.text.npy      float16 (L, D) text embedding (optional)
+Keys contain no dots (webdataset splits a member name at the first dot of its basename). Tar members
+carry fixed metadata (mtime 0, root owner, mode 0644), so the same samples give byte-identical shards.
+The builder records each sample's byte offset in the tar; the dataset index stores them, so a reader
+can fetch any run of samples with one ranged read (an HTTP Range GET on S3) without the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_pipeline import storage
+
+LATENTS = "latents.npy"
+META = "json"
+CAPTION = "txt"
+TEXT = "text.npy"
+
+
+class ShardError(RuntimeError):
+    """A shard or sample that cannot be read."""
+
+
+@dataclass
+class Sample:
+    key: str
+    latents: np.ndarray  # (T, C, H, W)
+    meta: dict[str, Any]
+    caption: str | None = None
+    text: np.ndarray | None = None  # (L, D)
+
+    def members(self) -> list[tuple[str, bytes]]:
+        if not self.key or "." in self.key or "/" in self.key:
+            raise ValueError(f"sample key must be non-empty without '.' or '/': {self.key!r}")
+        out = [(f"{self.key}.{LATENTS}", npy_bytes(self.latents.astype(np.float16)))]
+        out.append((f"{self.key}.{META}", json.dumps(self.meta, sort_keys=True).encode()))
+        if self.caption is not None:
+            out.append((f"{self.key}.{CAPTION}", self.caption.encode()))
+        if self.text is not None:
+            out.append((f"{self.key}.{TEXT}", npy_bytes(self.text.astype(np.float16))))
+        return out
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes, name: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt member
+        raise ShardError(f"{name}: not a valid .npy array ({exc})") from exc
+
+
+def parse_sample(members: dict[str, bytes], where: str) -> Sample:
+    """Rebuild a sample from its tar members {'KEY.latents.npy': bytes, ...}."""
+    keys = {name.split(".", 1)[0] for name in members}
+    if len(keys) != 1:
+        raise ShardError(f"{where}: expected the members of one sample, got keys {sorted(keys)}")
+    key = keys.pop()
+    by_ext = {name.split(".", 1)[1]: data for name, data in members.items()}
+    if LATENTS not in by_ext or META not in by_ext:
+        raise ShardError(f"{where}: sample {key} lacks {LATENTS} or {META}")
+    latents = load_npy(by_ext[LATENTS], f"{where}:{key}.{LATENTS}")
+    if latents.ndim != 4:
+        raise ShardError(f"{where}: {key}.{LATENTS} has shape {latents.shape}, expected (T, C, H, W)")
+    try:
+        meta = json.loads(by_ext[META])
+    except ValueError as exc:
+        raise ShardError(f"{where}: {key}.{META} is not JSON ({exc})") from exc
+    text = load_npy(by_ext[TEXT], f"{where}:{key}.{TEXT}") if TEXT in by_ext else None
+    caption = by_ext[CAPTION].decode("utf-8", errors="replace") if CAPTION in by_ext else None
+    return Sample(key=key, latents=latents, meta=meta, caption=caption, text=text)
+
+
+def parse_tar_bytes(data: bytes, where: str) -> dict[str, bytes]:
+    """Every member of a (piece of a) tar archive that starts at a header."""
+    out: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar:
+                if info.isfile():
+                    f = tar.extractfile(info)
+                    assert f is not None
+                    out[info.name] = f.read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ShardError(f"{where}: corrupt or truncated tar data ({exc})") from exc
+    return out
+
+
+@dataclass
+class ShardInfo:
+    """What the dataset index records about one finished shard."""
+
+    path: str  # relative to the dataset root
+    samples: int
+    bytes: int
+    sha256: str
+    offsets: list[int]  # byte offset of each sample, then the end of the last one
+    frames: list[int]  # frames of each sample
+    keys: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256,
+            "offsets": self.offsets, "frames": self.frames, "keys": self.keys,
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> ShardInfo:
+        return ShardInfo(
+            path=d["path"], samples=int(d["samples"]), bytes=int(d["bytes"]), sha256=d["sha256"],
+            offsets=[int(o) for o in d["offsets"]], frames=[int(f) for f in d["frames"]], keys=list(d.get("keys", [])),
+        )
+
+
+class ShardBuilder:
+    """Writes one tar shard to a local file and records where each sample starts."""
+
+    def __init__(self, local_path: str | os.PathLike[str], name: str) -> None:
+        self.local_path = Path(local_path)
+        self.name = name
+        self.local_path.parent.mkdir(parents=True, exist_ok=True)
+        self._tar = tarfile.open(self.local_path, mode="w", format=tarfile.USTAR_FORMAT)
+        self.offsets: list[int] = []
+        self.frames: list[int] = []
+        self.keys: list[str] = []
+
+    @property
+    def samples(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        return self._tar.offset
+
+    def add(self, sample: Sample) -> None:
+        self.offsets.append(self._tar.offset)
+        for name, data in sample.members():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self.frames.append(int(sample.latents.shape[0]))
+        self.keys.append(sample.key)
+
+    def close(self) -> ShardInfo:
+        end = self._tar.offset
+        self._tar.close()
+        digest = hashlib.sha256()
+        with open(self.local_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return ShardInfo(
+            path=self.name, samples=self.samples, bytes=self.local_path.stat().st_size,
+            sha256=digest.hexdigest(), offsets=[*self.offsets, end], frames=self.frames, keys=self.keys,
+        )
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+        finally:
+            self.local_path.unlink(missing_ok=True)
+
+
+def read_samples(uri: str, offsets: list[int], start: int, stop: int) -> list[Sample | ShardError]:
+    """Samples [start, stop) of a shard with one ranged read; a corrupt sample becomes its ShardError
+    (its neighbours still load); a failed read makes every sample of the range a ShardError."""
+    lo, hi = offsets[start], offsets[stop]
+    try:
+        data = storage.read_bytes(uri, lo, hi)
+    except storage.StorageError as exc:
+        return [ShardError(str(exc))] * (stop - start)
+    out: list[Sample | ShardError] = []
+    for i in range(start, stop):
+        where = f"{uri} sample {i}"
+        a, b = offsets[i] - lo, offsets[i + 1] - lo
+        if b > len(data):
+            out.append(ShardError(f"{where}: shard is truncated (needs {hi - lo} bytes at {lo}, got {len(data)})"))
+            continue
+        try:
+            out.append(parse_sample(parse_tar_bytes(data[a:b], where), where))
+        except ShardError as exc:
+            out.append(exc)
+    return out
+
+
+def scan_shard(uri: str) -> tuple[list[int], list[int], list[str]]:
+    """Offsets, frame counts and keys of a shard that has no index entry (reads the whole shard)."""
+    data = storage.read_bytes(uri)
+    offsets: list[int] = []
+    frames: list[int] = []
+    keys: list[str] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                if not keys or keys[-1] != key:
+                    offsets.append(info.offset)
+                    keys.append(key)
+                    frames.append(0)
+                if ext == LATENTS:
+                    f = tar.extractfile(info)
+                    assert f is not None
+                    frames[-1] = int(load_npy(f.read(), f"{uri}:{info.name}").shape[0])
+            end = tar.offset
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ShardError(f"{uri}: corrupt or truncated tar ({exc})") from exc
+    # tar.offset after iteration points past the last member; the end-of-archive blocks follow it
+    return [*offsets, end], frames, keys

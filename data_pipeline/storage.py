@@ -1,0 +1,225 @@
+"""Local paths and `s3://bucket/prefix` URIs behind one small set of functions.
+
+S3 goes through boto3 with its standard credential chain; `AWS_ENDPOINT_URL` selects an S3-compatible
+endpoint (MinIO, moto, Ceph). Clients retry with exponential backoff (`VIDGPT_S3_MAX_ATTEMPTS`,
+default 5). Writes are atomic: a local file appears under its final name only when complete (written
+to a temporary name, then renamed), and an S3 object is visible only once its (multipart) upload has
+completed. Every failure becomes a one-line `StorageError` naming the location; credentials are never
+part of a message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+S3_PREFIX = "s3://"
+MULTIPART_BYTES = 64 * 1024 * 1024
+
+
+class StorageError(RuntimeError):
+    """A location could not be read or written."""
+
+
+class MissingError(StorageError):
+    """The file or object does not exist (permanent, unlike an unreachable endpoint)."""
+
+
+def is_s3(uri: str | os.PathLike[str]) -> bool:
+    return str(uri).startswith(S3_PREFIX)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri[len(S3_PREFIX) :].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI has no bucket: {uri}")
+    return bucket, key
+
+
+def join(base: str | os.PathLike[str], *parts: str) -> str:
+    """Join path parts onto a local path or an s3 URI."""
+    base = str(base)
+    if is_s3(base):
+        out = base.rstrip("/")
+        for part in parts:
+            out += "/" + part.strip("/")
+        return out
+    return str(Path(base, *parts))
+
+
+def relative(root: str, uri: str) -> str:
+    """uri relative to root (both local or both s3)."""
+    root = str(root).rstrip("/")
+    if is_s3(root):
+        if not uri.startswith(root + "/"):
+            raise ValueError(f"{uri} is not under {root}")
+        return uri[len(root) + 1 :]
+    return os.path.relpath(uri, root)
+
+
+# ----------------------------------------------------------------------------- S3 client
+
+_clients: dict[tuple[int, str | None], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def s3_client(endpoint_url: str | None = None) -> Any:
+    """A boto3 S3 client for this process (clients are not fork-safe, so one per pid)."""
+    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+    key = (os.getpid(), endpoint_url)
+    with _clients_lock:
+        if key not in _clients:
+            import boto3
+            from botocore.config import Config
+
+            attempts = int(os.environ.get("VIDGPT_S3_MAX_ATTEMPTS", "5"))
+            config = Config(
+                retries={"max_attempts": attempts, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=120,
+                max_pool_connections=32,
+            )
+            _clients[key] = boto3.client("s3", endpoint_url=endpoint_url, config=config)
+        return _clients[key]
+
+
+def _s3_error(uri: str, exc: BaseException) -> StorageError:
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    if isinstance(exc, EndpointConnectionError):
+        return StorageError(f"{uri}: cannot reach the S3 endpoint {endpoint} ({exc.__class__.__name__})")
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(f"{uri}: no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_PROFILE or an instance role)")
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        if err.get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return MissingError(f"{uri}: no such object")
+        return StorageError(f"{uri}: S3 error {err.get('Code', '?')}: {err.get('Message', '')}".rstrip(": "))
+    return StorageError(f"{uri}: {exc.__class__.__name__}: {exc}")
+
+
+def _s3_call(uri: str, fn: Any, **kwargs: Any) -> Any:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return fn(**kwargs)
+    except (BotoCoreError, ClientError) as exc:
+        raise _s3_error(uri, exc) from exc
+
+
+# ----------------------------------------------------------------------------- operations
+
+
+def read_bytes(uri: str, start: int | None = None, end: int | None = None) -> bytes:
+    """Bytes [start, end) of a file or object (the whole of it by default)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if start is not None or end is not None:
+            kwargs["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
+        body = _s3_call(uri, s3_client().get_object, **kwargs)["Body"]
+        try:
+            return body.read()
+        except Exception as exc:  # connection dropped mid-stream
+            raise StorageError(f"{uri}: read failed: {exc}") from exc
+    try:
+        with open(uri, "rb") as f:
+            if start:
+                f.seek(start)
+            return f.read() if end is None else f.read(end - (start or 0))
+    except FileNotFoundError as exc:
+        raise MissingError(f"{uri}: no such file") from exc
+    except OSError as exc:
+        raise StorageError(f"{uri}: {exc.strerror or exc}") from exc
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a small file or object atomically."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_call(uri, s3_client().put_object, Bucket=bucket, Key=key, Body=data)
+        return
+    path = Path(uri)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StorageError(f"{uri}: {exc.strerror or exc}") from exc
+
+
+def upload_file(local_path: str | os.PathLike[str], uri: str) -> None:
+    """Copy a finished local file to a location; it becomes visible there only once complete.
+
+    S3: boto3's managed transfer, multipart above 64 MiB, each part retried by the client."""
+    if is_s3(uri):
+        from boto3.s3.transfer import TransferConfig
+
+        bucket, key = split_s3(uri)
+        config = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
+        _s3_call(uri, s3_client().upload_file, Filename=str(local_path), Bucket=bucket, Key=key, Config=config)
+        return
+    path = Path(uri)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        shutil.copyfile(local_path, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StorageError(f"{uri}: {exc.strerror or exc}") from exc
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise _s3_error(uri, exc) from exc
+        except Exception as exc:
+            raise _s3_error(uri, exc) from exc
+    return Path(uri).exists()
+
+
+def list_files(prefix: str) -> list[str]:
+    """Every file (object) under a directory (prefix), recursively, as full locations, sorted."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        out: list[str] = []
+        paginator = s3_client().get_paginator("list_objects_v2")
+        pages = _s3_call(prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
+        for page in pages:
+            out += [f"{S3_PREFIX}{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
+        return sorted(out)
+    root = Path(prefix)
+    if not root.exists():
+        return []
+    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
+def delete(uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_call(uri, s3_client().delete_object, Bucket=bucket, Key=key)
+        return
+    Path(uri).unlink(missing_ok=True)

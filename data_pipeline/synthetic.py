@@ -1,0 +1,183 @@
+"""A built-in synthetic video dataset: coloured shapes bouncing on a dark background, with captions.
+
+    python tools/make_synthetic_videos.py data/synth --num 100      # or: vidgpt-make-synthetic
+
+Video i of a seed is `synthetic_scene(i, size=..., seed=...)` rendered and written to
+`synth_{i:05d}.mp4`, its caption to `synth_{i:05d}.txt`, and one line {"path", "caption"} per video
+to `manifest.jsonl`. Scenes depend only on (seed, i), so video i is the same whatever `num` is.
+Drawing is numpy only: one boolean mask per shape over all frames at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_pipeline.video import write_video
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (240, 220, 40),
+    "white": (240, 240, 240),
+    "magenta": (220, 50, 220),
+}
+KINDS: tuple[str, ...] = ("circle", "square", "triangle")
+
+
+@dataclass(frozen=True)
+class MovingShape:
+    kind: str
+    """One of KINDS."""
+    colour: str
+    """A key of PALETTE."""
+    radius: float
+    """Half the shape's extent in pixels (circle radius, half the square's side)."""
+    x: float
+    """Centre at frame 0, pixels from the left."""
+    y: float
+    """Centre at frame 0, pixels from the top."""
+    vx: float
+    """Pixels per frame (the sign flips at each bounce)."""
+    vy: float
+    """Pixels per frame (the sign flips at each bounce)."""
+
+    def centres(self, frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Centre (x, y) at each frame, each (T,), bouncing off the frame edges."""
+        t = np.arange(frames, dtype=np.float64)
+        return (
+            _bounce(self.x + self.vx * t, self.radius, size - self.radius),
+            _bounce(self.y + self.vy * t, self.radius, size - self.radius),
+        )
+
+    def mask(self, frames: int, size: int) -> np.ndarray:
+        """Pixels covered at each frame: bool (T, size, size)."""
+        cx, cy = self.centres(frames, size)
+        cx, cy = cx[:, None, None], cy[:, None, None]  # (T, 1, 1)
+        grid = np.arange(size, dtype=np.float64) + 0.5  # pixel centres
+        xx, yy = grid[None, None, :], grid[None, :, None]  # (1, 1, W), (1, H, 1)
+        r = self.radius
+        if self.kind == "circle":
+            return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        if self.kind == "square":
+            return (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
+        if self.kind == "triangle":  # apex up at (cx, cy - r), base from cx - r to cx + r at cy + r
+            below_apex = yy - (cy - r)  # 0 at the apex, 2r at the base
+            return (below_apex >= 0) & (yy <= cy + r) & (np.abs(xx - cx) <= below_apex / 2)
+        raise ValueError(f"unknown shape kind {self.kind!r}; expected one of {KINDS}")
+
+
+def _bounce(p: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Fold free positions p into [lo, hi] as a ball reflecting off both walls (a triangle wave)."""
+    span = hi - lo
+    if span <= 0:
+        return np.full_like(p, (lo + hi) / 2)
+    q = np.mod(p - lo, 2 * span)
+    return lo + span - np.abs(span - q)
+
+
+@dataclass(frozen=True)
+class Scene:
+    size: int
+    """Frame height and width in pixels."""
+    background: tuple[int, int, int]
+    """Dark RGB background."""
+    shapes: tuple[MovingShape, ...]
+    """Back to front: later shapes occlude earlier ones."""
+
+    def caption(self) -> str:
+        """E.g. 'a red circle, a blue square and a green triangle bouncing'."""
+        names = [f"a {s.colour} {s.kind}" for s in self.shapes]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return f"{listed} bouncing"
+
+    def render(self, frames: int) -> np.ndarray:
+        """uint8 (T, size, size, 3) RGB."""
+        video = np.empty((frames, self.size, self.size, 3), dtype=np.uint8)
+        video[:] = self.background
+        for shape in self.shapes:  # back to front
+            video[shape.mask(frames, self.size)] = PALETTE[shape.colour]
+        return video
+
+
+def synthetic_scene(index: int, *, size: int = 64, seed: int = 0) -> Scene:
+    """Scene `index` of dataset `seed`: 1-3 shapes of distinct colours, random positions and
+    constant speeds (about 1-4% of the frame per frame)."""
+    rng = np.random.default_rng([seed, index])
+    count = int(rng.integers(1, 4))
+    colours = rng.choice(list(PALETTE), size=count, replace=False)
+    shapes: list[MovingShape] = []
+    for colour in colours:
+        radius = float(rng.uniform(0.08, 0.18) * size)
+        speed = float(rng.uniform(0.01, 0.04) * size)
+        angle = float(rng.uniform(0, 2 * np.pi))
+        shapes.append(
+            MovingShape(
+                kind=str(rng.choice(KINDS)),
+                colour=str(colour),
+                radius=radius,
+                x=float(rng.uniform(radius, size - radius)),
+                y=float(rng.uniform(radius, size - radius)),
+                vx=speed * np.cos(angle),
+                vy=speed * np.sin(angle),
+            )
+        )
+    background = tuple(int(v) for v in rng.integers(0, 40, size=3))
+    return Scene(size=size, background=(background[0], background[1], background[2]), shapes=tuple(shapes))
+
+
+def make_synthetic_videos(
+    out_dir: Path, num: int, *, size: int = 64, frames: int = 48, fps: float = 8.0, seed: int = 0
+) -> list[Path]:
+    """Write `num` videos synth_NNNNN.mp4 with captions synth_NNNNN.txt and manifest.jsonl into
+    out_dir; return the mp4 paths."""
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    if size < 8 or size % 2:
+        raise ValueError(f"size must be an even number >= 8 (yuv420p), got {size}")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    lines: list[str] = []
+    for i in range(num):
+        scene = synthetic_scene(i, size=size, seed=seed)
+        path = out_dir / f"synth_{i:05d}.mp4"
+        write_video(path, scene.render(frames), fps)
+        caption = scene.caption()
+        path.with_suffix(".txt").write_text(caption, encoding="utf-8")
+        lines.append(json.dumps({"path": path.name, "caption": caption}))
+        paths.append(path)
+    (out_dir / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vidgpt-make-synthetic",
+        description="Write a synthetic dataset of bouncing coloured shapes: synth_NNNNN.mp4, a caption "
+        "synth_NNNNN.txt per video, and manifest.jsonl ({'path', 'caption'} per line).",
+    )
+    parser.add_argument("out", metavar="OUT", type=Path, help="output directory (created if missing)")
+    parser.add_argument("--num", type=int, default=32, help="number of videos (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=64, help="frame height and width in pixels, even (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=48, help="frames per video (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the mp4 files (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed; same seed, same videos (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        paths = make_synthetic_videos(
+            args.out, args.num, size=args.size, frames=args.frames, fps=args.fps, seed=args.seed
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    print(f"wrote {len(paths)} videos with captions and manifest.jsonl to {args.out}")
+    return 0

@@ -1,0 +1,272 @@
+"""The offline encoding tool, end to end, on real mp4 files, a real S3 server (moto) and real signals."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline import storage
+from data_pipeline.codecs import IdentityCodec
+from data_pipeline.encode import main as encode_main
+from data_pipeline.encode import parse_config
+from data_pipeline.index import read_json
+from data_pipeline.inputs import InputItem
+from data_pipeline.shards import read_samples
+from data_pipeline.synthetic import make_synthetic_videos
+from data_pipeline.video import DecodeOptions, decode_clips, write_video
+
+ARGS = ["--size", "32", "--min-frames", "8", "--max-frames", "16", "--shard-samples", "3", "--no-progress"]
+BAD = {
+    "bad_corrupt.mp4": "corrupt",
+    "bad_empty.mp4": "empty",
+    "bad_text.mp4": "text",
+    "bad_short.mp4": "short",
+    "bad_truncated.mp4": "truncated",
+}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 synthetic videos (with captions) and one of each kind of bad input."""
+    root = tmp_path_factory.mktemp("videos")
+    good = make_synthetic_videos(root, 6, size=48, frames=24, fps=8, seed=3)
+    (root / "manifest.jsonl").unlink()
+    rng = np.random.default_rng(0)
+    (root / "bad_corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + rng.bytes(4000))
+    (root / "bad_empty.mp4").write_bytes(b"")
+    (root / "bad_text.mp4").write_text("this is not a video\n")
+    write_video(root / "bad_short.mp4", rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), fps=8)
+    data = good[0].read_bytes()
+    (root / "bad_truncated.mp4").write_bytes(data[: len(data) // 2])
+    return root
+
+
+def encode(args: list[str]) -> int:
+    return encode_main([*args, "--decode-workers", "1"])
+
+
+def samples_of(root: str) -> dict[str, dict]:
+    """key -> {latents bytes, json, txt} of every sample in every shard of the index, read with tarfile."""
+    index = read_json(storage.join(root, "index.json"))
+    out: dict[str, dict] = {}
+    for shard in index["shards"]:
+        data = storage.read_bytes(storage.join(root, shard["path"]))
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for m in tar:
+                key, ext = m.name.split(".", 1)
+                out.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_dataset(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "local"
+    assert encode([str(videos), str(out), *ARGS]) == 0
+    return out
+
+
+def test_encode_local_index_and_failures(local_dataset: Path) -> None:
+    index = json.loads((local_dataset / "index.json").read_text())
+    assert index["inputs"] == {"total": 11, "ok": 6, "failed": 5}
+    assert index["codec"]["name"] == "identity" and index["size"] == [32, 32]
+    # 24 frames at max 16 -> clips of 16 and 8 per video
+    assert index["num_samples"] == 12 and index["num_frames"] == 6 * 24
+    # a shard closes at the first video boundary at or past --shard-samples (videos never straddle shards)
+    assert index["num_shards"] == 3 and all(s["samples"] == 4 for s in index["shards"])
+    failures = [json.loads(line) for line in (local_dataset / "failures.jsonl").read_text().splitlines()]
+    assert sorted(f["input"] for f in failures) == sorted(BAD)
+    reasons = {f["input"]: f["reason"] for f in failures}
+    assert "too short" in reasons["bad_short.mp4"]
+    assert all(r and "\n" not in r for r in reasons.values())
+    # nothing half-written is left behind
+    assert not list(local_dataset.rglob("*.partial")) and not list(local_dataset.rglob(".staging*"))
+
+
+def test_shards_read_back_with_tarfile_and_webdataset(local_dataset: Path, videos: Path) -> None:
+    import hashlib
+
+    import webdataset as wds
+
+    index = json.loads((local_dataset / "index.json").read_text())
+    urls = [str(local_dataset / s["path"]) for s in index["shards"]]
+    for shard, url in zip(index["shards"], urls):
+        assert hashlib.sha256(Path(url).read_bytes()).hexdigest() == shard["sha256"]
+        assert os.path.getsize(url) == shard["bytes"]
+    seen = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        lat = np.load(io.BytesIO(sample["latents.npy"]), allow_pickle=False)
+        meta = json.loads(sample["json"])
+        assert lat.dtype == np.float16 and lat.shape[1:] == (3, 32, 32)
+        assert sample["txt"].decode() == meta["caption"] and meta["caption"]
+        seen[sample["__key__"]] = (lat, meta)
+    assert len(seen) == 12
+    # bytes round trip: a stored clip equals the identity codec applied to PyAV's decode of the source
+    key, (lat, meta) = sorted(seen.items())[0]
+    clips = decode_clips(videos / meta["source"], DecodeOptions(height=32, width=32, min_frames=8, max_frames=16))
+    want = IdentityCodec().encode(clips[meta["clip"]].frames).astype(np.float16)
+    np.testing.assert_array_equal(lat, want)
+    assert meta["frame_indices"] == clips[meta["clip"]].frame_indices
+    # byte offsets in the index fetch single samples
+    shard = index["shards"][1]
+    got = read_samples(str(local_dataset / shard["path"]), shard["offsets"], 1, 2)[0]
+    assert got.key == shard["keys"][1]
+
+
+def test_rerun_is_idempotent(local_dataset: Path, videos: Path) -> None:
+    before = {p: p.read_bytes() for p in local_dataset.rglob("*") if p.is_file()}
+    assert encode([str(videos), str(local_dataset), *ARGS]) == 0
+    after = {p: p.read_bytes() for p in local_dataset.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_rerun_with_other_parameters_is_refused(local_dataset: Path, videos: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a if a != "16" else "12" for a in ARGS]
+    assert encode([str(videos), str(local_dataset), *args]) != 0
+    err = capsys.readouterr().err
+    assert "max_frames: was 16, now 12" in err and err.count("\n") == 1
+
+
+def test_encode_to_s3_matches_local(local_dataset: Path, videos: Path, s3_bucket: str) -> None:
+    out = f"{s3_bucket}/latents/v1"
+    assert encode([str(videos), out, *ARGS]) == 0
+    index_s3 = read_json(f"{out}/index.json")
+    index_local = json.loads((local_dataset / "index.json").read_text())
+    assert index_s3 == index_local  # same shards, byte for byte (sha256), same offsets and keys
+    assert samples_of(out) == samples_of(str(local_dataset))
+    names = storage.list_files(out)
+    assert f"{out}/failures.jsonl" in names and not any(n.endswith(".partial") for n in names)
+
+
+def test_worker_split_and_merge(videos: Path, local_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "split"
+    assert encode([str(videos), str(out), *ARGS, "--num-workers-total", "2", "--worker-index", "1"]) == 0
+    assert not (out / "index.json").exists()
+    assert encode_main(["merge-index", str(out)]) == 1
+    assert "worker(s) 0 of 2 have not finished" in capsys.readouterr().err
+    assert encode([str(videos), str(out), *ARGS, "--num-workers-total", "2", "--worker-index", "0"]) == 0
+    assert (out / "index.json").exists()  # the last worker to finish merged
+    assert samples_of(str(out)) == samples_of(str(local_dataset))
+    assert encode_main(["merge-index", str(out)]) == 0
+
+
+def test_slurm_array_variables_set_the_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")
+    cfg = parse_config(["in", "out"])
+    assert (cfg.num_workers_total, cfg.worker_index) == (4, 2)
+    cfg = parse_config(["in", "out", "--num-workers-total", "3", "--worker-index", "0"])
+    assert (cfg.num_workers_total, cfg.worker_index) == (3, 0)
+
+
+def test_killed_run_resumes_to_the_same_dataset(videos: Path, local_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "data_pipeline.encode", str(videos), str(out), *ARGS,
+           "--shard-samples", "1", "--decode-workers", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = out / "_progress"
+    deadline = time.monotonic() + 60
+    while not (progress.exists() and len(list(progress.glob("w*-000001.json"))) >= 1):
+        assert proc.poll() is None, "the encoder finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "index.json").exists()
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["inputs"] == {"total": 11, "ok": 6, "failed": 5}
+    # every input exactly once: the same samples as the uninterrupted run, no duplicate
+    keys = [k for s in index["shards"] for k in s["keys"]]
+    assert len(keys) == len(set(keys)) == 12
+    assert samples_of(str(out)) == samples_of(str(local_dataset))
+    assert len((out / "failures.jsonl").read_text().splitlines()) == 5
+
+
+def test_manifest_with_captions_windows_and_text_embeddings(videos: Path, tmp_path: Path) -> None:
+    from data_pipeline.text import TextEncoder, save_tiny_text_encoder
+
+    t5 = tmp_path / "t5"
+    save_tiny_text_encoder(t5, dim=16)
+    manifest = tmp_path / "list.jsonl"
+    rows = [
+        {"path": str(videos / "synth_00000.mp4"), "caption": "first one"},
+        {"path": "missing.mp4"},
+        {"path": str(videos / "synth_00001.mp4"), "caption": "second, cut", "start": 1.0, "end": 2.5},
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "m"
+    assert encode([str(manifest), str(out), *ARGS, "--text-encoder", str(t5)]) == 0
+    got = {json.loads(v["json"])["source"]: v for v in samples_of(str(out)).values()}
+    first = got[str(videos / "synth_00000.mp4")]
+    assert first["txt"] == b"first one"
+    text = np.load(io.BytesIO(first["text.npy"]), allow_pickle=False)
+    want = TextEncoder(str(t5)).encode(["first one"])[0]
+    np.testing.assert_array_equal(text, want)
+    cut = json.loads(got[str(videos / "synth_00001.mp4")]["json"])
+    assert cut["caption"] == "second, cut" and 1.0 <= cut["start_time"] < 1.2
+    lat = np.load(io.BytesIO(got[str(videos / "synth_00001.mp4")]["latents.npy"]))
+    assert lat.shape[0] == 12  # 1.5 s at 8 fps
+    failures = (out / "failures.jsonl").read_text()
+    assert "missing.mp4" in failures and "No such file" in json.loads(failures)["reason"]
+
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"path,caption\n{videos / 'synth_00002.mp4'},from csv\n")
+    assert encode([str(csv), str(tmp_path / "c"), *ARGS]) == 0
+    assert [v["txt"] for v in samples_of(str(tmp_path / "c")).values()] == [b"from csv"] * 2  # 2 clips
+
+
+def test_sd_vae_codec_through_the_encoder(videos: Path, tmp_path: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8,
+        latent_channels=4, sample_size=32, scaling_factor=0.5,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "vae_ds"
+    assert encode([str(videos), str(out), *ARGS, "--codec", "sd-vae", "--vae", str(tmp_path / "vae")]) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["codec"]["name"] == "sd-vae" and index["codec"]["scale_factor"] == 0.5
+    for raw in samples_of(str(out)).values():
+        lat = np.load(io.BytesIO(raw["latents.npy"]), allow_pickle=False)
+        assert lat.shape[1:] == (4, 16, 16) and np.isfinite(lat).all()
+
+
+def test_bad_arguments_and_unreachable_s3(videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        encode_main([str(videos), str(tmp_path / "x"), "--codec", "sd-vae"])
+    assert exc.value.code == 2
+    assert "--codec sd-vae needs --vae" in capsys.readouterr().err
+    assert encode_main([str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
+    assert "not a directory, nor a .jsonl/.csv manifest" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("VIDGPT_S3_MAX_ATTEMPTS", "1")
+    assert encode([str(videos), "s3://bucket/out", *ARGS]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the S3 endpoint http://127.0.0.1:9" in err and err.count("\n") == 1
+
+
+def test_help_documents_every_flag() -> None:
+    out = subprocess.run([sys.executable, "-m", "data_pipeline.encode", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--codec", "--vae", "--size", "--fps", "--min-frames", "--max-frames", "--num-workers-total",
+                 "--worker-index", "--decode-workers", "--text-encoder", "--shard-samples", "--shard-mb"):
+        assert flag in out.stdout
+    assert InputItem("a.mp4", "a.mp4").id == InputItem("x/a.mp4", "a.mp4").id  # ids follow names, not locations
