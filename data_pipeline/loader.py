@@ -298,8 +298,10 @@ class _EpochDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker = 0 if info is None else info.id
         cfg, layout = self.cfg, self.layout
+        # the DataLoader polls its workers round robin from worker 0; rotate the roles so that a resumed
+        # epoch continues with the reader whose batch comes next
+        worker = 0 if info is None else (info.id + self.start_batches) % layout.workers
         order = reader_order(
             self.base, layout, self.rank, worker, seed=cfg.seed, epoch=self.epoch, block=cfg.shuffle_buffer
         )

@@ -40,10 +40,14 @@ _INPUT_ERRORS: tuple[type[BaseException], ...] = (
 _MISSING_FRAMES_TOLERANCE = 2
 
 
-# libswscale with automatic slice threading (PyAV's default, also inside stream.encode) gave
-# run-to-run different pixels on small frames; one thread is deterministic and no slower here,
-# since decoding is already threaded and resizing is a small share of the work.
+# libswscale threads for resizing/colour conversion. PyAV's default (0: automatic slices, also
+# used inside stream.encode) splits frames by machine; one thread gives the same pixels everywhere
+# and was no slower in measurement (decoding is already threaded; scaling is a small share).
 _SWS_THREADS = 1
+
+# x264's macroblock-tree rate control made run-to-run different bitstreams from identical input
+# (observed on 48x48 and 64x64 frames); without it, encoding is deterministic at a small size cost.
+_X264_OPTIONS = {"crf": "18", "x264-params": "mbtree=0"}
 
 
 class VideoError(Exception):
@@ -267,7 +271,7 @@ def write_video(path: str | os.PathLike[str] | BinaryIO, frames: np.ndarray, fps
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": "18"}
+            stream.options = dict(_X264_OPTIONS)
         else:
             stream.bit_rate = max(1_000_000, int(h * w * float(rate) * 0.5))
         for i in range(t):

@@ -1,0 +1,289 @@
+"""The streaming latent loader: equal work per rank, determinism, exact resume, bad shards, S3."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline import storage
+from data_pipeline.index import write_index
+from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, expand_braces, split_equal
+from data_pipeline.shards import Sample, ShardBuilder
+
+SIZES = [1, 7, 3, 12, 5, 2]  # deliberately uneven shards: 30 samples
+JOB = {"codec": {"name": "identity", "scale_factor": 1.0}, "size": [4, 4], "num_inputs": 6}
+
+
+def make_dataset(root: str, sizes: list[int] = SIZES, seed: int = 0, text: bool = False) -> dict[str, np.ndarray]:
+    """Shards of random clips (6..12 frames of (2, 4, 4)) at root, with index.json; returns key -> latents."""
+    rng = np.random.default_rng(seed)
+    staging = Path(os.environ.get("TMPDIR", "/tmp")) / f"loader-staging-{os.getpid()}-{rng.integers(1 << 30)}"
+    shards, clips = [], {}
+    for s, n in enumerate(sizes):
+        name = f"shards/part-{s:03d}.tar"
+        builder = ShardBuilder(staging / f"{s}.tar", name)
+        for i in range(n):
+            key = f"s{s}-{i}"
+            lat = rng.standard_normal((int(rng.integers(6, 13)), 2, 4, 4)).astype(np.float16)
+            emb = rng.standard_normal((int(rng.integers(2, 6)), 8)).astype(np.float16) if text else None
+            builder.add(Sample(key, lat, {"source": key}, caption=f"clip {key}", text=emb))
+            clips[key] = lat
+        info = builder.close()
+        storage.upload_file(builder.local_path, storage.join(root, name))
+        shards.append(info.to_json())
+    write_index(root, shards, JOB)
+    return clips
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[str, dict[str, np.ndarray]]:
+    root = str(tmp_path / "ds")
+    return root, make_dataset(root)
+
+
+def cfg(root: str, **kw: object) -> LoaderConfig:
+    base = dict(num_frames=4, batch_size=2, shuffle_buffer=5, num_workers=0, seed=7)
+    base.update(kw)
+    return LoaderConfig(root, **base)  # type: ignore[arg-type]
+
+
+def epoch(loader: LatentLoader, limit: int | None = None) -> list[dict]:
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if limit is not None and len(out) == limit:
+            break
+    return out
+
+
+def positions(batches: list[dict]) -> list[int]:
+    return [p for b in batches for p in b["positions"].tolist()]
+
+
+def test_split_equal_and_braces() -> None:
+    parts = split_equal([(0, 5), (10, 14), (20, 21)], parts=2, multiple=2)
+    assert parts == [[(0, 4)], [(4, 5), (10, 13)]]  # 10 samples -> 2 x 4, the last 2 sit out
+    assert expand_braces("a/b-{008..011}.tar") == ["a/b-008.tar", "a/b-009.tar", "a/b-010.tar", "a/b-011.tar"]
+
+
+@pytest.mark.parametrize("world,workers,batch", [(1, 0, 4), (2, 2, 2), (3, 1, 3), (4, 2, 1), (2, 3, 2)])
+def test_every_rank_gets_the_same_number_of_batches(dataset, world: int, workers: int, batch: int) -> None:  # noqa: ANN001
+    root, _ = dataset
+    counts, seen = [], []
+    for rank in range(world):
+        loader = LatentLoader(cfg(root, num_workers=workers, batch_size=batch), rank, world)
+        batches = epoch(loader)
+        assert len(batches) == len(loader)
+        assert all(b["latents"].shape == (batch, 4, 2, 4, 4) for b in batches)
+        counts.append(len(batches))
+        seen += positions(batches)
+    readers = world * max(workers, 1) * batch
+    assert counts == [30 // readers * max(workers, 1)] * world
+    assert len(seen) == len(set(seen)) == 30 // readers * readers
+
+
+def _distributed_worker(rank: int, world: int, root: str, port: int, result: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=__import__("datetime").timedelta(seconds=60))
+    loader = LatentLoader(cfg(root, num_workers=1, batch_size=3), rank, world)
+    steps = 0
+    for batch in loader:  # a collective per batch: unequal batch counts would hang here
+        total = batch["latents"].float().sum()
+        dist.all_reduce(total)
+        steps += 1
+    dist.barrier()
+    Path(result, f"{rank}.json").write_text(json.dumps({"steps": steps}))
+    dist.destroy_process_group()
+
+
+def test_distributed_ranks_finish_together(dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    import socket
+
+    import torch.multiprocessing as mp
+
+    root, _ = dataset
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_distributed_worker, args=(3, root, port, str(tmp_path)), nprocs=3, join=True)
+    steps = [json.loads((tmp_path / f"{r}.json").read_text())["steps"] for r in range(3)]
+    assert steps == [3, 3, 3]  # 30 samples / (3 ranks x 1 worker x 3) = 3 batches each, 3 samples sit out
+
+
+def test_batches_carry_the_stored_clips(dataset) -> None:  # noqa: ANN001
+    root, clips = dataset
+    for batch in epoch(LatentLoader(cfg(root, num_frames=8))):
+        for i, key in enumerate(batch["keys"]):
+            clip, start = clips[key], int(batch["frame_start"][i])
+            got = batch["latents"][i].numpy()
+            n = min(8, len(clip))
+            assert 0 <= start <= max(0, len(clip) - 8)
+            np.testing.assert_array_equal(got[:n], clip[start : start + n])
+            assert batch["valid"][i].tolist() == [True] * n + [False] * (8 - n)
+            assert not got[n:].any()
+            assert batch["captions"][i] == f"clip {key}"
+
+
+def test_whole_clip_mode_pads_and_masks(dataset) -> None:  # noqa: ANN001
+    root, clips = dataset
+    for batch in epoch(LatentLoader(cfg(root, num_frames=12, crop="whole"))):
+        for i, key in enumerate(batch["keys"]):
+            n = len(clips[key])
+            assert int(batch["valid"][i].sum()) == n and int(batch["frame_start"][i]) == 0
+            np.testing.assert_array_equal(batch["latents"][i, :n].numpy(), clips[key])
+
+
+def test_deterministic_for_a_seed_and_epoch(dataset) -> None:  # noqa: ANN001
+    root, _ = dataset
+    a = epoch(LatentLoader(cfg(root, num_workers=2)))
+    b = epoch(LatentLoader(cfg(root, num_workers=2)))
+    assert positions(a) == positions(b)
+    assert all(torch.equal(x["latents"], y["latents"]) for x, y in zip(a, b))
+    c = epoch(LatentLoader(cfg(root, num_workers=2, seed=8)))
+    assert positions(c) != positions(a)
+    loader = LatentLoader(cfg(root, num_workers=2))
+    first = positions(epoch(loader))
+    assert loader.epoch == 1
+    second = positions(epoch(loader))
+    assert second != first
+    assert len(set(first)) == len(set(second)) == 28  # 2 workers x batch 2: 2 of 30 sit out each epoch
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("consumed", [1, 3, 6])
+def test_resume_equals_uninterrupted(dataset, workers: int, consumed: int) -> None:  # noqa: ANN001
+    root, _ = dataset
+    uninterrupted = LatentLoader(cfg(root, num_workers=workers))
+    full, next_epoch = epoch(uninterrupted), epoch(uninterrupted)
+    loader = LatentLoader(cfg(root, num_workers=workers))
+    head = epoch(loader, limit=consumed)
+    state = json.loads(json.dumps(loader.state_dict()))  # survives a JSON round trip
+    resumed = LatentLoader(cfg(root, num_workers=workers))
+    resumed.load_state_dict(state)
+    tail = epoch(resumed)
+    assert positions(head + tail) == positions(full)
+    assert all(torch.equal(x["latents"], y["latents"]) for x, y in zip(head + tail, full))
+    assert resumed.epoch == 1  # and the next epoch follows as usual
+    assert positions(epoch(resumed)) == positions(next_epoch)
+
+
+@pytest.mark.parametrize("new_world,new_workers", [(1, 0), (3, 1), (1, 2)])
+def test_resume_on_a_different_number_of_ranks(dataset, new_world: int, new_workers: int) -> None:  # noqa: ANN001
+    root, _ = dataset
+    old = [LatentLoader(cfg(root, num_workers=2, batch_size=2), r, 2) for r in range(2)]
+    planned = set()
+    for r in range(2):
+        planned |= set(positions(epoch(LatentLoader(cfg(root, num_workers=2, batch_size=2), r, 2))))
+    consumed = []
+    for loader in old:
+        consumed += positions(epoch(loader, limit=3))
+    state = old[0].state_dict()
+    assert old[1].state_dict() == state  # every rank consumed the same number of batches
+    after = []
+    for r in range(new_world):
+        loader = LatentLoader(cfg(root, num_workers=new_workers, batch_size=2), r, new_world)
+        loader.load_state_dict(state)
+        after += positions(epoch(loader))
+        assert loader.epoch == 1
+    assert not set(after) & set(consumed)  # nothing seen twice
+    assert len(after) == len(set(after))
+    remaining = planned - set(consumed)
+    assert set(after) <= remaining
+    readers = new_world * max(new_workers, 1) * 2
+    assert len(after) == len(remaining) // readers * readers  # only the equalising remainder sits out
+
+
+def test_resume_reads_no_consumed_sample(dataset, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    root, _ = dataset
+    index = json.loads(Path(root, "index.json").read_text())
+    loader = LatentLoader(cfg(root))
+    head = epoch(loader, limit=6)
+    consumed = {k for b in head for k in b["keys"]}
+    spans = {}
+    for shard in index["shards"]:
+        uri = storage.join(root, shard["path"])
+        for i, key in enumerate(shard["keys"]):
+            spans[key] = (uri, shard["offsets"][i], shard["offsets"][i + 1])
+    reads: list[tuple[str, int, int]] = []
+    real = storage.read_bytes
+
+    def spy(uri: str, start: int | None = None, end: int | None = None) -> bytes:
+        reads.append((uri, start or 0, end if end is not None else 1 << 62))
+        return real(uri, start, end)
+
+    monkeypatch.setattr(storage, "read_bytes", spy)
+    resumed = LatentLoader(cfg(root))
+    resumed.load_state_dict(loader.state_dict())
+    epoch(resumed)
+    assert reads
+    for key in consumed:
+        uri, lo, hi = spans[key]
+        assert not any(u == uri and a < hi and lo < b for u, a, b in reads), f"re-read consumed sample {key}"
+
+
+def test_truncated_shard_is_skipped_then_refused(dataset, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    root, _ = dataset
+    shard = Path(root, "shards", "part-003.tar")  # the 12-sample shard
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="vidgpt.data"):
+        loader = LatentLoader(cfg(root, max_bad_fraction=0.5))
+        batches = epoch(loader)
+    assert len(batches) == len(loader) == 15  # counts stay equal: bad samples are stood in for
+    bad = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert 3 <= len(bad) <= 7 and all("part-003.tar" in r.getMessage() for r in bad)
+    with pytest.raises(DataError, match=r"part-003\.tar: 1 of this worker's 30 samples are corrupt"):
+        epoch(LatentLoader(cfg(root, max_bad_fraction=0.0)))
+
+
+def test_s3_loader_matches_local(dataset, s3_bucket: str) -> None:  # noqa: ANN001
+    root, _ = dataset
+    remote = f"{s3_bucket}/ds"
+    make_dataset(remote)  # same seed: the same shards
+    local = epoch(LatentLoader(cfg(root, num_workers=2)))
+    s3 = epoch(LatentLoader(cfg(remote, num_workers=2)))
+    assert positions(s3) == positions(local)
+    assert all(torch.equal(x["latents"], y["latents"]) for x, y in zip(s3, local))
+
+
+def test_explicit_shard_lists(dataset) -> None:  # noqa: ANN001
+    root, _ = dataset
+    by_index = epoch(LatentLoader(cfg(root)))
+    pattern = f"{root}/shards/part-{{000..005}}.tar"
+    listed = ",".join(f"{root}/shards/part-{i:03d}.tar" for i in range(6))
+    for source in (pattern, listed, f"{root}/index.json"):
+        other = epoch(LatentLoader(dataclasses.replace(cfg(root), source=source)))
+        assert [b["keys"] for b in other] == [b["keys"] for b in by_index]
+
+
+def test_text_embeddings_are_padded_and_masked(tmp_path: Path) -> None:
+    root = str(tmp_path / "t")
+    make_dataset(root, sizes=[6, 6], text=True)
+    for batch in epoch(LatentLoader(cfg(root, batch_size=3))):
+        text, mask = batch["text"], batch["text_mask"]
+        assert text.shape[0] == 3 and text.shape[2] == 8 and mask.shape == text.shape[:2]
+        assert mask.any(dim=1).all() and not text[~mask].any()
+
+
+def test_errors_name_the_problem(dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    root, _ = dataset
+    with pytest.raises(DataError, match="no dataset index"):
+        LatentLoader(cfg(str(tmp_path / "nothing")))
+    with pytest.raises(DataError, match="cannot fill one batch"):
+        LatentLoader(cfg(root, batch_size=16), 0, 2)
+    loader = LatentLoader(cfg(root))
+    state = loader.state_dict()
+    other = str(tmp_path / "other")
+    make_dataset(other, sizes=[4, 4])
+    with pytest.raises(DataError, match="not the same data"):
+        LatentLoader(cfg(other)).load_state_dict(state)
+    with pytest.raises(ValueError, match="crop"):
+        cfg(root, crop="center")
