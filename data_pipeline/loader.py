@@ -30,7 +30,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,18 +68,22 @@ class LoaderConfig:
     """Samples shuffled together (one block read at a time)."""
     seed: int = 0
     """Seed of shard order, shuffling and windows (the same on every rank)."""
-    num_workers: int = 2
-    """DataLoader worker processes per rank (0 reads in the training process)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank; 0 reads in the training process, with `read_ahead` blocks
+    fetched by a background thread (parsing is cheap; on few cores, worker processes cost more in
+    inter-process copies than they save: see vidgpt-bench-loader)."""
+    read_ahead: int = 2
+    """Blocks fetched ahead of the one being yielded, by a background I/O thread."""
     max_bad_fraction: float = 0.01
     """Stop with an error once more than this fraction of a worker's samples were corrupt."""
     text: bool = True
     """Return caption embeddings when the samples have them."""
 
     def __post_init__(self) -> None:
-        if self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1 or self.num_workers < 0:
+        if self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1 or min(self.num_workers, self.read_ahead) < 0:
             raise ValueError(
-                f"LoaderConfig needs num_frames, batch_size, shuffle_buffer >= 1 and num_workers >= 0; got "
-                f"{self.num_frames}, {self.batch_size}, {self.shuffle_buffer}, {self.num_workers}"
+                f"LoaderConfig needs num_frames, batch_size, shuffle_buffer >= 1 and num_workers, read_ahead >= 0; "
+                f"got {self.num_frames}, {self.batch_size}, {self.shuffle_buffer}, {self.num_workers}, {self.read_ahead}"
             )
         if self.crop not in ("random", "whole"):
             raise ValueError(f"LoaderConfig.crop must be 'random' or 'whole', got {self.crop!r}")
@@ -217,6 +223,14 @@ def reader_order(
 # ----------------------------------------------------------------------------- the dataset
 
 
+def _identity(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+def _to_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
 class _EpochDataset(IterableDataset):
     """One rank's batches for one epoch, from a given position; runs inside DataLoader workers."""
 
@@ -271,29 +285,33 @@ class _EpochDataset(IterableDataset):
                 "caption": sample.caption, "text": sample.text if cfg.text else None, "start": start}
 
     def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        shapes = {it["latents"].shape[1:] for it in items}
+        """Stack samples into a batch of numpy arrays; the training process turns them into tensors.
+        (Pickled through the worker's pipe this measured faster than torch's shared-memory tensors,
+        which cost a file, an mmap and a descriptor pass each, on 2 cores.)"""
+        shapes = {it["latents"].shape for it in items}
         if len(shapes) > 1:
             raise DataError(f"samples of one dataset have different latent shapes {sorted(shapes)}")
+        latents = np.stack([it["latents"] for it in items])  # (B, T, C, H, W) float16
         batch: dict[str, Any] = {
-            "latents": torch.from_numpy(np.stack([it["latents"] for it in items])),  # (B, T, C, H, W)
-            "valid": torch.from_numpy(np.stack([it["valid"] for it in items])),  # (B, T)
+            "latents": latents,
+            "valid": np.stack([it["valid"] for it in items]),  # (B, T)
             "keys": [it["key"] for it in items],
-            "positions": torch.tensor([it["position"] for it in items], dtype=torch.int64),
-            "frame_start": torch.tensor([it["start"] for it in items], dtype=torch.int64),
+            "positions": np.array([it["position"] for it in items], dtype=np.int64),
+            "frame_start": np.array([it["start"] for it in items], dtype=np.int64),
             "captions": [it["caption"] for it in items],
         }
         texts = [it["text"] for it in items]
         if any(t is not None for t in texts):
             dim = next(t for t in texts if t is not None).shape[1]
             length = max(t.shape[0] for t in texts if t is not None)
-            text = np.zeros((len(items), length, dim), dtype=np.float16)
+            text = np.zeros((len(items), length, dim), dtype=np.float16)  # (B, L, D)
             mask = np.zeros((len(items), length), dtype=bool)
             for i, t in enumerate(texts):
                 if t is not None:
                     text[i, : t.shape[0]] = t
                     mask[i, : t.shape[0]] = True
-            batch["text"] = torch.from_numpy(text)  # (B, L, D)
-            batch["text_mask"] = torch.from_numpy(mask)  # (B, L); an all-False row: no caption
+            batch["text"] = text
+            batch["text_mask"] = mask  # (B, L); an all-False row: no caption
         return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -309,32 +327,46 @@ class _EpochDataset(IterableDataset):
         planned, bad = len(order), 0
         last_good: Sample | None = None
         pending: list[dict[str, Any]] = []
-        # one block (the shuffle buffer) at a time; a resume starts at the first unconsumed sample
+        # one block (the shuffle buffer) at a time, read ahead by a thread; a resume starts at the first
+        # unconsumed sample
         size = cfg.shuffle_buffer
         starts = [skip, *range((skip // size + 1) * size, planned, size)] if skip < planned else []
-        for a in starts:
-            block = order[a : (a // size + 1) * size]
-            samples = self._read(block)
-            for p in block.tolist():
-                sample = samples[p]
-                if isinstance(sample, ShardError):
-                    bad += 1
-                    log.warning("skipping a bad sample (%d so far): %s", bad, sample)
-                    if bad > cfg.max_bad_fraction * planned:
-                        raise DataError(
-                            f"{self.table.uris[self.locate(p)[0]]}: {bad} of this worker's {planned} samples "
-                            f"are corrupt or truncated, above max_bad_fraction={cfg.max_bad_fraction}; last: {sample}"
-                        )
-                    if last_good is None:  # nothing to stand in yet: take the next good one of this block
-                        last_good = next((s for s in samples.values() if isinstance(s, Sample)), None)
-                        if last_good is None:
-                            raise DataError(f"{self.table.uris[self.locate(p)[0]]}: no readable sample ({sample})")
-                    sample = last_good
-                last_good = sample
-                pending.append(self._item(sample, p))
-                if len(pending) == cfg.batch_size:
-                    yield self._collate(pending)
-                    pending = []
+        blocks = iter([order[a : (a // size + 1) * size] for a in starts])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidgpt-read") as io_thread:
+            ahead: deque[tuple[np.ndarray, Future[dict[int, Sample | ShardError]]]] = deque()
+
+            def fetch_next() -> None:
+                block = next(blocks, None)
+                if block is not None:
+                    ahead.append((block, io_thread.submit(self._read, block)))
+
+            for _ in range(cfg.read_ahead + 1):
+                fetch_next()
+            while ahead:
+                block, reading = ahead.popleft()
+                fetch_next()
+                samples = reading.result()
+                for p in block.tolist():
+                    sample = samples[p]
+                    if isinstance(sample, ShardError):
+                        bad += 1
+                        log.warning("skipping a bad sample (%d so far): %s", bad, sample)
+                        shard = self.table.uris[self.locate(p)[0]]
+                        if bad > cfg.max_bad_fraction * planned:
+                            raise DataError(
+                                f"{shard}: {bad} of this worker's {planned} samples are corrupt or truncated, "
+                                f"above max_bad_fraction={cfg.max_bad_fraction}; last: {sample}"
+                            )
+                        if last_good is None:  # nothing to stand in yet: the next good one of this block
+                            last_good = next((s for s in samples.values() if isinstance(s, Sample)), None)
+                            if last_good is None:
+                                raise DataError(f"{shard}: no readable sample ({sample})")
+                        sample = last_good
+                    last_good = sample
+                    pending.append(self._item(sample, p))
+                    if len(pending) == cfg.batch_size:
+                        yield self._collate(pending)
+                        pending = []
 
 
 class LatentLoader:
@@ -371,13 +403,13 @@ class LatentLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         dataset = _EpochDataset(self.cfg, self.table, self.epoch, self._base(), self.layout, self.rank, self.batches)
         loader = DataLoader(
-            dataset, batch_size=None, num_workers=self.cfg.num_workers,
+            dataset, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
             prefetch_factor=2 if self.cfg.num_workers else None, persistent_workers=False,
         )
         total = len(self)
         for batch in loader:
             self.batches += 1
-            yield batch
+            yield _to_tensors(batch)
         if self.batches != total:
             raise DataError(f"epoch {self.epoch}: yielded {self.batches} batches, planned {total}")
         self.set_epoch(self.epoch + 1)

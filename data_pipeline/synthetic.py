@@ -127,8 +127,8 @@ def synthetic_scene(index: int, *, size: int = 64, seed: int = 0) -> Scene:
                 vy=speed * np.sin(angle),
             )
         )
-    background = tuple(int(v) for v in rng.integers(0, 40, size=3))
-    return Scene(size=size, background=(background[0], background[1], background[2]), shapes=tuple(shapes))
+    r, g, b = (int(v) for v in rng.integers(0, 40, size=3))
+    return Scene(size=size, background=(r, g, b), shapes=tuple(shapes))
 
 
 def make_synthetic_videos(
@@ -168,10 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out", metavar="OUT", type=Path, help="output directory (created if missing)")
     parser.add_argument("--num", type=int, default=32, help="number of videos (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=64, help="frame height and width in pixels, even (default: %(default)s)")
+    parser.add_argument(
+        "--size", type=int, default=64, help="frame height and width in pixels, even (default: %(default)s)"
+    )
     parser.add_argument("--frames", type=int, default=48, help="frames per video (default: %(default)s)")
-    parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the mp4 files (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed; same seed, same videos (default: %(default)s)")
+    parser.add_argument(
+        "--fps", type=float, default=8.0, help="frame rate of the mp4 files (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="dataset seed: same seed, same videos (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     try:
         paths = make_synthetic_videos(

@@ -61,7 +61,7 @@ class DecodeOptions:
     width: int
     """Output frame width in pixels."""
     fps: float | None = None
-    """Target frame rate; None keeps the source rate. Never above the source rate (no frames invented)."""
+    """Target frame rate; None keeps the source rate. Never above it: no frames are invented."""
     frame_stride: int = 1
     """Keep every k-th frame, applied after the fps resampling."""
     min_frames: int = 1
@@ -250,8 +250,11 @@ def video_codec() -> str:
     return "libx264"
 
 
-def write_video(path: str | os.PathLike[str] | BinaryIO, frames: np.ndarray, fps: float) -> None:
-    """Write uint8 (T, H, W, 3) RGB frames to an mp4 (H.264 or MPEG-4 Part 2, yuv420p)."""
+def write_video(
+    path: str | os.PathLike[str] | BinaryIO, frames: np.ndarray, fps: float, *, codec: str | None = None
+) -> None:
+    """Write uint8 (T, H, W, 3) RGB frames to an mp4, yuv420p; codec None is `video_codec()`
+    (libx264, deterministic output for the same frames, or mpeg4)."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
     t, h, w, _ = frames.shape
@@ -262,7 +265,7 @@ def write_video(path: str | os.PathLike[str] | BinaryIO, frames: np.ndarray, fps
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     rate = Fraction(fps).limit_denominator(1001)
-    codec = video_codec()
+    codec = codec or video_codec()
     # faststart puts the index (moov) first, so a cut-short file still decodes up to the cut; it
     # re-reads the file by name, so file-like outputs keep the index at the end
     faststart = isinstance(path, (str, os.PathLike))
@@ -285,4 +288,12 @@ def write_video(path: str | os.PathLike[str] | BinaryIO, frames: np.ndarray, fps
             container.mux(packet)
 
 
-__all__ = ["Clip", "DecodeOptions", "VideoError", "decode_clips", "resize_plan", "video_codec", "write_video"]
+__all__ = [
+    "Clip",
+    "DecodeOptions",
+    "VideoError",
+    "decode_clips",
+    "resize_plan",
+    "video_codec",
+    "write_video",
+]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -26,12 +27,16 @@ from data_pipeline.video import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _counter_video(path: Path, n: int, fps: float = 24.0) -> None:
-    """32x32 frames showing their own index in binary: 8 vertical stripes of 4 pixels, white for 1."""
+def _counter_frames(n: int) -> np.ndarray:
+    """(n, 32, 32, 3) uint8 frames showing their own index in binary: 8 vertical stripes of 4
+    pixels, white for 1 (readable back through lossy compression)."""
     bits = (np.arange(n)[:, None] >> np.arange(8)[None, :]) & 1  # (T, 8)
     columns = np.repeat(bits * 255, 4, axis=1).astype(np.uint8)  # (T, 32)
-    frames = np.broadcast_to(columns[:, None, :, None], (n, 32, 32, 3)).copy()  # (T, H, W, 3)
-    write_video(path, frames, fps)
+    return np.broadcast_to(columns[:, None, :, None], (n, 32, 32, 3)).copy()  # (T, H, W, 3)
+
+
+def _counter_video(path: Path, n: int, fps: float = 24.0) -> None:
+    write_video(path, _counter_frames(n), fps)
 
 
 def _shown_indices(clip: Clip) -> list[int]:
@@ -198,6 +203,28 @@ def test_fps_resampling_non_integer_ratio(tmp_path: Path) -> None:
     assert clip.fps == 12.0
 
 
+def test_fps_resampling_follows_presentation_times(tmp_path: Path) -> None:
+    """Variable frame rate: 24 frames at 24 fps, a one-second gap, 24 more. The 1/8 s grid keeps
+    its phase across the gap instead of keeping every frame until it catches up."""
+    path = tmp_path / "gap.mp4"
+    with av.open(str(path), mode="w") as c:
+        stream = c.add_stream("mpeg4", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.bit_rate = 2_000_000
+        for i, rgb in enumerate(_counter_frames(48)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = (i if i < 24 else i + 24), Fraction(1, 24)
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    (clip,) = decode_clips(path, DecodeOptions(height=32, width=32, fps=8))
+    assert clip.frame_indices == list(range(0, 24, 3)) + list(range(24, 48, 3))
+    assert _shown_indices(clip) == clip.frame_indices
+    (late,) = decode_clips(path, DecodeOptions(height=32, width=32, start=1.5))
+    assert late.frame_indices == list(range(24, 48)) and late.start_time == pytest.approx(2.0)
+
+
 # -------------------------------------------------------------------------------------- clip split
 
 
@@ -282,14 +309,22 @@ def test_bytesio_decodes_like_a_path(tmp_path: Path, good_mp4: bytes) -> None:
         assert a.fps == b.fps == 12.0 and a.start_time == b.start_time
 
 
-def test_write_video_to_memory_round_trips() -> None:
+@pytest.mark.parametrize("codec", [None, "mpeg4"])
+def test_write_video_to_memory_round_trips(codec: str | None) -> None:
     frames = np.zeros((3, 16, 16, 3), np.uint8)
     frames[1] = 128
     buf = io.BytesIO()
-    write_video(buf, frames, 10.0)
+    write_video(buf, frames, 10.0, codec=codec)
     (clip,) = decode_clips(io.BytesIO(buf.getvalue()), DecodeOptions(height=16, width=16))
     assert np.abs(clip.frames.astype(int) - frames).max() < 8
     assert clip.fps == 10.0
+
+
+def test_write_video_is_deterministic(tmp_path: Path) -> None:
+    frames = synthetic_scene(2, size=64, seed=5).render(24)
+    write_video(tmp_path / "a.mp4", frames, 8.0)
+    write_video(tmp_path / "b.mp4", frames, 8.0)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 
 # -------------------------------------------------------------------------------------- validation
