@@ -176,7 +176,8 @@ class Encoder:
 
     def _clean_uncommitted(self, next_seq: int) -> None:
         """Remove shards of this worker that were published but never committed (a crash in between)."""
-        shutil.rmtree(self.staging, ignore_errors=True) if not storage.is_s3(self.root) else None
+        if not storage.is_s3(self.root):
+            shutil.rmtree(self.staging, ignore_errors=True)  # a killed run's unfinished shard
         for uri in storage.list_files(storage.join(self.root, SHARDS)):
             name = uri.rsplit("/", 1)[-1]
             if name.startswith(self.tag + "-") and name.endswith(".tar"):

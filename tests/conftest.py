@@ -59,7 +59,7 @@ def s3_server() -> Iterator[str]:
         except Exception:  # noqa: BLE001 - not up yet
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"moto_server did not start on {url}")
+                raise RuntimeError(f"moto_server did not start on {url}") from None
             time.sleep(0.2)
     mp = pytest.MonkeyPatch()
     mp.setenv("AWS_ENDPOINT_URL", url)
