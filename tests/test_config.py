@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vidgpt.config import Config, ConfigError, dumps, load_config
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
+
+
+def test_demo_config_loads_and_builds() -> None:
+    cfg = load_config(DEMO)
+    assert cfg.model.flavor == "tiny" and cfg.training.zero_stage == 3
+    model = cfg.model.build()
+    assert model.in_channels == 3 and model.text_dim == 16
+    diffusion = cfg.diffusion.build()
+    assert diffusion.prompt_noise == (0.0, 0.05)
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load_config(DEMO, ["--optimizer.lr=3e-4", "--data.batch_size=8", "--model.activation_checkpointing=true",
+                             "--diffusion.prompt_noise=[0.05, 0.1]", "--run_dir=runs/x", "--data.path=s3://b/p",
+                             "--training.deepspeed={wall_clock_breakdown = true}"])
+    assert cfg.optimizer.lr == 3e-4 and cfg.data.batch_size == 8 and cfg.model.activation_checkpointing is True
+    assert cfg.diffusion.prompt_noise == [0.05, 0.1] and cfg.run_dir == "runs/x" and cfg.data.path == "s3://b/p"
+    assert cfg.training.deepspeed == {"wall_clock_breakdown": True}
+    assert isinstance(load_config(None, ["--optimizer.lr=1"]).optimizer.lr, float)  # ints are valid floats
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("--optimizer.lrr=1e-3", r"optimizer\.lrr: unknown key; valid keys of optimizer: lr, betas"),
+        ("--trainig.steps=3", r"trainig: unknown key"),
+        ("--data.batch_size=two", r"data\.batch_size: expected int, got 'two'"),
+        ("--data.batch_size=2.5", r"data\.batch_size: expected int"),
+        ("--model.activation_checkpointing=1", r"model\.activation_checkpointing: expected bool"),
+        ("--data.batch_size=0", r"data\.batch_size: must be >= 1, got 0"),
+        ("--model.flavor=huge", r"model\.flavor: unknown flavor 'huge'"),
+        ("--training.zero_stage=4", r"training\.zero_stage: must be 0, 1, 2 or 3"),
+        ("--diffusion.process=edm", r"diffusion\.process: must be one of 'ddpm', 'flow'"),
+        ("--optimizer.betas=[0.9]", r"optimizer\.betas: expected two values"),
+        ("--model.in_channels=none", r"model\.in_channels: expected int \| None"),
+        ("--diffusion.prompt_noise=[0.2, 0.1]", r"diffusion: prompt_noise must satisfy"),
+        ("--model.text_len=0", r"model: invalid ModelConfig"),
+        ("optimizer.lr", r"overrides look like --section.key=value"),
+    ],
+)
+def test_bad_configs_name_the_key(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as exc:
+        load_config(DEMO, [override])
+    assert "\n" not in str(exc.value)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nflavor = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    bad.write_text("model = 3\n")
+    with pytest.raises(ConfigError, match=r"model: expected a \[model\] table"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(DEMO, ["--training.deepspeed={zero_optimization = {stage3_prefetch_bucket_size = 1000}}",
+                             "--model.text_dim=0"])
+    path = tmp_path / "config.toml"
+    path.write_text(dumps(cfg))
+    assert load_config(path) == cfg
+    assert load_config(None) == Config()
