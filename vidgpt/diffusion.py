@@ -136,6 +136,9 @@ class Diffusion(ABC):
         drop = None
         if text is not None and text_drop_prob > 0:
             drop = torch.rand(B, generator=generator, device=device) < text_drop_prob
+        if text is not None and text_mask is not None:  # samples without a caption: the null embedding
+            no_caption = ~text_mask.bool().any(dim=1)
+            drop = no_caption if drop is None else drop | no_caption
         pred = model(x_in, self.model_time(t), text=text, text_mask=text_mask, drop_text=drop)
         return frame_prompt_loss(pred, self.target(x0, noise, t), prompt_len, valid)
 

@@ -15,8 +15,12 @@ is what makes the temporal kv-cache (`vidgpt.kv_cache`) exact.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -283,7 +287,9 @@ class VidGPT(nn.Module):
 
     block_class = STDiTBlock  # the unit of activation checkpointing and of ZeRO-3 prefetch
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, *, init_weights: bool = True) -> None:
+        """init_weights=False leaves initialisation to an explicit `initialize_weights(gather=...)` call
+        (building under ZeRO-3's partitioned init, where parameters must be gathered to be written)."""
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = False
@@ -296,29 +302,41 @@ class VidGPT(nn.Module):
             self.null_text = nn.Parameter(torch.zeros(cfg.text_len, cfg.text_dim))
         self.blocks = nn.ModuleList(STDiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
-        self.initialize_weights()
+        if init_weights:
+            self.initialize_weights()
 
-    def initialize_weights(self) -> None:
-        """Every initialisation in one place. Gates, cross-attention outputs and the output layer start at
-        zero, so each block (and the model's prediction) starts as the identity (zero)."""
+    @torch.no_grad()
+    def initialize_weights(self, gather: Callable[[list[nn.Parameter]], AbstractContextManager[Any]] | None = None) -> None:
+        """Every initialisation in one place, one module at a time. Gates, cross-attention outputs and the
+        output layer start at zero, so each block starts as the identity and the prediction as zero.
+
+        gather(params): a context manager in which a module's own parameters are whole and writable
+        (e.g. DeepSpeed's GatheredParameters under ZeRO-3); by default they already are."""
         d = self.cfg.hidden
+        normal = {id(self.t_embedder.mlp[0]), id(self.t_embedder.mlp[2])}
+        zero = {id(self.t_block[1]), id(self.final.linear)}  # adaLN-single starts from the per-block tables
+        zero |= {id(b.attn_c.proj) for b in self.blocks if self.cfg.text_dim}
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(lin.weight, std=0.02)
-        nn.init.zeros_(self.t_block[1].weight)  # adaLN-single: starts from the per-block tables
-        for block in self.blocks:
-            table = torch.randn(NUM_MODULATIONS, d) / d**0.5
-            table[2::3] = 0.0  # gates: g_s, g_t, g_m
-            block.scale_shift_table.data.copy_(table)
-            if self.cfg.text_dim:
-                nn.init.zeros_(block.attn_c.proj.weight)
-        self.final.scale_shift_table.data.copy_(torch.randn(2, d) / d**0.5)
-        nn.init.zeros_(self.final.linear.weight)
-        if self.cfg.text_dim:
-            nn.init.normal_(self.null_text, std=self.cfg.text_dim**-0.5)
+            params = list(module.parameters(recurse=False))
+            if not params:
+                continue
+            with gather(params) if gather is not None else contextlib.nullcontext():
+                if isinstance(module, nn.Linear):
+                    if id(module) in zero:
+                        nn.init.zeros_(module.weight)
+                    elif id(module) in normal:
+                        nn.init.normal_(module.weight, std=0.02)
+                    else:
+                        nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
+                elif isinstance(module, STDiTBlock):
+                    table = torch.randn(NUM_MODULATIONS, d) / d**0.5
+                    table[2::3] = 0.0  # gates: g_s, g_t, g_m
+                    module.scale_shift_table.copy_(table)
+                elif isinstance(module, FinalLayer):
+                    module.scale_shift_table.copy_(torch.randn(2, d) / d**0.5)
+                elif module is self:
+                    nn.init.normal_(self.null_text, std=self.cfg.text_dim**-0.5)
 
     def _text_context(
         self,
