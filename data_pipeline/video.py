@@ -297,3 +297,20 @@ __all__ = [
     "video_codec",
     "write_video",
 ]
+
+
+def write_gif(path: str | os.PathLike[str], frames: np.ndarray, fps: float) -> None:
+    """Write uint8 (T, H, W, 3) RGB frames as an animated GIF (FFmpeg's gif encoder, 8-bit palette)."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"frames must be uint8 (T>0, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w", format="gif") as container:
+        stream = container.add_stream("gif", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb8"
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="rgb8")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -1,0 +1,94 @@
+"""Export a sharded checkpoint to one safetensors file plus config.json (what the sampler loads).
+
+    vidgpt-export runs/demo_cpu/checkpoints/step_0000300 exported/ [--weights ema|model]
+
+`model` weights are consolidated from the ZeRO shards by DeepSpeed's own routine
+(`get_fp32_state_dict_from_zero_checkpoint`); `ema` weights are joined from every rank's EMA shard.
+Runs on one CPU process, whatever number of ranks wrote the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vidgpt.checkpoint import CheckpointError, Checkpointer, Found, read_found, resolve
+from vidgpt.ema import consolidate
+from vidgpt.model import ModelConfig, VidGPT
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def consolidated_state(found: Found, weights: str) -> dict[str, torch.Tensor]:
+    if weights == "ema":
+        if not found.meta.get("ema"):
+            raise CheckpointError(f"{found.path} has no EMA weights (training.ema_decay was 0); use --weights model")
+        return consolidate([s["ema"] for s in Checkpointer.load_trainer_states(found)])
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(found.path.parent), tag=found.tag)
+    return {k: v.float().contiguous() for k, v in state.items()}
+
+
+def export(found: Found, out_dir: Path, weights: str = "ema") -> Path:
+    from safetensors.torch import save_file
+
+    cfg = ModelConfig(**found.meta["model"])
+    state = consolidated_state(found, weights)
+    expected = {n for n, _ in VidGPT(cfg, init_weights=False).named_parameters()}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise CheckpointError(f"{found.path}: weights do not match the model (missing {missing[:3]}, extra {extra[:3]})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / WEIGHTS))
+    info = {"model": found.meta["model"], "weights": weights, "step": found.meta["step"], "source": str(found.path),
+            "data": found.meta.get("config", {}).get("data", {}), "diffusion": found.meta.get("config", {}).get("diffusion", {})}
+    (out_dir / CONFIG).write_text(json.dumps(info, indent=1) + "\n")
+    return out_dir / WEIGHTS
+
+
+def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[VidGPT, dict[str, Any]]:
+    """The model (eval mode) and config.json of an exported directory."""
+    from safetensors.torch import load_file
+
+    info = json.loads((path / CONFIG).read_text())
+    model = VidGPT(ModelConfig(**info["model"]), init_weights=False)
+    state = load_file(str(path / WEIGHTS), device=str(device))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="vidgpt-export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="a checkpoint step directory, a checkpoints/ directory, or a run directory")
+    ap.add_argument("out", help="output directory for model.safetensors and config.json")
+    ap.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA or raw weights (default: ema)")
+    args = ap.parse_args(argv)
+    try:
+        path = Path(args.checkpoint)
+        if (path / "checkpoints").is_dir():
+            found = resolve(path, "auto")
+            if found is None:
+                raise CheckpointError(f"{path}: the run has no complete checkpoint")
+        else:
+            found = resolve(path, str(path)) if (path / "latest").exists() else read_found(path)
+        if args.weights == "ema" and not found.meta.get("ema"):
+            print("vidgpt-export: no EMA in this checkpoint; exporting the model weights", file=sys.stderr)
+            args.weights = "model"
+        out = export(found, Path(args.out), args.weights)
+    except CheckpointError as exc:
+        print(f"vidgpt-export: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {args.weights} weights of {found.path} (step {found.meta['step']}) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
