@@ -187,3 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     print(f"wrote {len(paths)} videos with captions and manifest.jsonl to {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

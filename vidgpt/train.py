@@ -6,7 +6,9 @@
 
 CPU: gloo and fp32 (DS_ACCELERATOR=cpu is set when no GPU is visible); GPU: NCCL and bf16.
 Exit status: 0 finished; 75 stopped on SIGUSR1/SIGTERM after saving a checkpoint (requeue and run
-again with --resume auto); 1 failed (the message names the reason); 2 bad configuration.
+again with --resume auto); 1 failed (the message names the reason); 2 bad configuration. Rank 0
+also writes RUN/status.json ({"state": "finished" | "preempted", "step": N}) for launchers such as
+torchrun that report any non-zero rank status as their own failure.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import resource
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,6 +163,8 @@ class Trainer:
         from vidgpt.model import VidGPT
 
         cfg, env = self.cfg, self.env
+        # DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates, once per step
+        warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.*deprecated", category=FutureWarning)
         if self.cuda:
             torch.cuda.set_device(env.local_rank)
         self.device = torch.device("cuda", env.local_rank) if self.cuda else torch.device("cpu")
@@ -365,9 +370,13 @@ def run(cfg: Config, resume: str | None) -> int:
     trainer = Trainer(cfg, resume)
     try:
         trainer.setup()
-        return trainer.train()
+        code = trainer.train()
     finally:
         trainer.close()
+    if trainer.env.is_main:  # for launchers that cannot see a rank's exit status (torchrun reports 1)
+        state = "preempted" if code == EXIT_PREEMPTED else "finished"
+        (trainer.run_dir / "status.json").write_text(json.dumps({"state": state, "step": trainer.step}) + "\n")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
