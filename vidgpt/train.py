@@ -78,15 +78,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def measured_cpu_peak_flops() -> float:
-    """FLOP/s of a large float32 matmul on this process's threads: the CPU 'peak' for MFU."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+def measured_cpu_peak_flops(size: int = 2048, trials: int = 5) -> float:
+    """FLOP/s of a large float32 matmul on this process's threads (best of a few): the CPU 'peak' for MFU."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < 0.5:
+    best = 0.0
+    for _ in range(trials):
+        start = time.perf_counter()
         a @ b
-        n += 1
-    return 2 * 1024**3 * n / (time.perf_counter() - start)
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
 
 
 class Metrics:
@@ -267,60 +268,63 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------
 
+    def micro_step(self, batch: dict[str, Any]) -> float | None:
+        """Forward, backward and DeepSpeed step of one micro-batch; None when some rank's loss was not
+        finite (then no rank steps, and the count of bad steps in a row grows)."""
+        cfg = self.cfg
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        x0 = batch["latents"].to(self.device, dtype, non_blocking=True)  # (B, T, C, H, W)
+        text, text_mask = batch.get("text"), batch.get("text_mask")
+        if text is not None and self.model_cfg.text_dim:
+            text, text_mask = text.to(self.device, dtype), text_mask.to(self.device)
+        else:
+            text = text_mask = None
+        prompt_len = self.diffusion_cfg.prompt.sample(x0.shape[1], self.prompt_gen)
+        loss = self.diffusion.training_loss(
+            self.engine, x0, prompt_len, generator=self.noise_gen, valid=batch["valid"].to(self.device),
+            text=text, text_mask=text_mask, text_drop_prob=self.diffusion_cfg.text_drop_prob,
+            prompt_noise=self.diffusion_cfg.prompt_noise,
+        )
+        if distributed.all_reduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0]), "max").item():
+            self.skipped += 1
+            self.bad_steps += 1
+            self.say(f"step {self.step}: non-finite loss on some rank; skipped ({self.bad_steps} in a row)")
+            if self.bad_steps >= cfg.training.max_bad_steps:
+                raise TrainingError(
+                    f"{self.bad_steps} non-finite losses in a row at step {self.step}; stopping. The last good "
+                    f"checkpoint is {self.checkpointer.dir / 'latest'} (lower optimizer.lr, check the data)"
+                )
+            return None
+        self.bad_steps = 0
+        self.engine.backward(loss)
+        self.engine.step()
+        return float(loss.detach())
+
     def batches(self) -> Iterator[dict[str, Any]]:
         while True:
             yield from self.loader
 
     def train(self) -> int:
         cfg, engine = self.cfg, self.engine
-        stop = StopFlag()
-        rule = self.diffusion_cfg.prompt
-        data = self.batches()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         from vidgpt.model import model_stats
+
+        stop = StopFlag()
+        data = self.batches()
 
         lat_h = lat_w = None
         window_losses: list[float] = []
         t_last = time.perf_counter()
         data_wait = 0.0
         while self.step < cfg.training.steps:
-            step_losses = []
-            for _ in range(cfg.optimizer.grad_accum):
+            step_losses: list[float] = []
+            while len(step_losses) < cfg.optimizer.grad_accum:  # a skipped micro-batch is replaced
                 t0 = time.perf_counter()
                 batch = next(data)
                 data_wait += time.perf_counter() - t0
-                x0 = batch["latents"].to(self.device, dtype, non_blocking=True)
-                lat_h, lat_w = x0.shape[-2:]
-                text = batch.get("text")
-                text_mask = batch.get("text_mask")
-                if text is not None and not self.model_cfg.text_dim:
-                    text = text_mask = None
-                if text is not None:
-                    text, text_mask = text.to(self.device, dtype), text_mask.to(self.device)
-                prompt_len = rule.sample(x0.shape[1], self.prompt_gen)
-                loss = self.diffusion.training_loss(
-                    engine, x0, prompt_len, generator=self.noise_gen, valid=batch["valid"].to(self.device),
-                    text=text, text_mask=text_mask, text_drop_prob=self.diffusion_cfg.text_drop_prob,
-                    prompt_noise=self.diffusion_cfg.prompt_noise,
-                )
-                bad = distributed.all_reduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0]), "max")
-                if bad.item():
-                    self.skipped += 1
-                    self.bad_steps += 1
-                    self.say(f"step {self.step}: non-finite loss ({float(loss)}) on some rank; skipped "
-                             f"({self.bad_steps} in a row)")
-                    if self.bad_steps >= cfg.training.max_bad_steps:
-                        raise TrainingError(
-                            f"{self.bad_steps} non-finite losses in a row at step {self.step}; stopping. The last "
-                            f"good checkpoint is {self.checkpointer.dir / 'latest'} (lower optimizer.lr, check the data)"
-                        )
-                    continue
-                self.bad_steps = 0
-                engine.backward(loss)
-                engine.step()
-                step_losses.append(float(loss.detach()))
-            if len(step_losses) < cfg.optimizer.grad_accum:
-                continue  # a skipped micro-batch: the accumulation window is not complete yet
+                lat_h, lat_w = batch["latents"].shape[-2:]
+                loss = self.micro_step(batch)
+                if loss is not None:
+                    step_losses.append(loss)
             self.step += 1
             if self.ema is not None:
                 self.ema.update()
