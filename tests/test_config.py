@@ -72,3 +72,17 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     path.write_text(dumps(cfg))
     assert load_config(path) == cfg
     assert load_config(None) == Config()
+
+
+def test_rank_detection_from_torchrun_and_slurm() -> None:
+    from vidgpt.distributed import detect_env, first_host
+
+    env = detect_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"})
+    assert (env.rank, env.world, env.local_rank, env.master_addr, env.master_port, env.source) == (
+        3, 8, 1, "10.0.0.1", 1234, "torchrun")
+    env = detect_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+                      "SLURM_JOB_NODELIST": "gpu[07-08,11]"})
+    assert (env.rank, env.world, env.local_rank, env.master_addr, env.source) == (5, 8, 1, "gpu07", "slurm")
+    assert env.master_port == 20000 + 4242
+    assert detect_env({}).world == 1 and detect_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).source == "single"
+    assert first_host("node12") == "node12" and first_host("n[1-2],m3") == "n1"

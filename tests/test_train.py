@@ -232,3 +232,56 @@ def test_export_then_sample(run_a: Path, tmp_path: Path, data: Path) -> None:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 13 and frames[0].shape == (32, 32, 3)
     assert (out / "sample_000.gif").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def nan_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Clips of which about a third hold NaN: real non-finite losses, without any fault injection."""
+    import numpy as np
+
+    from data_pipeline.index import write_index
+    from data_pipeline.shards import Sample, ShardBuilder
+
+    root = tmp_path_factory.mktemp("nan_data")
+    rng = np.random.default_rng(0)
+    builder = ShardBuilder(root / "shards" / "a.tar", "shards/a.tar")
+    for i in range(48):
+        lat = rng.uniform(-1, 1, (8, 3, 8, 8)).astype(np.float16)
+        if i % 3 == 0:
+            lat[4, 0, 0, 0] = np.nan
+        builder.add(Sample(f"s{i}", lat, {"source": "nan-test"}))
+    write_index(str(root), [builder.close().to_json()], {"codec": {"name": "identity"}, "size": [8, 8]})
+    return root
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path: Path, nan_data: Path) -> None:
+    run = tmp_path / "G"
+    assert train(run, 1, "--model.text_dim=0", "--training.max_bad_steps=50", data=nan_data) == [0], logs(run)
+    assert "non-finite loss on some rank; skipped" in logs(run)
+    got = losses(run)
+    assert sorted(got) == list(range(1, 9)) and all(v == v and v < 10 for v in got.values())  # finite steps only
+
+    run = tmp_path / "H"
+    common = ("--model.text_dim=0", "--checkpoint.interval=1", "--optimizer.schedule=constant")
+    assert train(run, 1, *common, "--training.max_bad_steps=50", "--training.steps=3", data=nan_data) == [0]
+    codes = train(run, 1, *common, "--training.max_bad_steps=1", "--training.steps=40", "--resume", "auto",
+                  data=nan_data)
+    assert codes == [1]
+    err = logs(run)
+    assert "1 non-finite losses in a row at step" in err and "The last good checkpoint" in err
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    assert int(latest.split("_")[1]) >= 3
+    assert train(run, 1, *common, "--training.max_bad_steps=50", f"--training.steps={int(latest.split('_')[1]) + 1}",
+                 "--resume", "auto", data=nan_data) == [0]
+    assert f"resumed from {run / 'checkpoints' / latest}" in logs(run)
+
+
+def test_bench_train_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    from vidgpt.benchmarks.train import main as bench
+
+    args = ["--flavor", "tiny", "--steps", "1", "--warmup", "1", "--frames", "4", "--size", "8", "--channels", "4"]
+    assert bench(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["mfu"] < 1 and out["step_s"] > 0 and out["tokens_per_s"] > 0
+    assert out["zero3_bytes_per_rank_2"][0] < out["zero3_bytes_per_rank_1"]
+    assert 0.4 < out["zero3_shard_ratio"] < 0.8  # tiny params pad to whole partitions: not quite 0.5
