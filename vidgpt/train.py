@@ -109,6 +109,7 @@ class Metrics:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+            self.writer = None
 
 
 class Console:
@@ -361,9 +362,18 @@ class Trainer:
                 if self.step % cfg.checkpoint.interval:
                     self.save()
                 self.say(f"step {self.step}: stop requested (signal); checkpoint saved, exiting {EXIT_PREEMPTED}")
-                return EXIT_PREEMPTED
+                return self._finish("preempted", EXIT_PREEMPTED)
         self.save()
-        return 0
+        return self._finish("finished", 0)
+
+    def _finish(self, state: str, code: int) -> int:
+        """Record how the run ended (for launchers such as torchrun that report any non-zero rank status
+        as their own failure), before any rank exits."""
+        if self.env.is_main:
+            (self.run_dir / "status.json").write_text(json.dumps({"state": state, "step": self.step}) + "\n")
+        self.metrics.close()
+        distributed.barrier()
+        return code
 
     def close(self) -> None:
         if hasattr(self, "metrics"):
@@ -374,13 +384,9 @@ def run(cfg: Config, resume: str | None) -> int:
     trainer = Trainer(cfg, resume)
     try:
         trainer.setup()
-        code = trainer.train()
+        return trainer.train()
     finally:
         trainer.close()
-    if trainer.env.is_main:  # for launchers that cannot see a rank's exit status (torchrun reports 1)
-        state = "preempted" if code == EXIT_PREEMPTED else "finished"
-        (trainer.run_dir / "status.json").write_text(json.dumps({"state": state, "step": trainer.step}) + "\n")
-    return code
 
 
 def main(argv: list[str] | None = None) -> int:
