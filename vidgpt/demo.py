@@ -4,7 +4,7 @@
 
 1. writes synthetic videos of bouncing shapes with captions (vidgpt-make-synthetic) and a tiny T5;
 2. encodes them with the identity codec into latent shards (vidgpt-encode);
-3. trains the tiny model with ZeRO-3 in 2 processes (torchrun + vidgpt-train, configs/demo_cpu.toml),
+3. trains the tiny model (rectified flow) with ZeRO-3 in 2 processes (torchrun + vidgpt-train, configs/demo_cpu.toml),
    preempts it halfway with SIGUSR1 (checkpoint, exit 75) and resumes it (--resume auto);
 4. exports the EMA weights (vidgpt-export) and samples long videos, several times the training clip
    length, with the kv-cache (vidgpt-sample) into mp4 and GIF files.
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vidgpt-demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default="runs/demo_cpu", help="where everything goes (default: runs/demo_cpu)")
-    ap.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
+    ap.add_argument("--steps", type=int, default=600, help="training steps (default: 600)")
     ap.add_argument("--videos", type=int, default=48, help="synthetic videos (default: 48)")
     ap.add_argument("--config", default=str(CONFIG), help="training config (default: configs/demo_cpu.toml)")
     args = ap.parse_args(argv)
