@@ -17,12 +17,9 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ import numpy as np
 from data_pipeline import storage
 from data_pipeline.index import write_index
 from data_pipeline.loader import LatentLoader, LoaderConfig
+from data_pipeline.s3_server import S3ServerError, start_moto_server
 from data_pipeline.shards import Sample, ShardBuilder
 
 
@@ -60,34 +58,11 @@ def raw_read(files: list[Path]) -> tuple[float, int]:
 def time_loader(cfg: LoaderConfig) -> tuple[float, int, int]:
     """Seconds, samples and shard bytes of one epoch."""
     loader = LatentLoader(cfg)
-    sizes = {}
-    for shard_offsets in loader.table.offsets:
-        for a, b in zip(shard_offsets[:-1], shard_offsets[1:]):
-            sizes[len(sizes)] = b - a
-    sample_bytes = int(np.mean(list(sizes.values())))
+    sample_bytes = int(np.mean(np.concatenate([np.diff(o) for o in loader.table.offsets])))
     start, samples = time.perf_counter(), 0
     for batch in loader:
         samples += batch["latents"].shape[0]
     return time.perf_counter() - start, samples, samples * sample_bytes
-
-
-def start_moto() -> tuple[subprocess.Popen[bytes], str] | None:
-    exe = shutil.which("moto_server")
-    if exe is None:
-        return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return proc, url
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.2)
-    proc.kill()
-    return None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,7 +93,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         out["read_ratio"] = round(out["local_mb_s"] / out["raw_mb_s"], 3)
         out["local_mb_s_by_workers"] = {str(w): round(b / t / 2**20, 1) for w, (t, _, b) in by_workers.items()}
-        moto = start_moto() if args.s3 else None
+        moto = None
+        if args.s3:
+            try:
+                moto = start_moto_server()
+            except S3ServerError:
+                moto = None  # no S3 figures without moto_server
         if moto is not None:
             proc, url = moto
             env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",

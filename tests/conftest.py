@@ -28,39 +28,18 @@ def _deterministic() -> None:
 # ----------------------------------------------------------------------------- a real S3 server
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """moto_server (a real S3-compatible HTTP server) on 127.0.0.1 with a free port; yields its URL and
     points boto3 at it for the whole session (credentials are dummies moto accepts)."""
-    import shutil
-    import subprocess
-    import time
-    import urllib.request
+    from data_pipeline.s3_server import S3ServerError, start_moto_server
 
-    exe = shutil.which("moto_server")
-    if exe is None:
-        pytest.skip("moto_server not installed: pip install 'moto[server]'")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto_server did not start on {url}") from None
-            time.sleep(0.2)
+    try:
+        proc, url = start_moto_server()
+    except S3ServerError as exc:
+        if "not installed" in str(exc):
+            pytest.skip(str(exc))
+        raise
     mp = pytest.MonkeyPatch()
     mp.setenv("AWS_ENDPOINT_URL", url)
     mp.setenv("AWS_ACCESS_KEY_ID", "testing")

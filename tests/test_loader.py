@@ -106,14 +106,12 @@ def _distributed_worker(rank: int, world: int, root: str, port: int, result: str
 
 
 def test_distributed_ranks_finish_together(dataset, tmp_path: Path) -> None:  # noqa: ANN001
-    import socket
-
     import torch.multiprocessing as mp
 
+    from vidgpt.distributed import free_port
+
     root, _ = dataset
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_distributed_worker, args=(3, root, port, str(tmp_path)), nprocs=3, join=True)
     steps = [json.loads((tmp_path / f"{r}.json").read_text())["steps"] for r in range(3)]
     assert steps == [3, 3, 3]  # 30 samples / (3 ranks x 1 worker x 3) = 3 batches each, 3 samples sit out

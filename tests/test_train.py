@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from vidgpt.distributed import free_port
+
 pytestmark = pytest.mark.distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo_cpu.toml"
 BASE = ["--training.steps=8", "--checkpoint.interval=4", "--logging.interval=2", "--optimizer.schedule=constant",
         "--optimizer.warmup_steps=0", "--training.ema_decay=1e-6", "--data.batch_size=2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(run_dir: Path, world: int, *extra: str, data: Path) -> list[subprocess.Popen]:

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from vidgpt.distributed import free_port
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
 
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
               "--size", "32", "--min-frames", "16", "--max-frames", "48", "--text-encoder", str(data / "t5"),
               "--no-progress"], stdout=subprocess.DEVNULL)
 
-    train = [py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    train = [py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
              "-m", "vidgpt.train", "--config", args.config, f"--run_dir={run}", f"--data.path={data / 'latents'}",
              f"--training.steps={args.steps}", "--resume", "auto"]
     if _steps_done(run) < args.steps // 2:
@@ -109,14 +111,6 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             out.append(int(stat.parent.name))
     return out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":
