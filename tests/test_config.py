@@ -86,3 +86,40 @@ def test_rank_detection_from_torchrun_and_slurm() -> None:
     assert env.master_port == 20000 + 4242
     assert detect_env({}).world == 1 and detect_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).source == "single"
     assert first_host("node12") == "node12" and first_host("n[1-2],m3") == "n1"
+
+
+def test_every_model_field_is_settable_over_a_flavor() -> None:
+    import dataclasses
+
+    from vidgpt.config import ModelSection
+    from vidgpt.model import FLAVORS, ModelConfig
+
+    section_keys = {f.name for f in dataclasses.fields(ModelSection)}
+    missing = {f.name for f in dataclasses.fields(ModelConfig)} - section_keys
+    assert not missing, f"ModelConfig fields with no [model] key: {missing}"
+    cfg = load_config(DEMO, ["--model.flavor=tiny", "--model.depth=3", "--model.hidden=48", "--model.heads=3",
+                             "--model.patch=4", "--model.mlp_ratio=2", "--model.freq_dim=64",
+                             "--model.rope_theta=500", "--model.temporal=bidirectional", "--model.text_dim=0"])
+    built = cfg.model.build()
+    assert (built.depth, built.hidden, built.heads, built.patch, built.mlp_ratio, built.freq_dim) == (3, 48, 3, 4, 2.0, 64)
+    assert built.rope_theta == 500.0 and built.temporal == "bidirectional" and not built.causal
+    assert built.text_len == load_config(DEMO).model.build().text_len  # untouched keys keep their value
+    assert built.in_channels == 3 and FLAVORS["tiny"].in_channels == 4
+    assert load_config(DEMO).model.build().causal
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("--model.depth=0", r"model: invalid ModelConfig: depth must be >= 1"),
+        ("--model.hidden=31", r"model: invalid ModelConfig: hidden=31 is not divisible by heads=2"),
+        ("--model.heads=two", r"model\.heads: expected int \| None, got 'two'"),
+        ("--model.temporal=sideways", r"model\.temporal: expected"),
+        ("--model.mlp_ratio=-1", r"mlp_ratio must be > 0"),
+        ("--model.width=64", r"model\.width: unknown key; valid keys of model: flavor, depth, hidden"),
+    ],
+)
+def test_bad_model_fields_name_the_key(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as exc:
+        load_config(DEMO, [override])
+    assert "\n" not in str(exc.value)

@@ -200,3 +200,36 @@ def test_bad_config_is_refused(overrides: dict, match: str) -> None:
 def test_config_is_plain_data() -> None:
     cfg = ModelConfig(**dataclasses.asdict(FLAVORS["small"]))
     assert cfg == FLAVORS["small"]
+
+
+def _bidirectional_twin(model: VidGPT) -> VidGPT:
+    """The same weights with the temporal switch flipped: one model, two attention patterns."""
+    twin = VidGPT(dataclasses.replace(model.cfg, temporal="bidirectional"), init_weights=False)
+    twin.load_state_dict(model.state_dict(), strict=True)
+    return twin.eval()
+
+
+def test_bidirectional_switch_lets_earlier_frames_see_later_ones() -> None:
+    causal = tiny_model()
+    bidir = _bidirectional_twin(causal)
+    x, t, text, mask = _inputs()
+    with torch.no_grad():
+        base = bidir(x, t, text=text, text_mask=mask)
+        changed = x.clone()
+        changed[:, -1] += torch.randn_like(changed[:, -1])  # only the last frame changes
+        out = bidir(changed, t, text=text, text_mask=mask)
+        # every earlier frame's output moves (in causal mode they would stay put, see test_causality)
+        for k in range(T - 1):
+            assert (out[:, k] - base[:, k]).abs().max() > 1e-3, k
+        # the causal twin, with the very same weights, keeps the earlier frames fixed
+        c_base, c_out = causal(x, t, text=text, text_mask=mask), causal(changed, t, text=text, text_mask=mask)
+        torch.testing.assert_close(c_out[:, :-1], c_base[:, :-1], atol=1e-6, rtol=0)
+        # a single frame sees only itself in both modes: the switch changes nothing else
+        torch.testing.assert_close(bidir(x[:, :1], t[:, :1]), causal(x[:, :1], t[:, :1]), atol=1e-6, rtol=0)
+
+
+def test_bidirectional_model_refuses_a_cache() -> None:
+    bidir = _bidirectional_twin(tiny_model())
+    x, t, _, _ = _inputs()
+    with pytest.raises(ValueError, match="bidirectional model cannot use a kv-cache"):
+        bidir(x, t, cache=TemporalKVCache(4), write_cache=True)

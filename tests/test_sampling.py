@@ -215,3 +215,22 @@ def test_benchmark_script_and_help() -> None:
         assert flag in out
     bad = subprocess.run([sys.executable, str(script), "--chunk", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--chunk must be >= 1" in bad.stderr
+
+
+def test_bidirectional_baseline_samples_without_cache_and_refuses_one() -> None:
+    import dataclasses
+
+    from vidgpt.model import VidGPT
+
+    causal = tiny_model()
+    bidir = VidGPT(dataclasses.replace(causal.cfg, temporal="bidirectional"), init_weights=False)
+    bidir.load_state_dict(causal.state_dict())
+    bidir.eval()
+    with pytest.raises(ValueError, match="use_cache=True needs a causal model.*use_cache=False"):
+        generate(bidir, RectifiedFlow(), _prompt(2), 4, chunk=2, window=4, steps=2)
+    prompt = _prompt(2)
+    out = _gen(bidir, RectifiedFlow(), prompt, 5, chunk=2, window=4, steps=3, use_cache=False)
+    assert out.shape == (B, 7, C, H, W) and torch.equal(out[:, :2], prompt)
+    # recomputing the window with bidirectional attention is not the causal model's sampling
+    ref = _gen(causal, RectifiedFlow(), prompt, 5, chunk=2, window=4, steps=3, use_cache=False)
+    assert (out[:, 2:] - ref[:, 2:]).abs().max() > 1e-3

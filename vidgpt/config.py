@@ -30,15 +30,36 @@ class ConfigError(ValueError):
 @dataclass
 class ModelSection:
     flavor: str = "tiny"
-    """Named size from vidgpt.model.FLAVORS: tiny, small, base, xl."""
+    """Named size from vidgpt.model.FLAVORS (tiny, cpu, small, base, xl); the keys below override it."""
+    depth: int | None = None
+    """STDiT blocks, if not the flavor's."""
+    hidden: int | None = None
+    """Token width, if not the flavor's (divisible by heads, with an even head dim)."""
+    heads: int | None = None
+    """Attention heads, if not the flavor's."""
+    patch: int | None = None
+    """Spatial patch size, if not the flavor's (latent H and W must divide by it)."""
     in_channels: int | None = None
     """Latent channels, if not the flavor's (the identity codec gives 3)."""
+    mlp_ratio: float | None = None
+    """MLP width as a multiple of hidden, if not the flavor's."""
     text_dim: int | None = None
     """Caption embedding width, if not the flavor's; 0 trains without text."""
     text_len: int | None = None
     """Most caption tokens, if not the flavor's."""
+    freq_dim: int | None = None
+    """Width of the sinusoidal timestep features, if not the flavor's."""
+    rope_theta: float | None = None
+    """RoPE base of the temporal attention, if not the flavor's."""
+    temporal: Literal["causal", "bidirectional"] | None = None
+    """causal (ViD-GPT, kv-cache) or bidirectional (the recompute-the-window baseline), if not the flavor's."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (saves memory, costs ~1/3 more compute)."""
+
+    def overrides(self) -> dict[str, Any]:
+        """The ModelConfig fields this section sets on top of the flavor."""
+        names = [f.name for f in dataclasses.fields(ModelConfig)]
+        return {k: v for k in names if (v := getattr(self, k)) is not None}
 
     def validate(self) -> None:
         if self.flavor not in FLAVORS:
@@ -46,9 +67,8 @@ class ModelSection:
         self.build()
 
     def build(self) -> ModelConfig:
-        changes = {k: v for k in ("in_channels", "text_dim", "text_len") if (v := getattr(self, k)) is not None}
         try:
-            return dataclasses.replace(FLAVORS[self.flavor], **changes)
+            return dataclasses.replace(FLAVORS[self.flavor], **self.overrides())
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from exc
 

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -58,6 +58,10 @@ class ModelConfig:
     """Width of the sinusoidal timestep features."""
     rope_theta: float = 10000.0
     """RoPE base of the temporal attention."""
+    temporal: Literal["causal", "bidirectional"] = "causal"
+    """causal: frame i attends to frames <= i (ViD-GPT; enables the kv-cache). bidirectional: every frame
+    attends to every frame of the call, the baseline that conditions each chunk on earlier frames by
+    recomputing the whole window (no kv-cache is possible)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -72,8 +76,14 @@ class ModelConfig:
             problems.append(f"text_dim={self.text_dim}, text_len={self.text_len}: need text_dim >= 0, text_len >= 1")
         if self.mlp_ratio <= 0:
             problems.append(f"mlp_ratio must be > 0 (got {self.mlp_ratio})")
+        if self.temporal not in ("causal", "bidirectional"):
+            problems.append(f"temporal must be 'causal' or 'bidirectional' (got {self.temporal!r})")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    @property
+    def causal(self) -> bool:
+        return self.temporal == "causal"
 
     @property
     def head_dim(self) -> int:
@@ -217,6 +227,7 @@ class STDiTBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d = cfg.hidden
+        self.causal = cfg.causal
         self.norm_s = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.attn_s = SelfAttention(d, cfg.heads)
         self.norm_t = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
@@ -247,14 +258,15 @@ class STDiTBlock(nn.Module):
         xs = rearrange(modulate(self.norm_s(h), sh_s, sc_s), "B T S D -> (B T) S D")
         h = h + g_s * rearrange(self.attn_s(xs), "(B T) S D -> B T S D", B=B)
 
-        # temporal: causal across frames at each spatial position, RoPE on q/k, cached keys first
+        # temporal: causal (or, for the baseline, bidirectional) across frames at each spatial position,
+        # RoPE on q/k, cached keys first
         xt = rearrange(modulate(self.norm_t(h), sh_t, sc_t), "B T S D -> (B S) T D")
         q, k, v = self.attn_t.qkv_heads(xt)  # (B*S, T, H, E)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         new_kv = (k, v)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)  # (B*S, Tc+T, H, E)
-        o = self.attn_t.out(attention(q, k, v, causal=True))  # (B*S, T, D)
+        o = self.attn_t.out(attention(q, k, v, causal=self.causal))  # (B*S, T, D)
         h = h + g_t * rearrange(o, "(B S) T D -> B T S D", B=B)
 
         # text: every token attends to the caption (no mixing across frames)
@@ -415,6 +427,8 @@ class VidGPT(nn.Module):
             raise ValueError(f"t must hold one timestep per frame, (B, T)={(B, T)}; got {tuple(t.shape)}")
         if write_cache and cache is None:
             raise ValueError("write_cache=True needs a cache")
+        if cache is not None and not cfg.causal:
+            raise ValueError("a bidirectional model cannot use a kv-cache: cached frames would have to see later ones")
         hp, wp = H // cfg.patch, W // cfg.patch
 
         tokens = rearrange(x, "B T C (h p) (w q) -> B T (h w) (p q C)", p=cfg.patch, q=cfg.patch)

@@ -103,6 +103,11 @@ def generate(
         raise ValueError(f"prompt must be (B, P>=1, C, H, W) latents, got {tuple(prompt.shape)}")
     if chunk < 1 or window < 1 or steps < 1 or num_frames < 0:
         raise ValueError(f"need chunk, window, steps >= 1 and num_frames >= 0; got {chunk}, {window}, {steps}, {num_frames}")
+    if use_cache and not model.cfg.causal:
+        raise ValueError(
+            "use_cache=True needs a causal model; this one has temporal='bidirectional', whose every frame "
+            "sees later ones, so sample it with use_cache=False (the window is recomputed at every step)"
+        )
     guided = cfg_scale != 1.0
     if guided and text is None:
         raise ValueError("classifier-free guidance (cfg_scale != 1) needs text")

@@ -1,0 +1,330 @@
+"""vidgpt-eval: the metrics on scenes with known answers, the copy_last baseline, and the CLI end to end
+on a tiny random model (synthetic truth and a latent dataset)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_pipeline.codecs import build_codec
+from data_pipeline.index import write_index
+from data_pipeline.shards import Sample, ShardBuilder
+from data_pipeline.synthetic import PALETTE, MovingShape, Scene, synthetic_scene
+from vidgpt import metrics
+from vidgpt.evaluate import (
+    COPY_LAST,
+    EvalSpec,
+    evaluate_model,
+    evaluate_videos,
+    main,
+    mp4_round_trip,
+    synthetic_truth,
+)
+from vidgpt.export import CONFIG, WEIGHTS
+from vidgpt.model import FLAVORS, VidGPT
+from vidgpt.testing import randomize_weights_
+
+SIZE = 32
+
+
+def _static_scene(x: float = 10.0, y: float = 12.0, vx: float = 0.0, vy: float = 0.0) -> Scene:
+    """A red square and a blue circle on a dark background; the square moves at (vx, vy)."""
+    return Scene(size=SIZE, background=(10, 20, 30), shapes=(
+        MovingShape("square", "red", 3.0, x, y, vx, vy),
+        MovingShape("circle", "blue", 4.0, 22.0, 22.0, 0.0, 0.0),
+    ))
+
+
+def _stats(frames: np.ndarray, scene: Scene) -> metrics.ObjectStats:
+    return metrics.object_stats(metrics.classify(frames, scene.background))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_identical_videos_score_perfectly() -> None:
+    scene = synthetic_scene(3, size=SIZE, seed=1000)
+    frames = scene.render(6)
+    assert np.all(metrics.mse(frames, frames) == 0)
+    assert np.all(metrics.psnr(frames, frames) == metrics.PSNR_CAP)
+    stats = _stats(frames, scene)
+    assert np.all(stats.garbage == 0)
+    assert stats.presence.sum() == 6 * len(scene.shapes)
+    assert metrics.presence_f1(stats.presence, stats.presence) == 1.0
+    assert np.all(metrics.centroid_error(stats, stats) == 0)
+
+
+def test_psnr_of_a_known_error() -> None:
+    a = np.zeros((1, 4, 4, 3), np.uint8)
+    b = np.full((1, 4, 4, 3), 51, np.uint8)  # 0.2 everywhere: mse 0.04, psnr = -10 log10(0.04)
+    assert metrics.mse(a, b)[0] == pytest.approx(0.04)
+    assert metrics.psnr(a, b)[0] == pytest.approx(-10 * np.log10(0.04))
+
+
+@pytest.mark.parametrize("shift", [(3, 0), (0, -2), (4, 3)])
+def test_a_shifted_shape_gives_that_centroid_error(shift: tuple[int, int]) -> None:
+    truth_scene = _static_scene()
+    truth = truth_scene.render(2)
+    moved = _static_scene(x=10.0 + shift[0], y=12.0 + shift[1]).render(2)  # only the red square moves
+    error = metrics.centroid_error(_stats(moved, truth_scene), _stats(truth, truth_scene))
+    # two shared colours: red off by |shift|, blue exact -> mean |shift| / 2
+    assert error == pytest.approx(np.full(2, np.hypot(*shift) / 2))
+
+    rolled = np.roll(truth, shift=(shift[1], shift[0]), axis=(1, 2))  # every shape moves
+    error = metrics.centroid_error(_stats(rolled, truth_scene), _stats(truth, truth_scene))
+    assert error == pytest.approx(np.full(2, np.hypot(*shift)))
+
+
+def test_a_missing_colour_lowers_f1_not_centroids() -> None:
+    scene = _static_scene()
+    truth = scene.render(1)
+    only_blue = Scene(SIZE, scene.background, scene.shapes[1:]).render(1)
+    got, want = _stats(only_blue, scene), _stats(truth, scene)
+    assert metrics.presence_f1(got.presence, want.presence) == pytest.approx(2 / 3)  # tp 1, fn 1
+    assert metrics.centroid_error(got, want)[0] == pytest.approx(0.0)
+
+
+def test_random_noise_is_mostly_garbage() -> None:
+    scene = synthetic_scene(0, size=SIZE, seed=1000)
+    noise = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
+    got, want = _stats(noise, scene), _stats(scene.render(4), scene)
+    assert np.all(got.garbage > 0.5)
+    assert metrics.presence_f1(got.presence, want.presence) < 0.7  # noise "contains" every colour
+
+
+def test_mp4_round_trip_truth_has_little_garbage() -> None:
+    scenes = [synthetic_scene(i, size=SIZE, seed=1000) for i in range(4)]
+    garbage = [_stats(mp4_round_trip(s.render(8), 8.0), s).garbage.mean() for s in scenes]
+    assert 0 < np.mean(garbage) < 0.05  # chroma bleeding at shape edges, a few percent
+
+
+def test_frechet_distance() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 5)) @ rng.standard_normal((5, 5))  # correlated features
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shift = np.array([1.0, -2.0, 0.5, 0.0, 3.0])
+    assert metrics.frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-6)
+    distances = [metrics.frechet_distance(a, a + s * shift) for s in (0.5, 1.0, 2.0)]
+    assert distances == sorted(distances) and distances[0] > 0
+    b = rng.standard_normal((64, 5)) * 3  # a different spread also counts
+    assert metrics.frechet_distance(a, b) > metrics.frechet_distance(a, a + 0.01)
+
+
+def test_pixstat_features_see_motion() -> None:
+    still = _static_scene().render(8)[None]
+    moving = _static_scene(vx=1.5).render(8)[None]
+    fs, fm = metrics.pixstat_features(still), metrics.pixstat_features(moving)
+    assert fs.shape == (1, 7 * 16)
+    g = 16
+    assert np.all(fs[0, -g:] == 0) and fm[0, -g:].max() > 0  # motion energy
+    assert metrics.frechet_distance(fs, fm) > 0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # the I3D convention is TorchScript
+def test_i3d_features_follow_the_torchscript_convention(tmp_path: Path) -> None:
+    class TinyI3D(torch.nn.Module):  # the call signature of StyleGAN-V's i3d_torchscript.pt
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 400)
+
+        def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True,
+                    return_features: bool = False) -> torch.Tensor:
+            assert x.dim() == 5 and x.size(1) == 3  # (N, 3, T, H, W)
+            assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+            return self.proj(x.mean(dim=(2, 3, 4)))
+
+    path = tmp_path / "i3d.pt"
+    torch.jit.script(TinyI3D()).save(str(path))
+    model = torch.jit.load(str(path))
+    chunks = synthetic_truth(EvalSpec(clip_len=4, multiples=1, num_clips=3))[0][:, :4]
+    feats = metrics.i3d_features(model, chunks, batch_size=2)
+    assert feats.shape == (3, 400) and np.isfinite(feats).all()
+
+
+# ----------------------------------------------------------------------------- the baseline and the report
+
+
+def _spec(**kw: object) -> EvalSpec:
+    return EvalSpec(**{"prompt_frames": 2, "clip_len": 4, "multiples": 2, "num_clips": 2, "size": SIZE, **kw})
+
+
+def test_copy_last_is_perfect_on_a_static_scene() -> None:
+    spec = _spec()
+    scenes = [_static_scene(), _static_scene(x=20.0, y=8.0)]
+    truth = np.stack([s.render(spec.total_frames) for s in scenes])
+    report = evaluate_videos(truth, {}, spec, scenes)
+    base = report["methods"][COPY_LAST]
+    assert base["by_multiple"][-1]["mse"] == 0
+    assert base["by_multiple"][-1]["presence_f1"] == 1
+    assert base["by_multiple"][-1]["centroid_error"] == 0
+    assert base["per_chunk"][-1]["frechet_pixstat"] == pytest.approx(0, abs=1e-9)
+
+
+def test_copy_last_misses_motion_and_the_report_says_so() -> None:
+    spec = _spec()
+    scenes = [_static_scene(vx=1.0, vy=0.5), _static_scene(vx=-1.0)]
+    truth = np.stack([s.render(spec.total_frames) for s in scenes])
+    report = evaluate_videos(truth, {"oracle": truth.copy()}, spec, scenes)
+    base = report["methods"][COPY_LAST]
+    errors = base["per_frame"]["centroid_error"]
+    assert errors[: spec.prompt_frames] == [0, 0]
+    assert all(e > 0 for e in errors[spec.prompt_frames:])
+    assert errors[-1] > errors[spec.prompt_frames]  # it grows as the square moves on
+    assert base["by_multiple"][0]["centroid_error"] > 0
+    summary = report["summary"]["methods"]
+    assert summary["oracle"]["meets"] == {"presence_f1": True, "garbage": True, "centroid": True, "all": True}
+    assert summary["oracle"]["centroid_ratio_first_clip"] == 0
+    assert summary[COPY_LAST]["meets"]["centroid"] is False
+    assert report["chunks"] == [[2, 6], [6, 10]]
+    assert len(base["per_frame"]["psnr"]) == spec.total_frames
+
+
+def test_evaluate_model_in_process(tmp_path: Path) -> None:
+    """The API the demo and the benchmark call with a model they hold (no export directory)."""
+    from vidgpt.diffusion import RectifiedFlow
+
+    torch.manual_seed(0)
+    model = randomize_weights_(VidGPT(dataclasses.replace(FLAVORS["tiny"], in_channels=3, text_dim=0))).eval()
+    spec = _spec(size=16, steps=2)
+    lines: list[str] = []
+    report = evaluate_model(model, RectifiedFlow(), build_codec("identity"), spec, out_dir=tmp_path / "eval",
+                            progress=lines.append)
+    assert set(report["files"]) == {"report", "plot", "sheet"}
+    assert all(Path(f).is_file() for f in report["files"].values())
+    assert report["conditioning"] == "unconditional"
+    assert lines[-1].endswith(f"{spec.generated_frames}/{spec.generated_frames} frames generated")
+    model_row = report["summary"]["methods"]["model"]
+    assert 0 <= model_row["presence_f1"] <= 1 and 0 <= model_row["garbage"] <= 1
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def _export(tmp_path: Path, clip_len: int = 4, text_dim: int = 0) -> Path:
+    """A tiny random 3-channel (identity codec) model, without text unless text_dim, exported as
+    vidgpt-export does."""
+    from safetensors.torch import save_file
+
+    cfg = dataclasses.replace(FLAVORS["tiny"], in_channels=3, text_dim=text_dim)
+    torch.manual_seed(0)
+    model = randomize_weights_(VidGPT(cfg), seed=0)
+    out = tmp_path / "export"
+    out.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
+    info = {"model": dataclasses.asdict(cfg), "weights": "model", "step": 0, "source": "test",
+            "data": {"num_frames": clip_len}, "diffusion": {"process": "flow"}}
+    (out / CONFIG).write_text(json.dumps(info))
+    return out
+
+
+FAST = ["--clips", "2", "--multiples", "2", "--steps", "2", "--size", "16", "--prompt-frames", "2"]
+
+
+def _check_outputs(out: Path, methods: set[str]) -> dict:
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["methods"]) == methods
+    for name in ("metrics.png", "sheet.png"):
+        with Image.open(out / name) as image:
+            image.verify()
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] >= 300 and image.size[1] >= 150
+    return report
+
+
+def test_cli_end_to_end_on_synthetic_truth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval"
+    assert main([str(_export(tmp_path)), "--out", str(out), *FAST]) == 0
+    report = _check_outputs(out, {"model", COPY_LAST})
+    assert report["frames"] == 2 + 2 * 4 and report["clips"] == 2 and report["frame_size"] == [16, 16]
+    assert report["object_metrics"] is True and report["frechet_metrics"] == ["frechet_pixstat"]
+    model = report["methods"]["model"]
+    assert set(model["per_frame"]) == {"mse", "psnr", "garbage", "presence_f1", "centroid_error"}
+    assert len(model["per_chunk"]) == 2 and len(model["by_multiple"]) == 2
+    assert model["per_frame"]["mse"][:2] == [0, 0]  # identity codec: the prompt frames come back exactly
+    summary = report["summary"]["methods"]["model"]
+    assert {"presence_f1", "garbage", "centroid_error_first_clip", "centroid_ratio_first_clip", "meets"} <= set(summary)
+    assert 0 <= report["summary"]["truth_garbage"] < 0.15
+    assert report["source"]["kv_cache"] is True and report["source"]["conditioning"] == "unconditional"
+    printed = capsys.readouterr().out
+    assert "presence F1" in printed and "centroid error, first clip length" in printed
+    assert str(out / "report.json") in printed
+
+
+def _latent_dataset(root: Path, frames: int, clips: int = 2, text_dim: int = 0) -> Path:
+    """Identity-codec latents of synthetic 16px scenes (with random caption embeddings when
+    text_dim), one shard and index.json, as vidgpt-encode writes."""
+    codec = build_codec("identity")
+    rng = np.random.default_rng(0)
+    builder = ShardBuilder(root / "staging.tar", "shards/part-000.tar")
+    for i in range(clips):
+        video = synthetic_scene(i, size=16, seed=7).render(frames)
+        text = rng.standard_normal((3 + i, text_dim)).astype(np.float16) if text_dim else None
+        builder.add(Sample(f"clip{i}", codec.encode(video), {"source": f"clip{i}"}, caption=f"clip {i}", text=text))
+    info = builder.close()
+    (root / "shards").mkdir(parents=True)
+    builder.local_path.rename(root / "shards" / "part-000.tar")
+    write_index(str(root), [info.to_json()], {"codec": codec.describe(), "size": [16, 16], "num_inputs": clips})
+    return root
+
+
+def test_cli_on_a_latent_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = _export(tmp_path)
+    data = _latent_dataset(tmp_path / "ds", frames=12)
+    out = tmp_path / "eval"
+    assert main([str(export), "--out", str(out), "--data", str(data), *FAST]) == 0
+    report = _check_outputs(out, {"model", COPY_LAST})
+    assert report["object_metrics"] is False and "presence_f1" not in report["methods"]["model"]["per_frame"]
+    assert report["methods"]["model"]["per_frame"]["mse"][:2] == [0, 0]
+
+    with pytest.raises(SystemExit) as exc:  # 12 frames < 2 + 4 * 4
+        main([str(export), "--out", str(out), "--data", str(data), *FAST, "--multiples", "4"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "have >= 18 frames" in err
+
+
+def test_cli_conditions_on_dataset_captions(tmp_path: Path) -> None:
+    export = _export(tmp_path, text_dim=FLAVORS["tiny"].text_dim)
+    data = _latent_dataset(tmp_path / "ds", frames=10, text_dim=FLAVORS["tiny"].text_dim)
+    out = tmp_path / "eval"
+    assert main([str(export), "--out", str(out), "--data", str(data), *FAST]) == 0
+    assert _check_outputs(out, {"model", COPY_LAST})["source"]["conditioning"] == "dataset captions"
+
+
+@pytest.mark.slow  # loading transformers
+def test_cli_embeds_synthetic_captions_with_a_text_encoder(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from data_pipeline.text import save_tiny_text_encoder
+
+    save_tiny_text_encoder(tmp_path / "t5", dim=FLAVORS["tiny"].text_dim)
+    export = _export(tmp_path, text_dim=FLAVORS["tiny"].text_dim)
+    out = tmp_path / "eval"
+    assert main([str(export), "--out", str(out), "--text-encoder", str(tmp_path / "t5"), *FAST]) == 0
+    report = _check_outputs(out, {"model", COPY_LAST})
+    assert report["source"]["conditioning"].startswith("captions embedded with")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["MISSING"], "not an export directory"),
+    (["EXPORT", "--clips", "0"], "num_clips must be >= 1"),
+    (["EXPORT", "--prompt-frames", "4"], "must be < the training clip length"),
+    (["EXPORT", "--size", "15"], "even number"),
+    (["EXPORT", "--i3d", "no_such_i3d.pt"], "no such file"),
+    (["EXPORT", "--steps", "many"], "invalid int value"),
+    (["EXPORT", "--data", "x", "--synthetic-seed", "3"], "not allowed with"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              args: list[str], message: str) -> None:
+    export = _export(tmp_path)
+    argv = [str(export) if a == "EXPORT" else str(tmp_path / a) if a == "MISSING" else a for a in args]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("vidgpt-eval: error:") and message in err, err
