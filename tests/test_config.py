@@ -11,11 +11,11 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
 
 def test_demo_config_loads_and_builds() -> None:
     cfg = load_config(DEMO)
-    assert cfg.model.flavor == "tiny" and cfg.training.zero_stage == 3
+    assert cfg.model.flavor == "cpu" and cfg.training.zero_stage == 3
     model = cfg.model.build()
-    assert model.in_channels == 3 and model.text_dim == 16
+    assert model.in_channels == 3 and model.text_dim == 16 and model.patch == 4 and model.causal
     diffusion = cfg.diffusion.build()
-    assert diffusion.prompt_noise == (0.0, 0.05)
+    assert diffusion.process == "flow" and diffusion.prediction == "x0"
 
 
 def test_overrides_are_typed() -> None:
@@ -112,7 +112,7 @@ def test_every_model_field_is_settable_over_a_flavor() -> None:
     "override,match",
     [
         ("--model.depth=0", r"model: invalid ModelConfig: depth must be >= 1"),
-        ("--model.hidden=31", r"model: invalid ModelConfig: hidden=31 is not divisible by heads=2"),
+        ("--model.heads=3", r"model: invalid ModelConfig: hidden=128 is not divisible by heads=3"),
         ("--model.heads=two", r"model\.heads: expected int \| None, got 'two'"),
         ("--model.temporal=sideways", r"model\.temporal: expected"),
         ("--model.mlp_ratio=-1", r"mlp_ratio must be > 0"),

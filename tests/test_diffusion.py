@@ -16,7 +16,7 @@ from vidgpt.diffusion import (
 
 from conftest import tiny_model
 
-PROCESSES = [GaussianDiffusion(), RectifiedFlow()]
+PROCESSES = [GaussianDiffusion(), RectifiedFlow(), RectifiedFlow(prediction="x0")]
 
 
 # ----------------------------------------------------------------------------- prompt lengths
@@ -68,7 +68,7 @@ def test_ddpm_schedule_is_the_papers() -> None:
     assert all(a > b for a, b in sched)
 
 
-@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow", "flow-x0"])
 @pytest.mark.parametrize("steps", [1, 3, 20])
 def test_sampler_recovers_x0_from_an_oracle(diffusion, steps: int) -> None:  # noqa: ANN001
     """With the exact target as prediction, sampling from pure noise lands exactly on x0."""
@@ -93,6 +93,47 @@ def test_build_diffusion_and_config_errors() -> None:
         DiffusionConfig(text_drop_prob=1.5)
     with pytest.raises(ValueError, match="'ddpm' or 'flow'"):
         build_diffusion(DiffusionConfig(process="edm"))  # type: ignore[arg-type]
+
+
+def test_flow_x0_prediction_cannot_leave_noise_behind() -> None:
+    """Velocity prediction that ignores the input noise (eps_hat = 0, the typical failure of an
+    undertrained network) carries all of it to t = 0; x0 prediction with the same clean estimate
+    returns exactly that estimate, noise-free."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 3, 4, 4, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    estimate = 0.5 * x0  # an imperfect but noise-free clean estimate, the same for both
+    results = {}
+    for prediction in ("velocity", "x0"):
+        d = RectifiedFlow(prediction=prediction)
+        x = noise.clone()
+        for t, t_next in d.schedule(10):
+            pred = estimate if prediction == "x0" else -estimate  # velocity with eps_hat = 0
+            x = d.step(pred, x, t, t_next)
+        results[prediction] = x
+    torch.testing.assert_close(results["x0"], estimate, atol=1e-12, rtol=0)
+    torch.testing.assert_close(results["velocity"], noise + estimate, atol=1e-12, rtol=0)
+
+
+def test_flow_options_targets_and_time_sampling() -> None:
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, 4, 4, 4, generator=g), torch.randn(2, 3, 4, 4, 4, generator=g)
+    t = torch.rand(2, 3, generator=g)
+    assert torch.equal(RectifiedFlow(prediction="x0").target(x0, noise, t), x0)
+    assert torch.equal(RectifiedFlow().target(x0, noise, t), noise - x0)
+    uniform = RectifiedFlow().sample_time(20000, torch.Generator().manual_seed(1), torch.device("cpu"))
+    logit = RectifiedFlow(time_sampling="logit_normal").sample_time(20000, torch.Generator().manual_seed(1),
+                                                                   torch.device("cpu"))
+    assert 0 < float(logit.min()) and float(logit.max()) < 1
+    middle = lambda ts: float(((ts > 0.25) & (ts < 0.75)).float().mean())  # noqa: E731
+    assert abs(middle(uniform) - 0.5) < 0.02 and middle(logit) > 0.65  # sigmoid(N(0,1)): P(|z| < 1.1) ~ 0.73
+    assert abs(float(logit.median()) - 0.5) < 0.02
+    built = build_diffusion(DiffusionConfig(process="flow", prediction="x0", time_sampling="logit_normal"))
+    assert isinstance(built, RectifiedFlow) and (built.prediction, built.time_sampling) == ("x0", "logit_normal")
+    with pytest.raises(ValueError, match="process='flow' only"):
+        DiffusionConfig(process="ddpm", prediction="x0")
+    with pytest.raises(ValueError, match="'velocity' or 'x0'"):
+        RectifiedFlow(prediction="eps")  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- loss
@@ -140,7 +181,7 @@ class Recorder(torch.nn.Module):
         return self.net(x, t, **kw)
 
 
-@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow", "flow-x0"])
 def test_training_loss_feeds_clean_prompts_at_t0(diffusion) -> None:  # noqa: ANN001
     model = Recorder()
     x0 = torch.randn(4, 6, 4, 8, 8)
@@ -203,3 +244,24 @@ def test_training_step_reduces_loss() -> None:
     with torch.no_grad():
         after = sum(float(loss_at(s)) for s in range(4))
     assert after < 0.8 * before
+
+
+def test_an_export_rebuilds_the_diffusion_it_was_trained_with() -> None:
+    import dataclasses
+
+    from vidgpt.checkpoint import CheckpointError
+    from vidgpt.config import load_config
+    from vidgpt.export import exported_diffusion
+
+    section = dataclasses.asdict(load_config(None, ["--diffusion.process=flow", "--diffusion.prediction=x0",
+                                                    "--diffusion.time_sampling=logit_normal"]).diffusion)
+    built = exported_diffusion({"diffusion": section})
+    assert isinstance(built, RectifiedFlow) and (built.prediction, built.time_sampling) == ("x0", "logit_normal")
+    # an export written before prediction/time_sampling existed: today's defaults
+    old = exported_diffusion({"diffusion": {"process": "flow", "num_steps": 1000}})
+    assert isinstance(old, RectifiedFlow) and old.prediction == "velocity"
+    ddpm = exported_diffusion({"diffusion": {"process": "ddpm", "num_steps": 500}})
+    assert isinstance(ddpm, GaussianDiffusion) and ddpm.num_steps == 500
+    assert isinstance(exported_diffusion({}), GaussianDiffusion)
+    with pytest.raises(CheckpointError, match="bad diffusion section"):
+        exported_diffusion({"diffusion": {"process": "ddpm", "prediction": "x0"}})

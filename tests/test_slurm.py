@@ -16,7 +16,7 @@ import pytest
 from test_encode import samples_of
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ["--training.steps=8", "--checkpoint.interval=100", "--logging.interval=2", "--data.batch_size=2",
+TRAIN = ["--model.flavor=tiny", "--training.steps=8", "--checkpoint.interval=100", "--logging.interval=2", "--data.batch_size=2",
          "--optimizer.schedule=constant", "--optimizer.warmup_steps=0"]
 
 

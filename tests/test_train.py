@@ -20,7 +20,7 @@ pytestmark = pytest.mark.distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo_cpu.toml"
-BASE = ["--training.steps=8", "--checkpoint.interval=4", "--logging.interval=2", "--optimizer.schedule=constant",
+BASE = ["--model.flavor=tiny", "--training.steps=8", "--checkpoint.interval=4", "--logging.interval=2", "--optimizer.schedule=constant",
         "--optimizer.warmup_steps=0", "--training.ema_decay=1e-6", "--data.batch_size=2"]
 
 

@@ -77,6 +77,11 @@ class ModelSection:
 class DiffusionSection:
     process: Literal["ddpm", "flow"] = "ddpm"
     """ddpm: the paper's epsilon-prediction DDPM; flow: rectified flow."""
+    prediction: Literal["velocity", "x0"] = "velocity"
+    """flow: what the network predicts, the velocity eps - x0 or the clean frames x0. x0 cannot leave
+    noise behind when the network is imperfect (blur instead of speckle); see vidgpt.diffusion.RectifiedFlow."""
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    """flow: distribution of training timesteps (logit_normal: SD3's sigmoid of a standard normal)."""
     num_steps: int = 1000
     """DDPM training steps."""
     beta_start: float = 1e-4
@@ -102,7 +107,8 @@ class DiffusionSection:
     def build(self) -> DiffusionConfig:
         try:
             return DiffusionConfig(
-                process=self.process, num_steps=self.num_steps, beta_start=self.beta_start, beta_end=self.beta_end,
+                process=self.process, prediction=self.prediction, time_sampling=self.time_sampling,
+                num_steps=self.num_steps, beta_start=self.beta_start, beta_end=self.beta_end,
                 prompt_noise=(self.prompt_noise[0], self.prompt_noise[1]), text_drop_prob=self.text_drop_prob,
                 prompt=PromptSampling(self.prompt_rule, self.prompt_min_len, self.prompt_chunk),
             )

@@ -7,7 +7,11 @@
 3. trains the tiny model (rectified flow) with ZeRO-3 in 2 processes (torchrun + vidgpt-train, configs/demo_cpu.toml),
    preempts it halfway with SIGUSR1 (checkpoint, exit 75) and resumes it (--resume auto);
 4. exports the EMA weights (vidgpt-export) and samples long videos, several times the training clip
-   length, with the kv-cache (vidgpt-sample) into mp4 and GIF files.
+   length, with the kv-cache (vidgpt-sample) into mp4 and GIF files;
+5. measures the model on held-out scenes (vidgpt-eval): continued from 2 prompt frames for 4x the
+   training clip, against the true continuation and the copy-the-last-frame baseline; prints the
+   three goal figures (colour-presence F1 >= 0.9, garbage pixels <= 5%, centroid error over the first
+   clip length <= half the baseline's) and writes metrics.png and sheet.png.
 Every step is one of the project's own commands, printed before it runs.
 """
 
@@ -26,6 +30,8 @@ from pathlib import Path
 from vidgpt.distributed import free_port
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
+STEPS = 600
+VIDEOS = 512
 
 
 def _run(cmd: list[str], **kw: object) -> None:
@@ -42,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vidgpt-demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default="runs/demo_cpu", help="where everything goes (default: runs/demo_cpu)")
-    ap.add_argument("--steps", type=int, default=600, help="training steps (default: 600)")
-    ap.add_argument("--videos", type=int, default=48, help="synthetic videos (default: 48)")
+    ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps (default: {STEPS})")
+    ap.add_argument("--videos", type=int, default=VIDEOS, help=f"synthetic training videos (default: {VIDEOS})")
     ap.add_argument("--config", default=str(CONFIG), help="training config (default: configs/demo_cpu.toml)")
     args = ap.parse_args(argv)
     start = time.monotonic()
@@ -84,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     _run([py, "-m", "vidgpt.export", str(run), str(run / "export"), "--weights", "ema"])
     _run([py, "-m", "vidgpt.sample", str(run / "export"), "--data", str(data / "latents"), "--out",
           str(run / "samples"), "--num", "2", "--prompt-frames", "2", "--frames", "46", "--chunk", "4",
-          "--steps", "25"])
+          "--steps", "20"])
+    _run([py, "-m", "vidgpt.evaluate", str(run / "export"), "--out", str(run / "eval"), "--prompt-frames", "2",
+          "--multiples", "4", "--clips", "8", "--steps", "20"])
+    report = json.loads((run / "eval" / "report.json").read_text())
     losses = [json.loads(line)["loss"] for line in (run / "losses.jsonl").read_text().splitlines()]
     print(
         f"\ndone in {time.monotonic() - start:.0f} s; loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}\n"
@@ -94,10 +103,36 @@ def main(argv: list[str] | None = None) -> int:
         f"  checkpoints:        {run / 'checkpoints'}\n"
         f"  tensorboard:        tensorboard --logdir {run / 'tensorboard'}\n"
         f"  exported weights:   {run / 'export'}\n"
-        f"  samples (mp4, gif): {run / 'samples'}",
+        f"  samples (mp4, gif): {run / 'samples'}\n"
+        f"  evaluation:         {run / 'eval' / 'report.json'}\n"
+        f"  metric plot:        {run / 'eval' / 'metrics.png'}\n"
+        f"  contact sheet:      {run / 'eval' / 'sheet.png'}  (rows: truth, then the model, per clip)\n\n"
+        + goal_lines(report),
         flush=True,
     )
     return 0
+
+
+def goal_lines(report: dict) -> str:
+    """The demo's three quality figures on held-out scenes, beside the copy-last-frame baseline."""
+    s = report["summary"]
+    row, base = s["methods"]["model"], s["methods"]["copy_last"]
+    mark = {True: "met", False: "NOT met"}
+    k, L = report["multiples"], report["clip_len"]
+
+    def num(v: float | None, fmt: str, scale: float = 1.0) -> str:  # null: undefined (e.g. no colour found)
+        return "n/a" if v is None else format(scale * v, fmt)
+
+    return (
+        f"quality on {report['clips']} held-out scenes, continued from {report['prompt_frames']} frames for "
+        f"{k} x {L} frames:\n"
+        f"  colour-presence F1:  {num(row['presence_f1'], '.3f')}  (goal >= 0.9: "
+        f"{mark[row['meets']['presence_f1']]}; copy-last {num(base['presence_f1'], '.3f')})\n"
+        f"  garbage pixels:      {num(row['garbage'], '.2f', 100)}%  (goal <= 5%: {mark[row['meets']['garbage']]}; "
+        f"copy-last {num(base['garbage'], '.2f', 100)}%, truth {num(s['truth_garbage'], '.2f', 100)}%)\n"
+        f"  centroid error, first {L} frames: {num(row['centroid_error_first_clip'], '.2f')} px  (goal <= half of "
+        f"copy-last's {num(base['centroid_error_first_clip'], '.2f')} px: {mark[row['meets']['centroid']]})"
+    )
 
 
 def _children(pid: int) -> list[int]:

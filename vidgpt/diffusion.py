@@ -202,9 +202,35 @@ class GaussianDiffusion(Diffusion):
 
 
 class RectifiedFlow(Diffusion):
-    """Rectified flow; native time t in [0, 1] (0 = clean, 1 = noise); velocity target eps - x0."""
+    """Rectified flow; native time t in [0, 1] (0 = clean, 1 = noise), x_t = (1 - t) x0 + t eps.
+
+    prediction: what the network outputs.
+    - "velocity": eps - x0 (the usual flow target). The clean estimate is x_t - t * pred, so at high t
+      the network must cancel the input noise exactly; an undertrained one does not, and Euler sampling
+      carries the leftover noise to t = 0 (speckle).
+    - "x0": the clean frames. Each Euler step moves x_t toward the estimate along the straight line,
+      x_{t'} = x_t + (t' - t) (x_t - x0_hat) / t, so whatever the network's error, the noise in x_t is
+      removed in proportion t'/t and the last step returns x0_hat itself: errors show up as blur, not
+      as noise. The loss is plain MSE on x0.
+    time_sampling: training timesteps uniform in [0, 1] or logit-normal (SD3: sigmoid of N(0, 1), which
+    concentrates training on the middle of the path).
+    """
+
+    def __init__(
+        self,
+        prediction: Literal["velocity", "x0"] = "velocity",
+        time_sampling: Literal["uniform", "logit_normal"] = "uniform",
+    ) -> None:
+        if prediction not in ("velocity", "x0"):
+            raise ValueError(f"flow prediction must be 'velocity' or 'x0', got {prediction!r}")
+        if time_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"flow time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
+        self.prediction = prediction
+        self.time_sampling = time_sampling
 
     def sample_time(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        if self.time_sampling == "logit_normal":
+            return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
         return torch.rand(batch, generator=generator, device=device)
 
     def time_at(self, fraction: Tensor) -> Tensor:
@@ -215,7 +241,7 @@ class RectifiedFlow(Diffusion):
         return (1 - tt) * x0 + tt * noise
 
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        return noise - x0
+        return x0 if self.prediction == "x0" else noise - x0
 
     def model_time(self, t: Tensor) -> Tensor:
         return t.float() * 1000.0
@@ -227,6 +253,8 @@ class RectifiedFlow(Diffusion):
         return list(zip(ts[:-1], ts[1:]))
 
     def step(self, pred: Tensor, x: Tensor, t: float, t_next: float, noise: Tensor | None = None) -> Tensor:
+        if self.prediction == "x0":  # velocity (x_t - x0_hat) / t; t > 0 at every step of the schedule
+            return x + (t_next - t) / t * (x - pred)
         return x + (t_next - t) * pred
 
 
@@ -260,7 +288,11 @@ class DiffusionConfig:
     """Which process, its schedule, and the frame-as-prompt training options."""
 
     process: Literal["ddpm", "flow"] = "ddpm"
-    """ddpm: the paper's epsilon-prediction DDPM; flow: rectified flow (velocity prediction)."""
+    """ddpm: the paper's epsilon-prediction DDPM; flow: rectified flow."""
+    prediction: Literal["velocity", "x0"] = "velocity"
+    """flow only: the network predicts the velocity eps - x0 or the clean frames x0 (see RectifiedFlow)."""
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    """flow only: training timesteps uniform or logit-normal."""
     num_steps: int = 1000
     """DDPM training steps."""
     beta_start: float = 1e-4
@@ -284,11 +316,13 @@ class DiffusionConfig:
             raise ValueError(f"text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
         if self.ddim_eta < 0:
             raise ValueError(f"ddim_eta must be >= 0, got {self.ddim_eta}")
+        if self.process != "flow" and (self.prediction, self.time_sampling) != ("velocity", "uniform"):
+            raise ValueError("prediction and time_sampling apply to process='flow' only (ddpm predicts the noise)")
 
 
 def build_diffusion(cfg: DiffusionConfig) -> Diffusion:
     if cfg.process == "ddpm":
         return GaussianDiffusion(cfg.num_steps, cfg.beta_start, cfg.beta_end, cfg.ddim_eta)
     if cfg.process == "flow":
-        return RectifiedFlow()
+        return RectifiedFlow(cfg.prediction, cfg.time_sampling)
     raise ValueError(f"diffusion process must be 'ddpm' or 'flow', got {cfg.process!r}")

@@ -52,7 +52,7 @@ import torch
 from data_pipeline.codecs import Codec
 from data_pipeline.synthetic import Scene, synthetic_scene
 from vidgpt import metrics
-from vidgpt.diffusion import Diffusion, GaussianDiffusion, RectifiedFlow
+from vidgpt.diffusion import Diffusion
 from vidgpt.model import VidGPT
 from vidgpt.sampling import generate
 
@@ -246,13 +246,6 @@ def pad_text(embeddings: Sequence[np.ndarray], max_len: int | None = None) -> tu
 
 
 # ----------------------------------------------------------------------------- generation
-
-
-def diffusion_from_info(cfg: Mapping[str, Any]) -> Diffusion:
-    """The sampling process of an export's config.json "diffusion" section (as vidgpt-sample builds it)."""
-    if cfg.get("process") == "flow":
-        return RectifiedFlow()
-    return GaussianDiffusion(cfg.get("num_steps", 1000), cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02))
 
 
 def is_bidirectional(model: VidGPT) -> bool:
@@ -731,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_pipeline.index import DatasetIndexError
     from data_pipeline.loader import DataError
     from data_pipeline.storage import StorageError
-    from vidgpt.export import CONFIG, WEIGHTS, load_exported
+    from vidgpt.export import CONFIG, WEIGHTS, exported_diffusion, load_exported
 
     export: Path = args.export
     if not (export / CONFIG).is_file() or not (export / WEIGHTS).is_file():
@@ -804,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"continuing {spec.num_clips} clips from {spec.prompt_frames} prompt frames for {spec.multiples} x "
           f"{spec.clip_len} frames (chunk {spec.chunk}, window {spec.window}, {spec.steps} steps, "
           f"{'kv-cache' if use_cache else 'no cache'}, {conditioning})", flush=True)
-    videos = continue_videos(model, diffusion_from_info(info.get("diffusion", {})), codec, truth, spec,
+    videos = continue_videos(model, exported_diffusion(info), codec, truth, spec,
                              use_cache=use_cache, seed=args.seed, text=text, text_mask=text_mask,
                              progress=lambda line: print("  " + line, flush=True))
     try:

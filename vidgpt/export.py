@@ -10,6 +10,7 @@ Runs on one CPU process, whatever number of ranks wrote the checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from vidgpt.diffusion import Diffusion, build_diffusion
 from vidgpt.checkpoint import CheckpointError, Checkpointer, Found, read_found, resolve
 from vidgpt.ema import consolidate
 from vidgpt.model import ModelConfig, VidGPT
@@ -51,6 +53,19 @@ def export(found: Found, out_dir: Path, weights: str = "ema") -> Path:
             "data": found.meta.get("config", {}).get("data", {}), "diffusion": found.meta.get("config", {}).get("diffusion", {})}
     (out_dir / CONFIG).write_text(json.dumps(info, indent=1) + "\n")
     return out_dir / WEIGHTS
+
+
+def exported_diffusion(info: dict[str, Any]) -> Diffusion:
+    """The diffusion process an export was trained with (its config.json "diffusion" section, as the
+    run config wrote it; keys it lacks take today's defaults)."""
+    from vidgpt.config import ConfigError, DiffusionSection
+
+    section = info.get("diffusion", {})
+    known = {f.name for f in dataclasses.fields(DiffusionSection)}
+    try:
+        return build_diffusion(DiffusionSection(**{k: v for k, v in section.items() if k in known}).build())
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"export config.json: bad diffusion section ({exc})") from exc
 
 
 def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[VidGPT, dict[str, Any]]:

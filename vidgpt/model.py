@@ -100,6 +100,9 @@ class ModelConfig:
 
 FLAVORS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(depth=2, hidden=32, heads=2, text_dim=16, text_len=8),
+    # the CPU demo's: 32x32 identity-codec frames (64 tokens of 4x4 pixels), the demo's tiny T5; ~0.5 s
+    # per batch of 8 clips of 8 frames on 2 cores
+    "cpu": ModelConfig(depth=4, hidden=128, heads=4, patch=4, in_channels=3, text_dim=16, text_len=32),
     "small": ModelConfig(depth=12, hidden=384, heads=6),
     "base": ModelConfig(depth=12, hidden=768, heads=12),
     "xl": ModelConfig(depth=28, hidden=1152, heads=16),  # the paper's STDiT-XL/2

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidgpt.diffusion import GaussianDiffusion, RectifiedFlow
-from vidgpt.export import load_exported
+from vidgpt.export import exported_diffusion, load_exported
 from vidgpt.sampling import generate
 
 
@@ -67,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         text, text_mask = batch["text"].float().to(device), batch["text_mask"].to(device)
         if not bool(text_mask.any(dim=1).all()):
             text = text_mask = None
-    diff_cfg = info.get("diffusion", {})
-    diffusion = RectifiedFlow() if diff_cfg.get("process") == "flow" else GaussianDiffusion(
-        diff_cfg.get("num_steps", 1000), diff_cfg.get("beta_start", 1e-4), diff_cfg.get("beta_end", 0.02))
+    diffusion = exported_diffusion(info)
     train_frames = info.get("data", {}).get("num_frames", args.chunk + 8)
     window = args.window or max(1, train_frames - args.chunk)
     video = generate(
