@@ -116,6 +116,8 @@ def test_every_model_field_is_settable_over_a_flavor() -> None:
         ("--model.heads=two", r"model\.heads: expected int \| None, got 'two'"),
         ("--model.temporal=sideways", r"model\.temporal: expected"),
         ("--model.mlp_ratio=-1", r"mlp_ratio must be > 0"),
+        ("--diffusion.ddim_eta=1.5", r"diffusion: ddim_eta must be >= 0 \(flow: in \[0, 1\]\)"),
+        ("--diffusion.prediction=eps", r"diffusion\.prediction: must be one of 'velocity', 'x0'"),
         ("--model.width=64", r"model\.width: unknown key; valid keys of model: flavor, depth, hidden"),
     ],
 )

@@ -115,6 +115,35 @@ def test_flow_x0_prediction_cannot_leave_noise_behind() -> None:
     torch.testing.assert_close(results["velocity"], noise + estimate, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("prediction", ["velocity", "x0"])
+def test_stochastic_flow_sampling(prediction: str) -> None:
+    """eta > 0 re-noises each step: an oracle still lands exactly on x0, an imperfect predictor's
+    result depends on the fresh noise, and eta = 0 is the deterministic Euler step."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 3, 4, 4, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+
+    def run(d: RectifiedFlow, oracle: bool, seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        x = noise.clone()
+        for t, t_next in d.schedule(8):
+            tt = torch.full((2, 3), t, dtype=torch.float64)
+            if oracle:  # the exact clean frames and the noise they imply at x
+                pred = d.target(x0, (x - (1 - t) * x0) / t, tt)
+            else:  # a wrong clean estimate, no noise estimate
+                pred = d.target(0.5 * x, torch.zeros_like(x), tt)
+            z = torch.randn(x.shape, generator=gen, dtype=torch.float64) if d.needs_step_noise() else None
+            x = d.step(pred, x, t, t_next, z)
+        return x
+
+    stochastic = RectifiedFlow(prediction=prediction, eta=1.0)  # type: ignore[arg-type]
+    assert stochastic.needs_step_noise() and not RectifiedFlow(prediction=prediction).needs_step_noise()  # type: ignore[arg-type]
+    torch.testing.assert_close(run(stochastic, True, 1), x0, atol=1e-9, rtol=0)
+    assert (run(stochastic, False, 1) - run(stochastic, False, 2)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="eta must be in"):
+        RectifiedFlow(eta=1.5)
+
+
 def test_flow_options_targets_and_time_sampling() -> None:
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(2, 3, 4, 4, 4, generator=g), torch.randn(2, 3, 4, 4, 4, generator=g)

@@ -82,6 +82,9 @@ class DiffusionSection:
     noise behind when the network is imperfect (blur instead of speckle); see vidgpt.diffusion.RectifiedFlow."""
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     """flow: distribution of training timesteps (logit_normal: SD3's sigmoid of a standard normal)."""
+    ddim_eta: float = 0.0
+    """Sampling stochasticity, 0 = deterministic (ddpm: DDIM's eta; flow: the share of fresh noise in each
+    step's re-noising). Used by vidgpt-sample and vidgpt-eval through the export."""
     num_steps: int = 1000
     """DDPM training steps."""
     beta_start: float = 1e-4
@@ -108,7 +111,7 @@ class DiffusionSection:
         try:
             return DiffusionConfig(
                 process=self.process, prediction=self.prediction, time_sampling=self.time_sampling,
-                num_steps=self.num_steps, beta_start=self.beta_start, beta_end=self.beta_end,
+                num_steps=self.num_steps, beta_start=self.beta_start, beta_end=self.beta_end, ddim_eta=self.ddim_eta,
                 prompt_noise=(self.prompt_noise[0], self.prompt_noise[1]), text_drop_prob=self.text_drop_prob,
                 prompt=PromptSampling(self.prompt_rule, self.prompt_min_len, self.prompt_chunk),
             )

@@ -214,19 +214,26 @@ class RectifiedFlow(Diffusion):
       as noise. The loss is plain MSE on x0.
     time_sampling: training timesteps uniform in [0, 1] or logit-normal (SD3: sigmoid of N(0, 1), which
     concentrates training on the middle of the path).
+    eta: stochastic sampling. Each step re-noises the clean estimate to the next level with a noise made of
+    the estimated noise (weight sqrt(1 - eta^2)) and fresh noise (weight eta): x_{t'} = (1 - t') x0_hat +
+    t' (sqrt(1 - eta^2) eps_hat + eta z), the DDIM family on the straight path; eta = 0 is the Euler step.
     """
 
     def __init__(
         self,
         prediction: Literal["velocity", "x0"] = "velocity",
         time_sampling: Literal["uniform", "logit_normal"] = "uniform",
+        eta: float = 0.0,
     ) -> None:
         if prediction not in ("velocity", "x0"):
             raise ValueError(f"flow prediction must be 'velocity' or 'x0', got {prediction!r}")
         if time_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"flow time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"flow eta must be in [0, 1], got {eta}")
         self.prediction = prediction
         self.time_sampling = time_sampling
+        self.eta = eta
 
     def sample_time(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
         if self.time_sampling == "logit_normal":
@@ -253,9 +260,16 @@ class RectifiedFlow(Diffusion):
         return list(zip(ts[:-1], ts[1:]))
 
     def step(self, pred: Tensor, x: Tensor, t: float, t_next: float, noise: Tensor | None = None) -> Tensor:
-        if self.prediction == "x0":  # velocity (x_t - x0_hat) / t; t > 0 at every step of the schedule
+        if noise is not None and t_next > 0:  # stochastic: re-noise the clean estimate
+            x0 = pred if self.prediction == "x0" else x - t * pred
+            eps = (x - (1 - t) * x0) / t  # t > 0 at every step of the schedule
+            return (1 - t_next) * x0 + t_next * (math.sqrt(1 - self.eta**2) * eps + self.eta * noise)
+        if self.prediction == "x0":  # velocity (x_t - x0_hat) / t
             return x + (t_next - t) / t * (x - pred)
         return x + (t_next - t) * pred
+
+    def needs_step_noise(self) -> bool:
+        return self.eta > 0
 
 
 # ----------------------------------------------------------------------------- loss
@@ -300,7 +314,7 @@ class DiffusionConfig:
     beta_end: float = 0.02
     """DDPM linear beta schedule end."""
     ddim_eta: float = 0.0
-    """DDIM stochasticity at sampling (0 = deterministic)."""
+    """Sampling stochasticity, 0 = deterministic (ddpm: DDIM's eta; flow: the share of fresh noise per step)."""
     prompt_noise: tuple[float, float] = (0.0, 0.0)
     """Light noise on prompt frames as a (lo, hi) fraction of the noise range; paper: (0.05, 0.1)."""
     text_drop_prob: float = 0.1
@@ -314,8 +328,8 @@ class DiffusionConfig:
             raise ValueError(f"prompt_noise must satisfy 0 <= lo <= hi <= 1, got {self.prompt_noise}")
         if not 0 <= self.text_drop_prob <= 1:
             raise ValueError(f"text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
-        if self.ddim_eta < 0:
-            raise ValueError(f"ddim_eta must be >= 0, got {self.ddim_eta}")
+        if self.ddim_eta < 0 or (self.process == "flow" and self.ddim_eta > 1):
+            raise ValueError(f"ddim_eta must be >= 0 (flow: in [0, 1]), got {self.ddim_eta}")
         if self.process != "flow" and (self.prediction, self.time_sampling) != ("velocity", "uniform"):
             raise ValueError("prediction and time_sampling apply to process='flow' only (ddpm predicts the noise)")
 
@@ -324,5 +338,5 @@ def build_diffusion(cfg: DiffusionConfig) -> Diffusion:
     if cfg.process == "ddpm":
         return GaussianDiffusion(cfg.num_steps, cfg.beta_start, cfg.beta_end, cfg.ddim_eta)
     if cfg.process == "flow":
-        return RectifiedFlow(cfg.prediction, cfg.time_sampling)
+        return RectifiedFlow(cfg.prediction, cfg.time_sampling, cfg.ddim_eta)
     raise ValueError(f"diffusion process must be 'ddpm' or 'flow', got {cfg.process!r}")

@@ -171,8 +171,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     ap.add_argument("--prediction", choices=("x0", "velocity"), default="x0",
                     help="what the network predicts (default: x0)")
-    ap.add_argument("--prompt-noise", type=float, default=0.0,
-                    help="prompt frames noised up to this flow time while labelled clean (default: 0)")
+    ap.add_argument("--prompt-noise", type=float, default=0.1,
+                    help="prompt frames noised up to this flow time while labelled clean (default: 0.1)")
+    ap.add_argument("--eta", type=float, default=1.0,
+                    help="sampling stochasticity, the share of fresh noise per step (default: 1)")
     ap.add_argument("--multiples", type=int, default=8, help="continue for this many clip lengths (default: 8)")
     ap.add_argument("--prompt-frames", type=int, default=2, help="prompt frames P (default: 2)")
     ap.add_argument("--chunk", type=int, default=None, help="frames per chunk (default: L/2)")
@@ -192,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--prompt-frames {args.prompt_frames} must be < --clip-len {args.clip_len}")
     if not 0 <= args.prompt_noise <= 1:
         ap.error(f"--prompt-noise must be in [0, 1], got {args.prompt_noise}")
+    if not 0 <= args.eta <= 1:
+        ap.error(f"--eta must be in [0, 1], got {args.eta}")
     return args
 
 
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                      size=args.size)
     causal_cfg = dataclasses.replace(FLAVORS[args.flavor], in_channels=3, text_dim=0)
     bidir_cfg = dataclasses.replace(causal_cfg, temporal="bidirectional")
-    diffusion_cfg = DiffusionConfig(process="flow", prediction=args.prediction,
+    diffusion_cfg = DiffusionConfig(process="flow", prediction=args.prediction, ddim_eta=args.eta,
                                     prompt_noise=(0.0, args.prompt_noise), prompt=PromptSampling("uniform"))
     diffusion = build_diffusion(diffusion_cfg)
     eval_spec = EvalSpec(prompt_frames=args.prompt_frames, clip_len=args.clip_len, multiples=args.multiples,
@@ -275,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "longvideo",
         "model": {"flavor": args.flavor, "params": count_params(causal_cfg),
                   "params_bidirectional": count_params(bidir_cfg), **dataclasses.asdict(causal_cfg)},
-        "diffusion": {"process": "flow", "prediction": args.prediction, "prompt_noise": args.prompt_noise},
+        "diffusion": {"process": "flow", "prediction": args.prediction, "prompt_noise": args.prompt_noise,
+                      "eta": args.eta},
         "train": {**dataclasses.asdict(spec), "causal": causal_stats, "bidirectional": bidir_stats},
         "eval": {"prompt_frames": eval_spec.prompt_frames, "clip_len": eval_spec.clip_len,
                  "multiples": eval_spec.multiples, "chunk": eval_spec.chunk, "window": eval_spec.window,
