@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidgpt.distributed import free_port
 from vidgpt.config import load_config
+from vidgpt.distributed import free_port
 
 pytestmark = pytest.mark.distributed
 
