@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from vidgpt.diffusion import Diffusion, build_diffusion
 from vidgpt.checkpoint import CheckpointError, Checkpointer, Found, read_found, resolve
+from vidgpt.diffusion import Diffusion, build_diffusion
 from vidgpt.ema import consolidate
 from vidgpt.model import ModelConfig, VidGPT
 
