@@ -248,11 +248,6 @@ def pad_text(embeddings: Sequence[np.ndarray], max_len: int | None = None) -> tu
 # ----------------------------------------------------------------------------- generation
 
 
-def is_bidirectional(model: VidGPT) -> bool:
-    """Whether the model's temporal attention sees later frames (then the kv-cache is not exact)."""
-    return not model.cfg.causal
-
-
 def continue_videos(
     model: VidGPT,
     diffusion: Diffusion,
@@ -279,7 +274,7 @@ def continue_videos(
     if truth.ndim != 5 or truth.shape[1] < P:
         raise ValueError(f"truth must be (N, T >= {P}, H, W, 3), got {truth.shape}")
     device = next(model.parameters()).device
-    use_cache = use_cache and not is_bidirectional(model)
+    use_cache = use_cache and model.cfg.causal  # a bidirectional model can only recompute the window
     generator = torch.Generator(device).manual_seed(seed)
     step = batch_size or truth.shape[0]
     out: list[np.ndarray] = []
@@ -793,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataError, DatasetIndexError, StorageError, OSError) as exc:
         ap.error(str(exc).splitlines()[0])
 
-    use_cache = not args.no_cache and not is_bidirectional(model)
+    use_cache = not args.no_cache and model.cfg.causal
     print(f"continuing {spec.num_clips} clips from {spec.prompt_frames} prompt frames for {spec.multiples} x "
           f"{spec.clip_len} frames (chunk {spec.chunk}, window {spec.window}, {spec.steps} steps, "
           f"{'kv-cache' if use_cache else 'no cache'}, {conditioning})", flush=True)
