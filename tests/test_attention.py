@@ -113,3 +113,44 @@ def test_flash_matches_sdpa_on_gpu(lq: int, lk: int) -> None:
         got = attention(q, k, v, causal=True)
     want = reference_attention(q.float(), k.float(), v.float(), causal=True)
     torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("backend", [Backend.SDPA, Backend.MATH])
+@pytest.mark.parametrize("masked", [False, True])
+def test_batches_over_the_kernel_cap_are_split_and_agree(monkeypatch: pytest.MonkeyPatch, backend: Backend,
+                                                         masked: bool) -> None:
+    """The CUDA grid caps a launch's batch at 65535; with the cap lowered to 3, a batch of 8 runs as
+    3 + 3 + 2 kernel calls and gives what one call gives."""
+    import vidgpt.attention as attn
+
+    q, k, v = _qkv(8, 4, 6)
+    key_mask = (torch.arange(6)[None, :] < torch.tensor([6, 5, 4, 3, 6, 2, 6, 1])[:, None]) if masked else None
+    with use_backend(backend):
+        whole = attention(q, k, v, causal=True, key_mask=key_mask)
+        seen: list[int] = []
+        kernel = attn._kernel
+
+        def spy(b, q_, *rest):  # noqa: ANN001, ANN202
+            seen.append(q_.shape[0])
+            return kernel(b, q_, *rest)
+
+        monkeypatch.setattr(attn, "MAX_KERNEL_BATCH", 3)
+        monkeypatch.setattr(attn, "_kernel", spy)
+        split = attention(q, k, v, causal=True, key_mask=key_mask)
+    assert seen == [3, 3, 2]
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-6)
+
+
+def test_backend_choice_is_logged_once_and_described(caplog: pytest.LogCaptureFixture) -> None:
+    import vidgpt.attention as attn
+
+    attn._logged.clear()
+    q, k, v = _qkv(2, 3, 3)
+    with caplog.at_level("INFO", logger="vidgpt.attention"):
+        for _ in range(3):
+            attention(q, k, v, causal=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "vidgpt.attention"]
+    assert lines == ["attention: sdpa kernel for cpu float32"]
+    assert attn.describe(torch.device("cpu")).startswith("PyTorch SDPA (flash-attn ")
+    with use_backend(Backend.MATH):
+        assert attn.describe(torch.device("cpu")) == "math (forced)"

@@ -294,3 +294,22 @@ def test_an_export_rebuilds_the_diffusion_it_was_trained_with() -> None:
     assert isinstance(exported_diffusion({}), GaussianDiffusion)
     with pytest.raises(CheckpointError, match="bad diffusion section"):
         exported_diffusion({"diffusion": {"process": "ddpm", "prediction": "x0"}})
+
+
+@pytest.mark.parametrize("diffusion", PROCESSES)
+def test_noising_is_fp32_and_only_the_network_input_is_cast(diffusion) -> None:  # noqa: ANN001
+    """bf16 latents and bf16 training: x_t is built in fp32 from the same draws as an fp32 run and rounded
+    once to bf16; the loss is measured against the fp32 target."""
+    x0 = torch.randn(3, 5, 4, 8, 8).bfloat16()
+    fp32, bf16 = Recorder(), Recorder()
+    bf16.net.load_state_dict(fp32.net.state_dict())
+    bf16.net.bfloat16()  # the network computes in bf16, as under DeepSpeed's bf16
+    ref = diffusion.training_loss(fp32, x0.float(), 2, generator=torch.Generator().manual_seed(3))
+    got = diffusion.training_loss(bf16, x0, 2, generator=torch.Generator().manual_seed(3), input_dtype=torch.bfloat16)
+    x_ref, x_got = fp32.calls[0]["x"], bf16.calls[0]["x"]
+    assert x_ref.dtype == torch.float32 and x_got.dtype == torch.bfloat16
+    assert torch.equal(x_got, x_ref.bfloat16())  # noised in fp32, rounded once
+    assert torch.equal(bf16.calls[0]["t"], fp32.calls[0]["t"])
+    assert got.dtype == torch.float32
+    # the loss compares the bf16 output against the fp32 target: only the output's rounding differs
+    assert abs(got.item() - ref.item()) < 1e-2 * ref.item()

@@ -141,12 +141,59 @@ def test_resume_on_one_rank_from_a_two_rank_checkpoint(run_a: Path, tmp_path: Pa
     src = tmp_path / "A_copy"
     shutil.copytree(run_a / "checkpoints", src / "checkpoints")
     run = tmp_path / "D"
-    code = train(run, 1, "--resume", str(src / "checkpoints" / "step_0000004"), data=data)
+    code = train(run, 1, "--resume", str(src / "checkpoints" / "step_0000004"), "--training.deterministic=true",
+                 data=data)
     assert code == [0], logs(run)
     assert "universal format" in logs(run) and "at step 4" in logs(run)
     got, a = losses(run), losses(run_a)
     assert sorted(got) == [5, 6, 7, 8]
     assert all(abs(got[s] - a[s]) < 0.25 for s in got)  # the trained weights came along (fresh: ~1.0)
+
+
+def test_conversion_killed_partway_is_redone_by_the_next_resume(run_a: Path, tmp_path: Path, data: Path) -> None:
+    from vidgpt.checkpoint import convert_main, read_found, universal_done
+
+    src = tmp_path / "G"
+    shutil.copytree(run_a / "checkpoints", src / "checkpoints")
+    step = src / "checkpoints" / "step_0000004"
+    found = read_found(step)
+    final = step.with_name("step_0000004_universal")
+    caught = False
+    for _attempt in range(8):
+        shutil.rmtree(final, ignore_errors=True)
+        proc = subprocess.Popen([sys.executable, "-m", "vidgpt.checkpoint", str(step), "--workers", "1"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not caught:
+            partial = [p for p in step.parent.glob(".step_0000004_universal.tmp-*") if any(p.rglob("*"))]
+            if partial and not final.exists():
+                proc.kill()
+                caught = True
+            time.sleep(0.002)
+        proc.wait()
+        if caught and not final.exists():
+            break
+        caught = False
+    assert caught, "never caught the conversion partway"
+    assert not universal_done(found) and list(step.parent.glob(".step_0000004_universal.tmp-*"))
+    run = tmp_path / "G_run"
+    assert train(run, 1, "--resume", str(step), data=data) == [0], logs(run)
+    assert "universal format" in logs(run) and "at step 4" in logs(run)
+    assert sorted(losses(run)) == [5, 6, 7, 8]
+    assert universal_done(found) and not list(step.parent.glob(".step_0000004_universal.tmp-*"))
+    assert convert_main([str(step)]) == 0  # already complete: nothing to redo
+    assert convert_main([str(tmp_path / "nowhere")]) == 1
+
+
+def test_gpus_allocated_but_unusable_stop_the_run_with_a_message(tmp_path: Path, data: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run(
+        [sys.executable, "-m", "vidgpt.train", "--config", str(DEMO), f"--run_dir={tmp_path / 'H'}",
+         f"--data.path={data}", *BASE], env={**env, "SLURM_GPUS_ON_NODE": "4", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert done.returncode == 1
+    assert "SLURM_GPUS_ON_NODE=4: this job was allocated GPUs, but torch cannot use CUDA" in done.stderr
+    assert not (tmp_path / "H" / "checkpoints").exists()
 
 
 def test_checkpoint_of_another_model_is_refused(run_a: Path, tmp_path: Path, data: Path) -> None:

@@ -4,9 +4,19 @@
 and dispatches to a kernel:
 
 - FlashAttention (`flash_attn_func(..., causal=True)`) when the package is installed, the tensors are
-  on CUDA in fp16/bf16, and there is no key mask;
+  on a CUDA device of compute capability >= 8.0 (FlashAttention 2 needs Ampere or later) in fp16/bf16,
+  and there is no key mask;
 - PyTorch SDPA otherwise;
 - a plain masked-softmax reference ("math"), used by tests and analytic FLOP checks.
+
+The kernel chosen for each (device, dtype, masked) case is logged once (logger `vidgpt.attention`). A
+flash-attn that is installed but fails to import (a build for another torch or CUDA) is reported with
+a warning naming the error, not silently replaced by SDPA.
+
+Batches larger than `MAX_KERNEL_BATCH` (65535: the CUDA grid's y/z limit, which FlashAttention and the
+SDPA kernels put the batch on) are split into several kernel calls. The temporal attention runs with
+batch B x (spatial tokens) x (2 under CFG), which passes that limit for large latents.
+`set_deterministic(True)` selects FlashAttention's deterministic backward (training.deterministic).
 
 Causal masks are **bottom-right aligned**: query i of Lq attends to keys j <= i + (Lk - Lq). That is
 FlashAttention's `causal=True` and the kv-cache case (cached keys first, then the new chunk's keys).
@@ -17,16 +27,36 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
+import logging
 import math
+import warnings
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
+
+FLASH_IMPORT_ERROR: str | None = None
+"""Why an installed flash-attn could not be imported (None: imported, or not installed)."""
 try:  # optional GPU extra: pip install "vidgpt[gpu]"
     from flash_attn import flash_attn_func as _flash_attn_func
-except ImportError:  # pragma: no cover - depends on the machine
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the machine
     _flash_attn_func = None
+    if exc.name not in ("flash_attn", None):  # flash_attn is there but something it needs is not
+        FLASH_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+except ImportError as exc:  # pragma: no cover - a broken build: undefined symbols, wrong CUDA
+    _flash_attn_func = None
+    FLASH_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+if FLASH_IMPORT_ERROR is not None:  # pragma: no cover
+    warnings.warn(f"flash-attn is installed but failed to import ({FLASH_IMPORT_ERROR}); attention falls back "
+                  "to PyTorch SDPA. Reinstall flash-attn for this torch and CUDA.", stacklevel=1)
+
+MAX_KERNEL_BATCH = 65535
+"""Largest batch handed to one kernel call; bigger batches are split (tests lower it)."""
+_deterministic = False
+_logged: set[tuple[str, str, str, bool]] = set()
 
 
 class Backend(enum.Enum):
@@ -41,6 +71,36 @@ _backend: Backend = Backend.AUTO
 
 def flash_available() -> bool:
     return _flash_attn_func is not None and torch.cuda.is_available()
+
+
+@functools.cache
+def _capability_ok(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def flash_supported(device: torch.device) -> bool:
+    """FlashAttention can run on this device: installed, CUDA, compute capability >= 8.0."""
+    return _flash_attn_func is not None and device.type == "cuda" and _capability_ok(
+        device.index if device.index is not None else torch.cuda.current_device())
+
+
+def set_deterministic(enabled: bool) -> None:
+    """FlashAttention's deterministic backward (slightly slower); SDPA follows
+    torch.use_deterministic_algorithms."""
+    global _deterministic
+    _deterministic = enabled
+
+
+def describe(device: torch.device) -> str:
+    """The kernel that training in bf16 on `device` gets, in words (for the start-up log)."""
+    if _backend is not Backend.AUTO:
+        return f"{_backend.value} (forced)"
+    if flash_supported(device):
+        return "flash-attn" + (" (deterministic)" if _deterministic else "")
+    reason = ("not installed" if _flash_attn_func is None and FLASH_IMPORT_ERROR is None else
+              f"import failed: {FLASH_IMPORT_ERROR}" if _flash_attn_func is None else
+              "needs CUDA" if device.type != "cuda" else "needs compute capability >= 8.0")
+    return f"PyTorch SDPA (flash-attn {reason})"
 
 
 @contextlib.contextmanager
@@ -133,17 +193,30 @@ def attention(
 
     backend = _backend
     if backend is Backend.AUTO:
-        use_flash = (
-            _flash_attn_func is not None
-            and q.is_cuda
-            and q.dtype in (torch.float16, torch.bfloat16)
-            and key_mask is None
-        )
+        use_flash = q.dtype in (torch.float16, torch.bfloat16) and key_mask is None and flash_supported(q.device)
         backend = Backend.FLASH if use_flash else Backend.SDPA
+    if backend is Backend.FLASH and key_mask is not None:
+        raise ValueError("the FLASH backend does not take a key_mask; use SDPA")
+    case = (backend.value, q.device.type, str(q.dtype).removeprefix("torch."), key_mask is not None)
+    if case not in _logged:
+        _logged.add(case)
+        log.info("attention: %s kernel for %s %s%s", *case[:3], " with a key mask" if case[3] else "")
+    B = q.shape[0]
+    if B <= MAX_KERNEL_BATCH:
+        return _kernel(backend, q, k, v, causal, key_mask)
+    parts = []
+    for lo in range(0, B, MAX_KERNEL_BATCH):  # the CUDA grid caps one launch's batch
+        hi = min(B, lo + MAX_KERNEL_BATCH)
+        parts.append(_kernel(backend, q[lo:hi], k[lo:hi], v[lo:hi], causal,
+                             None if key_mask is None else key_mask[lo:hi]))
+    return torch.cat(parts)
+
+
+def _kernel(backend: Backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+            key_mask: torch.Tensor | None) -> torch.Tensor:
     if backend is Backend.FLASH:
-        if key_mask is not None:
-            raise ValueError("the FLASH backend does not take a key_mask; use SDPA")
-        return _flash_attn_func(q, k, v, causal=causal)  # bottom-right aligned since flash-attn 2.1
+        # bottom-right aligned causal since flash-attn 2.1
+        return _flash_attn_func(q, k, v, causal=causal, deterministic=_deterministic)
     if backend is Backend.SDPA:
         return _sdpa(q, k, v, causal, key_mask)
     return reference_attention(q, k, v, causal=causal, key_mask=key_mask)

@@ -3,6 +3,8 @@
     RUN/checkpoints/step_0000300/   DeepSpeed ZeRO shards (every rank), trainer_rankNNNNN.pt (every rank:
                                     data-loader position, RNG states, EMA shard), meta.json (rank 0, last)
     RUN/checkpoints/latest          the tag of the newest complete checkpoint
+    RUN/checkpoints/step_0000300_universal/   DeepSpeed's universal format of it (vidgpt-convert, or
+                                    made at start-up to resume on another number of ranks)
 
 A save is complete once every rank has written its part: only then does rank 0 write meta.json and
 replace `latest` (atomically), so a process killed mid-save leaves the previous checkpoint as `latest`.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,33 +125,112 @@ class Checkpointer:
         for p in steps:
             if p.name not in keep and p.name < newest:
                 shutil.rmtree(p, ignore_errors=True)
-                shutil.rmtree(p.with_name(p.name + "_universal"), ignore_errors=True)
+                for universal in [p.with_name(p.name + "_universal"), *self.dir.glob(f".{p.name}_universal.tmp-*")]:
+                    shutil.rmtree(universal, ignore_errors=True)
+
+    @staticmethod
+    def load_trainer_state(found: Found, rank: int) -> dict[str, Any]:
+        """One saving rank's trainer state (what a resume on the same number of ranks reads)."""
+        file = found.path / trainer_state_name(rank)
+        if not file.exists():
+            raise CheckpointError(f"{found.path}: missing {file.name}")
+        return torch.load(file, map_location="cpu", weights_only=True)
 
     @staticmethod
     def load_trainer_states(found: Found) -> list[dict[str, Any]]:
-        """Every saving rank's trainer state, in rank order."""
-        states = []
-        for rank in range(int(found.meta["world"])):
-            file = found.path / trainer_state_name(rank)
-            if not file.exists():
-                raise CheckpointError(f"{found.path}: missing {file.name}")
-            states.append(torch.load(file, map_location="cpu", weights_only=True))
-        return states
+        """Every saving rank's trainer state, in rank order (export; resume on another world size)."""
+        return [Checkpointer.load_trainer_state(found, rank) for rank in range(int(found.meta["world"]))]
 
 
-def to_universal(found: Found) -> str:
+UNIVERSAL_DONE = "universal.json"
+"""Written last into a universal conversion: its presence is what makes the conversion count as done."""
+
+
+def universal_dir(found: Found) -> Path:
+    return found.path.with_name(found.tag + "_universal")
+
+
+def universal_done(found: Found) -> bool:
+    return (universal_dir(found) / UNIVERSAL_DONE).exists()
+
+
+def to_universal(found: Found, *, workers: int = 1) -> str:
     """Convert a ZeRO checkpoint to DeepSpeed's universal format (to load on another number of ranks);
-    returns the new tag. Run on rank 0 only; cached next to the original."""
+    returns the new tag (`<tag>_universal`, next to the original, reused once complete).
+
+    The conversion is written into a temporary directory, marked complete (UNIVERSAL_DONE) and only
+    then renamed into place, so a conversion killed partway never counts as done: the next call
+    removes what it left and starts over. Run it on one process (rank 0, or `vidgpt-convert` before
+    launching); other ranks wait with `wait_for_universal`."""
     from argparse import Namespace
 
     from deepspeed.checkpoint import ds_to_universal
 
-    out = found.path.with_name(found.tag + "_universal")
-    if not (out / "zero").exists():
-        shutil.rmtree(out, ignore_errors=True)
-        args = Namespace(
-            input_folder=str(found.path), output_folder=str(out), num_extract_workers=1, num_merge_workers=1,
-            keep_temp_folder=False, strict=True, inject_missing_state=False,
-        )
-        ds_to_universal.main(args)
+    out = universal_dir(found)
+    if universal_done(found):
+        return out.name
+    for stale in [out, *out.parent.glob(f".{out.name}.tmp-*")]:  # a killed conversion, or a pre-marker one
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    args = Namespace(
+        input_folder=str(found.path), output_folder=str(tmp), num_extract_workers=workers,
+        num_merge_workers=workers, keep_temp_folder=False, strict=True, inject_missing_state=False,
+    )
+    ds_to_universal.main(args)
+    _write_atomic(tmp / UNIVERSAL_DONE, json.dumps({"source": found.tag, "world": found.meta.get("world")}) + "\n")
+    os.replace(tmp, out)
     return out.name
+
+
+def wait_for_universal(found: Found, *, poll_s: float = 2.0, timeout_s: float | None = None,
+                       alive: Callable[[], bool] | None = None) -> str:
+    """Wait (polling the file system, not in a collective with a timeout) until another process has
+    finished `to_universal(found)`; returns the tag. `alive()` returning False (the converting rank is
+    gone) or the timeout ends the wait with a CheckpointError."""
+    start = time.monotonic()
+    while not universal_done(found):
+        if alive is not None and not alive():
+            raise CheckpointError(f"{found.path}: the rank converting it to the universal format stopped "
+                                  f"before finishing; run `vidgpt-convert {found.path}`, then resume")
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise CheckpointError(f"{found.path}: no universal conversion after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+    return universal_dir(found).name
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    """vidgpt-convert: convert a checkpoint to the universal format offline, before resuming it on
+    another number of ranks (the trainer would otherwise convert on rank 0 while the rest wait)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="vidgpt-convert",
+        description="Convert a sharded checkpoint to DeepSpeed's universal format, so that `vidgpt-train "
+                    "--resume` can load it on a different number of ranks without converting at start-up. "
+                    "Safe to interrupt: an unfinished conversion is redone by the next run.")
+    ap.add_argument("checkpoint", help="a checkpoint step directory, a checkpoints/ directory or a run directory")
+    ap.add_argument("--workers", type=int, default=4, help="extract/merge processes (default: 4)")
+    args = ap.parse_args(argv)
+    try:
+        path = Path(args.checkpoint)
+        found = resolve(path, "auto") if (path / "checkpoints").is_dir() else resolve(path, str(path))
+        if found is None:
+            raise CheckpointError(f"{path}: the run has no complete checkpoint")
+        if args.workers < 1:
+            raise CheckpointError(f"--workers must be >= 1, got {args.workers}")
+        if universal_done(found):
+            print(f"vidgpt-convert: {universal_dir(found)} is already complete")
+            return 0
+        print(f"vidgpt-convert: converting {found.path} ({found.meta.get('world')} ranks) ...", flush=True)
+        start = time.monotonic()
+        to_universal(found, workers=args.workers)
+    except CheckpointError as exc:
+        print(f"vidgpt-convert: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"vidgpt-convert: wrote {universal_dir(found)} in {time.monotonic() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(convert_main())

@@ -186,7 +186,18 @@ class TrainingSection:
     seed: int = 0
     """Seed of initialisation, data order and (offset by rank) noise, timesteps and prompt lengths."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 on GPUs, fp32 on CPUs."""
+    """auto: bf16 on GPUs of compute capability >= 8.0, fp32 (with a warning) on older GPUs and on CPUs.
+    Under bf16 the optimizer keeps fp32 master weights (the EMA averages those), gradients are
+    accumulated in fp32 (DeepSpeed data_types.grad_accum_dtype) and noising is done in fp32."""
+    grad_reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    """Under bf16: the dtype gradients are reduce-scattered in across ranks (DeepSpeed
+    communication_data_type). fp32 (the default, as torchtitan's FSDP reduce_dtype) sums hundreds of
+    ranks' gradients without bf16's 8-bit mantissa losing the small ones, at twice the gradient traffic;
+    bf16 halves that traffic."""
+    deterministic: bool = False
+    """Bit-reproducible steps on GPUs: FlashAttention's deterministic backward, torch's deterministic
+    algorithms (CUBLAS_WORKSPACE_CONFIG=:4096:8), no cuDNN autotuning; a few percent slower. On CPUs
+    training is deterministic either way. Exact resume on a GPU holds only with this on."""
     zero_stage: int = 3
     """DeepSpeed ZeRO stage (0-3)."""
     ema_decay: float = 0.0

@@ -1,10 +1,11 @@
 """The CPU demo: the whole workflow on a built-in synthetic dataset, in a few minutes on 2 cores.
 
-    vidgpt-demo [--run-dir runs/demo_cpu] [--steps 300]
+    vidgpt-demo [--run-dir runs/demo_cpu] [--steps 600] [--device auto|cpu|cuda]
 
 1. writes synthetic videos of bouncing shapes with captions (vidgpt-make-synthetic) and a tiny T5;
 2. encodes them with the identity codec into latent shards (vidgpt-encode);
-3. trains the tiny model (rectified flow) with ZeRO-3 in 2 processes (torchrun + vidgpt-train, configs/demo_cpu.toml),
+3. trains the cpu-flavor model (rectified flow) with ZeRO-3 in 2 processes (torchrun + vidgpt-train,
+   configs/demo_cpu.toml; on a GPU host with --device auto or cuda: one process per GPU, at most 2),
    preempts it halfway with SIGUSR1 (checkpoint, exit 75) and resumes it (--resume auto);
 4. exports the EMA weights (vidgpt-export) and samples long videos, several times the training clip
    length, with the kv-cache (vidgpt-sample) into mp4 and GIF files;
@@ -51,12 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps (default: {STEPS})")
     ap.add_argument("--videos", type=int, default=VIDEOS, help=f"synthetic training videos (default: {VIDEOS})")
     ap.add_argument("--config", default=str(CONFIG), help="training config (default: configs/demo_cpu.toml)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto (default): the GPU when torch sees one, else the CPU; cpu: the CPU even on a GPU host")
     args = ap.parse_args(argv)
     start = time.monotonic()
     run = Path(args.run_dir).resolve()
     data = run / "data"
     py = sys.executable
-    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}
+    device, nproc = demo_device(args.device)
+    after = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})}  # export, sample, eval
+    env = {**after, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": device}
+    print(f"vidgpt-demo: training on {device} with {nproc} process(es)", flush=True)
 
     if not (data / "latents" / "index.json").exists():
         _run([py, "-m", "data_pipeline.synthetic", str(data / "videos"), "--num", str(args.videos), "--size", "32",
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
               "--size", "32", "--min-frames", "16", "--max-frames", "48", "--text-encoder", str(data / "t5"),
               "--no-progress"], stdout=subprocess.DEVNULL)
 
-    train = [py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+    train = [py, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
              "-m", "vidgpt.train", "--config", args.config, f"--run_dir={run}", f"--data.path={data / 'latents'}",
              f"--training.steps={args.steps}", "--resume", "auto"]
     if _steps_done(run) < args.steps // 2:
@@ -87,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training stopped at step {status['step']} ({status['state']}, checkpoint saved); resuming", flush=True)
     _run([*train], env=env)
 
-    _run([py, "-m", "vidgpt.export", str(run), str(run / "export"), "--weights", "ema"])
+    _run([py, "-m", "vidgpt.export", str(run), str(run / "export"), "--weights", "ema"], env=after)
     _run([py, "-m", "vidgpt.sample", str(run / "export"), "--data", str(data / "latents"), "--out",
           str(run / "samples"), "--num", "2", "--prompt-frames", "2", "--frames", "46", "--chunk", "4",
-          "--steps", "20"])
+          "--steps", "20"], env=after)
     _run([py, "-m", "vidgpt.evaluate", str(run / "export"), "--out", str(run / "eval"), "--prompt-frames", "2",
-          "--multiples", "4", "--clips", "8", "--steps", "20"])
+          "--multiples", "4", "--clips", "8", "--steps", "20"], env=after)
     report = json.loads((run / "eval" / "report.json").read_text())
     losses = [json.loads(line)["loss"] for line in (run / "losses.jsonl").read_text().splitlines()]
     print(
@@ -111,6 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     return 0
+
+
+def demo_device(choice: str) -> tuple[str, int]:
+    """(DS_ACCELERATOR value, processes) for --device: 2 CPU processes, or one per GPU up to 2 (NCCL
+    cannot put two ranks on one GPU)."""
+    import torch
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if choice == "cuda" and not cuda:
+        raise SystemExit("vidgpt-demo: --device cuda: torch sees no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    if choice == "cpu" or not cuda:
+        return "cpu", 2
+    return "cuda", min(2, cuda)
 
 
 def goal_lines(report: dict) -> str:

@@ -107,10 +107,15 @@ class Diffusion(ABC):
         text_mask: Tensor | None = None,
         text_drop_prob: float = 0.0,
         prompt_noise: tuple[float, float] = (0.0, 0.0),
+        input_dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Frame-as-prompt loss of one batch.
 
-        x0: clean latents (B, L, C, H, W); prompt_len: P clean prompt frames (1 <= P < L);
+        x0: clean latents (B, L, C, H, W), any float dtype: the noising, the target and the loss are
+        computed in float32, and only the network's input is cast to `input_dtype` (the training
+        precision; None keeps float32). Noising in bf16 would round x_t as if t were another time than
+        the one the network is told.
+        prompt_len: P clean prompt frames (1 <= P < L);
         valid: (B, L) bool, False for padding frames (excluded from the loss);
         text_drop_prob: probability that a sample's caption becomes the null embedding (CFG);
         prompt_noise: (lo, hi) fraction of the noise range used to lightly noise prompt frames,
@@ -120,7 +125,8 @@ class Diffusion(ABC):
         if not 0 < prompt_len < L:
             raise ValueError(f"prompt_len must be in [1, {L - 1}] for clips of {L} frames, got {prompt_len}")
         device = x0.device
-        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        x0 = x0.float()
+        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32)
         is_prompt = (torch.arange(L, device=device) < prompt_len).expand(B, L)  # (B, L)
         t_noisy = self.sample_time(B, generator, device)  # (B,)
         t = torch.where(is_prompt, torch.zeros_like(t_noisy)[:, None], t_noisy[:, None])  # (B, L)
@@ -139,6 +145,9 @@ class Diffusion(ABC):
         if text is not None and text_mask is not None:  # samples without a caption: the null embedding
             no_caption = ~text_mask.bool().any(dim=1)
             drop = no_caption if drop is None else drop | no_caption
+        if input_dtype is not None:
+            x_in = x_in.to(input_dtype)
+            text = None if text is None else text.to(input_dtype)
         pred = model(x_in, self.model_time(t), text=text, text_mask=text_mask, drop_text=drop)
         return frame_prompt_loss(pred, self.target(x0, noise, t), prompt_len, valid)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,15 +79,67 @@ def init(env: DistEnv, backend: str) -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
 
-def all_reduce(value: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """All-reduce a copy of value (sum, mean, max) across ranks; no-op outside a process group."""
-    out = value.detach().clone()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
-        dist.all_reduce(out, op=reduce_op)
-        if op == "mean":
-            out /= dist.get_world_size()
-    return out
+def device_ordinal(local_rank: int, device_count: int) -> int:
+    """The accelerator this rank drives: local_rank % device_count. Where SLURM binds one GPU per task
+    every task sees a single device 0 whatever its local rank; under torchrun the two are equal."""
+    if device_count < 1:
+        raise ValueError(f"no accelerator devices visible (device_count={device_count})")
+    return local_rank % device_count
+
+
+def accelerator_device(local_rank: int) -> tuple[torch.device, str]:
+    """This rank's compute device and its collectives' backend, both from DeepSpeed's accelerator
+    (DS_ACCELERATOR, else DeepSpeed's detection), so the trainer and ZeRO-3 never disagree: with
+    DS_ACCELERATOR=cpu a GPU host trains on its CPUs with gloo, as asked. Sets the current device."""
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    backend = acc.communication_backend_name()
+    if acc.device_name() == "cpu":
+        return torch.device("cpu"), backend
+    index = device_ordinal(local_rank, acc.device_count())
+    acc.set_device(index)
+    return torch.device(acc.device_name(), index), backend
+
+
+def allocated_gpus_without_cuda(environ: Mapping[str, str], cuda_available: bool) -> str | None:
+    """The reason to stop when the job was given GPUs that torch cannot use (a CPU-only torch build, a
+    broken driver), rather than train on the CPUs without a word; None when all is well or when
+    DS_ACCELERATOR=cpu asks for the CPU."""
+    if cuda_available or environ.get("DS_ACCELERATOR") == "cpu":
+        return None
+    for var in ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        value = environ.get(var, "").strip()
+        if value and value not in ("0", "(null)"):
+            return (f"{var}={value}: this job was allocated GPUs, but torch cannot use CUDA (torch "
+                    f"{torch.__version__}, CUDA build {torch.version.cuda}); install a CUDA build of torch, "
+                    "or set DS_ACCELERATOR=cpu to train on the CPUs on purpose")
+    return None
+
+
+def collective_device() -> torch.device:
+    """Where the default process group's collectives need their tensors: the current CUDA device under
+    NCCL (which accepts nothing else), the CPU otherwise or outside a process group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce(value: torch.Tensor | Sequence[float], op: str = "sum") -> torch.Tensor:
+    """All-reduce a copy of value (sum, mean, max) across ranks; no-op outside a process group.
+
+    The reduction runs on `collective_device()` whatever device value is on, and the result comes back
+    on value's device (the CPU for a list of numbers), so no caller can hand NCCL a CPU tensor."""
+    if op not in ("sum", "mean", "max"):
+        raise ValueError(f"op must be 'sum', 'mean' or 'max', got {op!r}")
+    tensor = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(list(value), dtype=torch.float64)
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor.clone()
+    out = tensor.to(collective_device(), copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    if op == "mean":
+        out /= dist.get_world_size()
+    return out.to(tensor.device)
 
 
 def barrier() -> None:

@@ -4,7 +4,10 @@
     torchrun --nproc_per_node 8 -m vidgpt.train --config configs/xl.toml --resume auto
     srun python -m vidgpt.train --config ...          # one task per GPU; SLURM variables give the ranks
 
-CPU: gloo and fp32 (DS_ACCELERATOR=cpu is set when no GPU is visible); GPU: NCCL and bf16.
+Device and backend come from DeepSpeed's accelerator, so the trainer and ZeRO-3 agree: CPU (gloo, fp32)
+when DS_ACCELERATOR=cpu or no GPU is visible (DS_ACCELERATOR=cpu is then set), else the GPU
+local_rank % device_count (NCCL; bf16 from compute capability 8.0, fp32 with a warning below). A job
+allocated GPUs that torch cannot use stops with a message rather than training on the CPUs.
 Exit status: 0 finished; 75 stopped on SIGUSR1/SIGTERM after saving a checkpoint (requeue and run
 again with --resume auto); 1 failed (the message names the reason); 2 bad configuration. Rank 0
 also writes RUN/status.json ({"state": "finished" | "preempted", "step": N}) for launchers such as
@@ -29,8 +32,16 @@ from typing import Any
 
 import torch
 
-from vidgpt import distributed
-from vidgpt.checkpoint import CheckpointError, Checkpointer, Found, check_model_config, resolve, to_universal
+from vidgpt import attention, distributed
+from vidgpt.checkpoint import (
+    CheckpointError,
+    Checkpointer,
+    Found,
+    check_model_config,
+    resolve,
+    to_universal,
+    wait_for_universal,
+)
 from vidgpt.config import Config, ConfigError, dumps, load_config
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run again with --resume auto
@@ -55,6 +66,42 @@ def lr_factor(step: int, cfg: Config) -> float:
     return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
 
 
+def trim_losses(path: Path, step: int) -> None:
+    """Drop the lines of steps after `step` from losses.jsonl (a run that crashed after its last
+    checkpoint logged steps the resumed run trains again), atomically; a torn last line goes too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on GPUs of compute capability >= 8.0 (Ampere on), fp32 with a warning on older
+    ones (no bf16 tensor cores; fp16 would need loss scaling), fp32 on the CPU. bf16 asked for on an
+    older GPU is refused."""
+    if device.type != "cuda":
+        return "fp32" if precision == "auto" else precision
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return "bf16" if precision == "auto" else precision
+    if precision == "bf16":
+        raise TrainingError(f"training.precision = 'bf16' needs compute capability >= 8.0; {device} has "
+                            f"{major}.{minor} (use 'fp32')")
+    if precision == "auto":
+        warnings.warn(f"{device} has compute capability {major}.{minor} < 8.0: no bf16, training in fp32",
+                      stacklevel=2)
+    return "fp32"
+
+
 def deepspeed_config(cfg: Config, precision: str, load_universal: bool) -> dict[str, Any]:
     """DeepSpeed's config, derived from ours (the one source of truth) plus the expert passthrough."""
     ds: dict[str, Any] = {
@@ -63,6 +110,10 @@ def deepspeed_config(cfg: Config, precision: str, load_universal: bool) -> dict[
         "gradient_clipping": cfg.optimizer.grad_clip,
         "zero_optimization": {"stage": cfg.training.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
+        # bf16: gradients accumulate in fp32 (DeepSpeed 0.19 defaults to bf16) and are reduced in the dtype
+        # chosen by training.grad_reduce_dtype
+        **({"data_types": {"grad_accum_dtype": "fp32"},
+            "communication_data_type": cfg.training.grad_reduce_dtype} if precision == "bf16" else {}),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -140,12 +191,13 @@ class Trainer:
     def __init__(self, cfg: Config, resume: str | None) -> None:
         self.cfg = cfg
         self.env = distributed.detect_env()
-        self.cuda = torch.cuda.is_available()
-        if not self.cuda:
+        problem = distributed.allocated_gpus_without_cuda(os.environ, torch.cuda.is_available())
+        if problem:
+            raise TrainingError(problem)
+        if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        self.precision = cfg.training.precision
-        if self.precision == "auto":
-            self.precision = "bf16" if self.cuda else "fp32"
+        if cfg.training.deterministic:  # cuBLAS reads it when CUDA starts
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.run_dir = Path(cfg.run_dir)
         self.model_cfg = cfg.model.build()
         self.model_cfg_dict = dataclasses.asdict(self.model_cfg)
@@ -167,22 +219,29 @@ class Trainer:
         cfg, env = self.cfg, self.env
         # DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates, once per step
         warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.*deprecated", category=FutureWarning)
-        if self.cuda:
-            torch.cuda.set_device(env.local_rank)
-        self.device = torch.device("cuda", env.local_rank) if self.cuda else torch.device("cpu")
-        distributed.init(env, "nccl" if self.cuda else "gloo")
+        self.device, backend = distributed.accelerator_device(env.local_rank)
+        self.cuda = self.device.type == "cuda"
+        self.precision = resolve_precision(cfg.training.precision, self.device)
+        universal_tag = None
+        if self.found is not None and int(self.found.meta["world"]) != env.world:
+            # before any collective: the other ranks poll the file system for the completion marker, so
+            # a long conversion cannot run into NCCL's collective timeout
+            if env.is_main:
+                self.say(f"resuming {self.found.meta['world']}-rank checkpoint on {env.world} ranks: converting "
+                         f"to DeepSpeed's universal format (vidgpt-convert does this ahead of time)")
+                universal_tag = to_universal(self.found)
+            else:
+                universal_tag = wait_for_universal(self.found)
+        distributed.init(env, backend)
+        if cfg.training.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+            attention.set_deterministic(True)
+        self.say(f"rank {env.rank}: {self.device} ({backend}, {self.precision}); attention: {attention.describe(self.device)}")
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(dumps(cfg))
 
-        universal_tag = None
-        if self.found is not None and int(self.found.meta["world"]) != env.world:
-            if env.is_main:
-                self.say(f"resuming {self.found.meta['world']}-rank checkpoint on {env.world} ranks: converting "
-                         "to DeepSpeed's universal format")
-                to_universal(self.found)
-            distributed.barrier()
-            universal_tag = self.found.tag + "_universal"
         ds_config = deepspeed_config(cfg, self.precision, universal_tag is not None)
 
         torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
@@ -212,6 +271,8 @@ class Trainer:
         self.prompt_gen = torch.Generator().manual_seed(cfg.training.seed * 1_000_003 + 7919 * env.rank + 2)
         self.ema = ShardedEMA(self.engine.module, cfg.training.ema_decay) if cfg.training.ema_decay > 0 else None
         self.step = 0
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet in losses.jsonl
+        self.stop_agreed = False
         self.bad_steps = 0
         self.skipped = 0
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep_last, env)
@@ -230,9 +291,10 @@ class Trainer:
                                                    load_lr_scheduler_states=True)
         if load_path is None:
             raise CheckpointError(f"{found.path}: DeepSpeed could not load it")
-        states = Checkpointer.load_trainer_states(found)
-        same_world = len(states) == self.env.world
-        mine = states[self.env.rank] if same_world else states[0]
+        same_world = int(found.meta["world"]) == self.env.world
+        # same world: this rank's own file only (its EMA shard included); else every rank's, to re-shard
+        states = None if same_world else Checkpointer.load_trainer_states(found)
+        mine = Checkpointer.load_trainer_state(found, self.env.rank) if states is None else states[0]
         self.step = int(mine["step"])
         self.bad_steps = int(mine["bad_steps"])
         self.skipped = int(mine["skipped"])
@@ -247,7 +309,12 @@ class Trainer:
         if self.ema is not None:
             if "ema" not in mine:
                 raise CheckpointError(f"{found.path} has no EMA but training.ema_decay > 0")
-            self.ema.load_state_dict([s["ema"] for s in states], self.env.rank)
+            if states is None:
+                self.ema.load_shards(mine["ema"])
+            else:
+                self.ema.load_state_dict([s["ema"] for s in states], self.env.rank)
+        if self.env.is_main:
+            trim_losses(self.run_dir / "losses.jsonl", self.step)
         self.say(f"resumed from {found.path} at step {self.step}")
 
     def trainer_state(self) -> dict[str, Any]:
@@ -261,6 +328,7 @@ class Trainer:
         return state
 
     def save(self) -> Path:
+        self.flush_losses()  # a checkpoint's losses.jsonl has every step up to it
         meta = {"model": self.model_cfg_dict, "zero_stage": self.cfg.training.zero_stage, "ema": self.ema is not None,
                 "config": dataclasses.asdict(self.cfg)}
         path = self.checkpointer.save(self.engine, self.step, self.trainer_state(), meta)
@@ -269,24 +337,36 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------
 
-    def micro_step(self, batch: dict[str, Any]) -> float | None:
-        """Forward, backward and DeepSpeed step of one micro-batch; None when some rank's loss was not
-        finite (then no rank steps, and the count of bad steps in a row grows)."""
+    def micro_step(self, batch: dict[str, Any], stop: StopFlag | None = None) -> torch.Tensor | None:
+        """Forward, backward and DeepSpeed step of one micro-batch; returns the loss, still on the device
+        (read once per logging interval, not every step), or None when some rank's loss was not finite
+        (then no rank steps, and the count of bad steps in a row grows).
+
+        The ranks agree on finiteness before backward with one small all-reduce, the step's only host
+        sync; the last micro-batch of a step carries the stop request in the same collective
+        (`self.stop_agreed`)."""
         cfg = self.cfg
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        x0 = batch["latents"].to(self.device, dtype, non_blocking=True)  # (B, T, C, H, W)
+        # latents arrive as stored (fp16): copied as they are, noised in fp32 on the device, and only
+        # the network's input is cast to the training dtype (Diffusion.training_loss)
+        x0 = batch["latents"].to(self.device, non_blocking=True)  # (B, T, C, H, W)
         text, text_mask = batch.get("text"), batch.get("text_mask")
         if text is not None and self.model_cfg.text_dim:
-            text, text_mask = text.to(self.device, dtype), text_mask.to(self.device)
+            text, text_mask = text.to(self.device, non_blocking=True), text_mask.to(self.device, non_blocking=True)
         else:
             text = text_mask = None
         prompt_len = self.diffusion_cfg.prompt.sample(x0.shape[1], self.prompt_gen)
         loss = self.diffusion.training_loss(
-            self.engine, x0, prompt_len, generator=self.noise_gen, valid=batch["valid"].to(self.device),
-            text=text, text_mask=text_mask, text_drop_prob=self.diffusion_cfg.text_drop_prob,
-            prompt_noise=self.diffusion_cfg.prompt_noise,
+            self.engine, x0, prompt_len, generator=self.noise_gen,
+            valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
+            text_drop_prob=self.diffusion_cfg.text_drop_prob, prompt_noise=self.diffusion_cfg.prompt_noise,
+            input_dtype=dtype,
         )
-        if distributed.all_reduce(torch.tensor([0.0 if torch.isfinite(loss) else 1.0]), "max").item():
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
+                             torch.tensor(float(stop is not None and stop.requested), device=loss.device)])
+        bad, stop_any = distributed.all_reduce(flags, "max").tolist()
+        self.stop_agreed = self.stop_agreed or bool(stop_any)
+        if bad:
             self.skipped += 1
             self.bad_steps += 1
             self.say(f"step {self.step}: non-finite loss on some rank; skipped ({self.bad_steps} in a row)")
@@ -299,11 +379,24 @@ class Trainer:
         self.bad_steps = 0
         self.engine.backward(loss)
         self.engine.step()
-        return float(loss.detach())
+        return loss.detach().float()
 
     def batches(self) -> Iterator[dict[str, Any]]:
         while True:
             yield from self.loader
+
+    def flush_losses(self) -> list[float]:
+        """Average the buffered per-step losses over ranks (one collective, one host sync), append them
+        to RUN/losses.jsonl on rank 0, and return them."""
+        if not self.pending:
+            return []
+        steps = [s for s, _ in self.pending]
+        means = distributed.all_reduce(torch.stack([v for _, v in self.pending]), "mean").tolist()
+        self.pending = []
+        if self.env.is_main:  # one line per optimizer step, kept across resumes
+            with open(self.run_dir / "losses.jsonl", "a") as f:
+                f.writelines(json.dumps({"step": s, "loss": v}) + "\n" for s, v in zip(steps, means))
+        return means
 
     def train(self) -> int:
         cfg, engine = self.cfg, self.engine
@@ -313,41 +406,39 @@ class Trainer:
         data = self.batches()
 
         lat_h = lat_w = None
-        window_losses: list[float] = []
         t_last = time.perf_counter()
+        steps_in_window = 0
         data_wait = 0.0
         while self.step < cfg.training.steps:
-            step_losses: list[float] = []
+            step_losses: list[torch.Tensor] = []
             while len(step_losses) < cfg.optimizer.grad_accum:  # a skipped micro-batch is replaced
                 t0 = time.perf_counter()
                 batch = next(data)
                 data_wait += time.perf_counter() - t0
                 lat_h, lat_w = batch["latents"].shape[-2:]
-                loss = self.micro_step(batch)
+                last = len(step_losses) == cfg.optimizer.grad_accum - 1
+                loss = self.micro_step(batch, stop if last else None)
                 if loss is not None:
                     step_losses.append(loss)
             self.step += 1
+            steps_in_window += 1
             if self.ema is not None:
                 self.ema.update()
-            mean_loss = float(distributed.all_reduce(torch.tensor([sum(step_losses) / len(step_losses)]), "mean"))
-            window_losses.append(mean_loss)
-            if self.env.is_main:  # one line per optimizer step, kept across resumes
-                with open(self.run_dir / "losses.jsonl", "a") as f:
-                    f.write(json.dumps({"step": self.step, "loss": mean_loss}) + "\n")
+            self.pending.append((self.step, torch.stack(step_losses).mean()))
             if self.step % cfg.logging.interval == 0 or self.step == cfg.training.steps:
+                window_losses = self.flush_losses()
                 now = time.perf_counter()
-                steps_done = len(window_losses)
-                dt = (now - t_last) / steps_done
+                dt = (now - t_last) / steps_in_window
                 samples = cfg.data.batch_size * cfg.optimizer.grad_accum * self.env.world
                 tokens_per_frame = (lat_h // self.model_cfg.patch) * (lat_w // self.model_cfg.patch)
                 tokens = samples * cfg.data.num_frames * tokens_per_frame
                 flops = 3 * model_stats(self.model_cfg, cfg.data.num_frames, lat_h, lat_w, batch=samples).flops
                 values = {
-                    "loss": sum(window_losses) / steps_done, "lr": self.scheduler.get_last_lr()[0],
+                    "loss": sum(window_losses) / len(window_losses), "lr": self.scheduler.get_last_lr()[0],
                     "grad_norm": float(engine.get_global_grad_norm() or 0.0), "step_time": dt,
                     "samples_per_s": samples / dt, "tokens_per_s": tokens / dt,
                     "data_wait_frac": data_wait / (now - t_last), "skipped_steps": self.skipped,
-                    "memory_gb": (torch.cuda.max_memory_allocated() if self.cuda
+                    "memory_gb": (torch.cuda.max_memory_allocated(self.device) if self.cuda
                                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30,
                 }
                 if self.peak:
@@ -355,10 +446,10 @@ class Trainer:
                 self.metrics.scalars(self.step, values)
                 self.say(f"step {self.step}/{cfg.training.steps} loss {values['loss']:.5f} lr {values['lr']:.2e} "
                          f"{values['samples_per_s']:.1f} samples/s")
-                window_losses, t_last, data_wait = [], now, 0.0
+                t_last, steps_in_window, data_wait = now, 0, 0.0
             if self.step % cfg.checkpoint.interval == 0 and self.step < cfg.training.steps:
                 self.save()
-            if distributed.all_reduce(torch.tensor([1.0 if stop.requested else 0.0]), "max").item():
+            if self.stop_agreed:
                 if self.step % cfg.checkpoint.interval:
                     self.save()
                 self.say(f"step {self.step}: stop requested (signal); checkpoint saved, exiting {EXIT_PREEMPTED}")
