@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vidgpt.attention import Backend, use_backend
 from vidgpt.kv_cache import TemporalKVCache
-from vidgpt.model import FLAVORS, ModelConfig, VidGPT, count_params, model_stats
+from vidgpt.model import FLAVORS, ModelConfig, VidGPT, count_params, model_stats, text_mask_or_none
 
 from conftest import TINY, tiny_model
 
@@ -156,6 +156,15 @@ def test_text_conditioning_and_null_text() -> None:
     one = model(x, t, text=text, text_mask=mask, drop_text=torch.tensor([False, True]))
     torch.testing.assert_close(one[0], cond[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(one[1], null[1], atol=1e-5, rtol=1e-5)
+    # a row without any valid token is a sample without a caption: the null embedding, as dropped
+    empty = mask.clone()
+    empty[1] = False
+    torch.testing.assert_close(model(x, t, text=text, text_mask=empty), one, atol=1e-6, rtol=0)
+    # an all-valid mask and no mask are the same call; text_mask_or_none tells them apart once per batch
+    full = torch.ones_like(mask)
+    torch.testing.assert_close(model(x, t, text=text, text_mask=full), model(x, t, text=text), atol=1e-6, rtol=0)
+    assert text_mask_or_none(full) is None and text_mask_or_none(None) is None
+    assert text_mask_or_none(mask) is mask
     # padded caption tokens are ignored
     text2 = text.clone()
     text2[1, 3:] = 100.0
@@ -170,7 +179,6 @@ def test_text_conditioning_and_null_text() -> None:
         (dict(t=torch.zeros(2)), "one timestep per frame"),
         (dict(text=torch.randn(2, 5, 7)), "text must be"),
         (dict(text=torch.randn(2, 99, 16)), "text must be"),
-        (dict(text=torch.randn(2, 5, 16), text_mask=torch.zeros(2, 5, dtype=torch.bool)), "no valid token"),
         (dict(write_cache=True), "needs a cache"),
     ],
 )

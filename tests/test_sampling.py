@@ -234,3 +234,23 @@ def test_bidirectional_baseline_samples_without_cache_and_refuses_one() -> None:
     # recomputing the window with bidirectional attention is not the causal model's sampling
     ref = _gen(causal, RectifiedFlow(), prompt, 5, chunk=2, window=4, steps=3, use_cache=False)
     assert (out[:, 2:] - ref[:, 2:]).abs().max() > 1e-3
+
+
+def test_autocast_sampling_keeps_the_sampler_state_in_fp32() -> None:
+    """bf16 autocast (as on GPUs; CPU autocast runs bf16 too): the output is float32, close to the fp32
+    run, and not the fp32 run itself (the network really ran in bf16)."""
+    from vidgpt.diffusion import RectifiedFlow
+    from vidgpt.sampling import sampling_autocast
+
+    model = tiny_model(text=False).eval()
+    prompt = torch.randn(2, 2, 4, 8, 8)
+    kw = dict(chunk=2, window=4, steps=4, use_cache=True)
+    ref = generate(model, RectifiedFlow(), prompt, 4, generator=torch.Generator().manual_seed(0), **kw)
+    low = generate(model, RectifiedFlow(), prompt.bfloat16(), 4, generator=torch.Generator().manual_seed(0),
+                   autocast=torch.bfloat16, **kw)
+    assert ref.dtype == low.dtype == torch.float32
+    assert 0 < (low - ref).abs().max() < 0.1 * ref.abs().max()
+    assert sampling_autocast("auto", "cpu") is None and sampling_autocast("fp32", "cpu") is None
+    assert sampling_autocast("bf16", "cpu") is torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be"):
+        sampling_autocast("fp16", "cpu")

@@ -54,7 +54,7 @@ from data_pipeline.synthetic import Scene, synthetic_scene
 from vidgpt import metrics
 from vidgpt.diffusion import Diffusion
 from vidgpt.model import VidGPT
-from vidgpt.sampling import generate
+from vidgpt.sampling import PRECISIONS, generate, sampling_autocast
 
 COPY_LAST = "copy_last"
 """Name of the baseline that repeats the last prompt frame."""
@@ -261,6 +261,7 @@ def continue_videos(
     text_mask: torch.Tensor | None = None,
     batch_size: int | None = None,
     progress: Callable[[str], None] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> np.ndarray:
     """Continue every truth clip from its first P frames for k*L frames: uint8 (N, P + k*L, H, W, 3)
     with the (codec round-tripped) prompt frames first.
@@ -269,6 +270,7 @@ def continue_videos(
     device of its parameters, in the mode it is in (eval for sampling). A bidirectional model is
     sampled without the kv-cache. batch_size: clips per `generate` call (None: all at once).
     text/text_mask: (N, L, D) / (N, L) caption embeddings, or None for unconditional generation.
+    autocast: the network's dtype under torch.autocast (see `generate`); None: float32.
     """
     P = spec.prompt_frames
     if truth.ndim != 5 or truth.shape[1] < P:
@@ -290,7 +292,7 @@ def continue_videos(
             model, diffusion, prompt.to(device), spec.generated_frames, chunk=spec.chunk, window=spec.window,
             steps=spec.steps, use_cache=use_cache, generator=generator, progress=report,
             text=None if text is None else text[lo:hi].to(device),
-            text_mask=None if text_mask is None else text_mask[lo:hi].to(device),
+            text_mask=None if text_mask is None else text_mask[lo:hi].to(device), autocast=autocast,
         )  # (B, P + k*L, C, h, w)
         out += [codec.decode(z.float().cpu()) for z in latents]  # each (T, H, W, 3) uint8
     return np.stack(out)
@@ -695,6 +697,9 @@ def _parser() -> _Parser:
     ap.add_argument("--vae", help="sd-vae models: the VAE to decode with (default: the one in the dataset index)")
     ap.add_argument("--i3d", type=Path, help="a TorchScript I3D (StyleGAN-V's i3d_torchscript.pt) for fvd_i3d")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and clip order (default: 0)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="network precision: auto (default) is bf16 on GPUs of compute capability >= 8.0, fp32 "
+                    "elsewhere; the sampler's state stays fp32")
     return ap
 
 
@@ -792,9 +797,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"continuing {spec.num_clips} clips from {spec.prompt_frames} prompt frames for {spec.multiples} x "
           f"{spec.clip_len} frames (chunk {spec.chunk}, window {spec.window}, {spec.steps} steps, "
           f"{'kv-cache' if use_cache else 'no cache'}, {conditioning})", flush=True)
+    try:
+        autocast = sampling_autocast(args.precision, device)
+    except ValueError as exc:
+        ap.error(f"--precision: {exc}")
     videos = continue_videos(model, exported_diffusion(info), codec, truth, spec,
                              use_cache=use_cache, seed=args.seed, text=text, text_mask=text_mask,
-                             progress=lambda line: print("  " + line, flush=True))
+                             progress=lambda line: print("  " + line, flush=True), autocast=autocast)
     try:
         report = evaluate_videos(truth, {"model": videos}, spec, scenes, i3d)
     except RuntimeError as exc:  # an I3D that cannot take these chunks

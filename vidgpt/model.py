@@ -297,6 +297,15 @@ class FinalLayer(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 
+def text_mask_or_none(text_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """None when every token of (B, L) text_mask is valid (the unmasked attention kernels apply), else
+    the mask. It reads the mask: call it once per batch or per `generate`, before moving a CPU mask to
+    the GPU, never per network call."""
+    if text_mask is None or bool(text_mask.all()):
+        return None
+    return text_mask
+
+
 class VidGPT(nn.Module):
     """The ViD-GPT network. `forward(x, t)` predicts noise (or velocity) of x's shape."""
 
@@ -362,8 +371,11 @@ class VidGPT(nn.Module):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Project text to (B, text_len, D) with mask (B, text_len) or None (all valid).
 
-        Captions shorter than text_len are padded (and masked); missing or dropped text is the learned
-        null embedding of full length, so unconditional calls match caption dropout in training."""
+        Captions shorter than text_len are padded (and masked); missing or dropped text, and rows whose
+        mask has no valid token, are the learned null embedding of full length, so unconditional calls
+        match caption dropout in training. A given mask is used as it is: pass text_mask=None when every
+        token is valid (`text_mask_or_none`, once per batch on the CPU copy) so that attention may take
+        its fastest, unmasked kernel."""
         cfg = self.cfg
         if not cfg.text_dim:
             if text is not None or drop_text is not None:
@@ -386,15 +398,15 @@ class VidGPT(nn.Module):
         if L < cfg.text_len:  # pad to text_len: (B, L, E) -> (B, text_len, E)
             text = F.pad(text, (0, 0, 0, cfg.text_len - L))
             text_mask = F.pad(text_mask, (0, cfg.text_len - L), value=False)
+        # a row with no valid token (no caption) gets the null embedding, as caption dropout does; decided
+        # on the device, without reading the mask back (no host sync inside forward)
+        drop = ~text_mask.any(dim=1)  # (B,)
         if drop_text is not None:
             if drop_text.shape != (batch,):
                 raise ValueError(f"drop_text must be (B,)={(batch,)}, got {tuple(drop_text.shape)}")
-            text = torch.where(drop_text[:, None, None], self.null_text.to(text.dtype), text)
-            text_mask = text_mask | drop_text[:, None]
-        if not bool(text_mask.any(dim=1).all()):
-            raise ValueError("text_mask has a row with no valid token; pass drop_text or text=None instead")
-        if bool(text_mask.all()):
-            text_mask = None  # nothing to mask: lets attention use its fastest kernel
+            drop = drop | drop_text.bool()
+        text = torch.where(drop[:, None, None], self.null_text.to(text.dtype), text)
+        text_mask = text_mask | drop[:, None]
         return self.y_embedder(text), text_mask
 
     def forward(

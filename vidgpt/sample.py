@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vidgpt.export import exported_diffusion, load_exported
-from vidgpt.sampling import generate
+from vidgpt.sampling import PRECISIONS, generate, sampling_autocast
 
 
 def prompts_from_dataset(path: str, count: int, frames: int, seed: int) -> tuple[torch.Tensor, dict]:
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     ap.add_argument("--vae", help="sd-vae datasets: VAE to decode with (default: the one in the dataset index)")
     ap.add_argument("--no-cache", action="store_true", help="recompute the window every step (reference)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="network precision: auto (default) is bf16 on GPUs of compute capability >= 8.0, fp32 "
+                    "elsewhere; the sampler's state stays fp32")
     args = ap.parse_args(argv)
 
     from data_pipeline.codecs import build_codec
@@ -64,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     text = text_mask = None
     if model.cfg.text_dim and "text" in batch:
         text, text_mask = batch["text"].float().to(device), batch["text_mask"].to(device)
-        if not bool(text_mask.any(dim=1).all()):
-            text = text_mask = None
     diffusion = exported_diffusion(info)
     train_frames = info.get("data", {}).get("num_frames", args.chunk + 8)
     window = args.window or max(1, train_frames - args.chunk)
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         model, diffusion, prompt.to(device), args.frames, chunk=args.chunk, window=window, steps=args.steps,
         text=text, text_mask=text_mask, cfg_scale=args.cfg_scale if text is not None else 1.0,
         use_cache=not args.no_cache, generator=torch.Generator(device).manual_seed(args.seed),
+        autocast=sampling_autocast(args.precision, device),
     )  # (B, P + N, C, H, W)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from vidgpt.diffusion import Diffusion
 from vidgpt.kv_cache import TemporalKVCache
-from vidgpt.model import VidGPT, model_stats
+from vidgpt.model import VidGPT, model_stats, text_mask_or_none
 
 
 def chunks(prompt_frames: int, num_frames: int, chunk: int) -> Iterator[tuple[int, int]]:
@@ -92,12 +92,16 @@ def generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Tensor:
     """Generate `num_frames` frames after `prompt` (B, P, C, H, W); returns (B, P + num_frames, C, H, W).
 
     chunk: frames denoised together; window: most finished frames a chunk attends to (the cache size);
     steps: denoising steps per chunk; cfg_scale != 1 applies classifier-free guidance against the null
     text (needs `text`); progress(frames_done, num_frames) is called after each chunk.
+    autocast: run the network under torch.autocast in this dtype (bf16 on GPUs); the sampler's state,
+    the noise and the update stay in float32 whatever the network computes in, so rounding does not
+    accumulate over the steps. The result is float32 (float64 for a float64 prompt).
     """
     if prompt.ndim != 5 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be (B, P>=1, C, H, W) latents, got {tuple(prompt.shape)}")
@@ -113,6 +117,8 @@ def generate(
         raise ValueError("classifier-free guidance (cfg_scale != 1) needs text")
     B, P = prompt.shape[:2]
     schedule = diffusion.schedule(steps)
+    prompt = prompt.to(torch.promote_types(prompt.dtype, torch.float32))  # the state: fp32 (or fp64) always
+    text_mask = text_mask_or_none(text_mask)  # read once per call, not per network call
 
     # conditioning of every call; with CFG rows [B, 2B) are the null-text branch
     cond: dict[str, Tensor | None] = {"text": text, "text_mask": text_mask}
@@ -129,7 +135,8 @@ def generate(
         return torch.cat([x, x]) if guided else x
 
     def net(x: Tensor, t: Tensor, **kw: object) -> Tensor:
-        return model(both(x), t.expand(rows, -1), **cond, **kw)
+        with torch.autocast(prompt.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            return model(both(x), t.expand(rows, -1), **cond, **kw).to(prompt.dtype)
 
     def guide(out: Tensor) -> Tensor:
         if not guided:
@@ -149,7 +156,7 @@ def generate(
     plan = list(chunks(P, num_frames, chunk))
     for i, (start, size) in enumerate(plan):
         shape = (B, size, *prompt.shape[2:])
-        x = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)
+        x = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)  # fp32 or fp64
         context = torch.cat(frames, dim=1)[:, -window:] if cache is None else None  # (B, <=W, C, H, W)
         for t, t_next in schedule:
             t_model = diffusion.model_time(torch.full((1, size), t, device=prompt.device))
@@ -170,6 +177,25 @@ def generate(
         if progress is not None:
             progress(done, num_frames)
     return torch.cat(frames, dim=1)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def sampling_autocast(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The `autocast` of `generate` for a --precision choice: auto is bf16 on GPUs of compute capability
+    >= 8.0 and fp32 (None) elsewhere; bf16 is refused where the GPU has no bf16."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        if precision == "bf16":
+            raise ValueError(f"precision bf16 needs compute capability >= 8.0; {device} has "
+                             f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}")
+        return None
+    return torch.bfloat16
 
 
 def frames_before_eviction(prompt_frames: int, num_frames: int, *, chunk: int, window: int) -> int:

@@ -43,6 +43,7 @@ from vidgpt.checkpoint import (
     wait_for_universal,
 )
 from vidgpt.config import Config, ConfigError, dumps, load_config
+from vidgpt.model import text_mask_or_none
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run again with --resume auto
 
@@ -352,7 +353,9 @@ class Trainer:
         x0 = batch["latents"].to(self.device, non_blocking=True)  # (B, T, C, H, W)
         text, text_mask = batch.get("text"), batch.get("text_mask")
         if text is not None and self.model_cfg.text_dim:
-            text, text_mask = text.to(self.device, non_blocking=True), text_mask.to(self.device, non_blocking=True)
+            text_mask = text_mask_or_none(text_mask)  # read on the CPU copy: no device sync
+            text = text.to(self.device, non_blocking=True)
+            text_mask = None if text_mask is None else text_mask.to(self.device, non_blocking=True)
         else:
             text = text_mask = None
         prompt_len = self.diffusion_cfg.prompt.sample(x0.shape[1], self.prompt_gen)
