@@ -8,7 +8,8 @@ set -euo pipefail
 CONFIG="${CONFIG:-configs/demo_cpu.toml}"
 RUN_DIR="${RUN_DIR:-runs/local}"
 PYTHON="${PYTHON:-python}"
-NPROC="${NPROC:-$(nvidia-smi -L 2>/dev/null | wc -l)}"
+# GPUs as torch sees them (honours CUDA_VISIBLE_DEVICES; nvidia-smi -L would also count MIG lines)
+NPROC="${NPROC:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null)}"
 [ "$NPROC" -ge 1 ] 2>/dev/null || NPROC=1
 exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
   -m vidgpt.train --config "$CONFIG" --run_dir="$RUN_DIR" --resume auto "$@"

@@ -125,3 +125,19 @@ def test_bad_model_fields_name_the_key(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as exc:
         load_config(DEMO, [override])
     assert "\n" not in str(exc.value)
+
+
+def test_every_shipped_config_loads_and_the_papers_run_is_the_papers() -> None:
+    configs = sorted((DEMO.parent).glob("*.toml"))
+    assert len(configs) >= 2
+    for path in configs:
+        cfg = load_config(path)
+        cfg.model.build()
+        cfg.diffusion.build()
+    xl = load_config(DEMO.parent / "xl_256.toml")
+    model = xl.model.build()
+    assert (model.depth, model.hidden, model.heads, model.patch, model.in_channels) == (28, 1152, 16, 2, 4)
+    assert xl.model.activation_checkpointing and xl.data.num_frames == 33
+    diffusion = xl.diffusion.build()
+    assert diffusion.prompt.choices(33) == [1, 9, 17, 25] and diffusion.process == "ddpm"
+    assert xl.optimizer.lr == 2e-5 and xl.training.precision == "bf16" and xl.training.ema_decay == 0.9999

@@ -16,6 +16,7 @@ import pytest
 from test_encode import samples_of
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU_JOB = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]  # the launcher defaults to 8 GPUs
 TRAIN = ["--model.flavor=tiny", "--training.steps=8", "--checkpoint.interval=100", "--logging.interval=2", "--data.batch_size=2",
          "--optimizer.schedule=constant", "--optimizer.warmup_steps=0"]
 
@@ -85,7 +86,7 @@ def uninterrupted(latents: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     env = {"CONFIG": "configs/demo_cpu.toml", "RUN_DIR": str(run)}
     log = run.parent / "plain-%j.out"
     done = subprocess.run(
-        ["sbatch", "--wait", f"--output={log}", "launchers/train_multinode.sh", f"--data.path={latents}", *TRAIN],
+        ["sbatch", "--wait", f"--output={log}", *CPU_JOB, "launchers/train_multinode.sh", f"--data.path={latents}", *TRAIN],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env},
     )
     assert done.returncode == 0, (done.stderr, [p.read_text() for p in run.parent.glob("plain-*.out")])
@@ -105,7 +106,7 @@ def test_sbatch_trains_across_two_nodes(uninterrupted: Path) -> None:
 def test_preempted_job_requeues_and_resumes_exactly(uninterrupted: Path, latents: Path, tmp_path: Path) -> None:
     run = tmp_path / "preempted"
     env = {"CONFIG": "configs/demo_cpu.toml", "RUN_DIR": str(run)}
-    job = sbatch(f"--output={tmp_path}/job-%j.out", "launchers/train_multinode.sh", f"--data.path={latents}", *TRAIN,
+    job = sbatch(f"--output={tmp_path}/job-%j.out", *CPU_JOB, "launchers/train_multinode.sh", f"--data.path={latents}", *TRAIN,
                  env=env)
     deadline = time.monotonic() + 240
     while not ((run / "losses.jsonl").exists() and len(losses(run)) >= 2):

@@ -191,6 +191,8 @@ class StopFlag:
 class Trainer:
     def __init__(self, cfg: Config, resume: str | None) -> None:
         self.cfg = cfg
+        if not cfg.data.path:
+            raise ConfigError("data.path: not set; pass --data.path=DIR (or s3://bucket/prefix) of vidgpt-encode's shards")
         self.env = distributed.detect_env()
         problem = distributed.allocated_gpus_without_cuda(os.environ, torch.cuda.is_available())
         if problem:
