@@ -174,6 +174,23 @@ def test_resume_equals_uninterrupted(dataset, workers: int, consumed: int) -> No
     assert positions(epoch(resumed)) == positions(next_epoch)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_prepared_ahead_for_pinning_are_the_same_and_resume_the_same(dataset, workers: int) -> None:  # noqa: ANN001
+    """pin_memory: batches become tensors on a background thread one batch ahead (pinned where CUDA is);
+    the batches, their order and the resume position do not change."""
+    root, _ = dataset
+    plain = epoch(LatentLoader(cfg(root, num_workers=workers)))
+    loader = LatentLoader(cfg(root, num_workers=workers, pin_memory=True))
+    head = epoch(loader, limit=3)
+    assert loader.state_dict()["batches"] == 3  # the batch prepared ahead is not counted as consumed
+    resumed = LatentLoader(cfg(root, num_workers=workers, pin_memory=True))
+    resumed.load_state_dict(loader.state_dict())
+    pinned = head + epoch(resumed)
+    assert positions(pinned) == positions(plain)
+    assert all(isinstance(b["latents"], torch.Tensor) for b in pinned)
+    assert all(torch.equal(x["latents"], y["latents"]) for x, y in zip(pinned, plain))
+
+
 @pytest.mark.parametrize("new_world,new_workers", [(1, 0), (3, 1), (1, 2)])
 def test_resume_on_a_different_number_of_ranks(dataset, new_world: int, new_workers: int) -> None:  # noqa: ANN001
     root, _ = dataset

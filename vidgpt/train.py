@@ -266,7 +266,8 @@ class Trainer:
         self.loader = LatentLoader(
             LoaderConfig(cfg.data.path, num_frames=cfg.data.num_frames, batch_size=cfg.data.batch_size,
                          crop=cfg.data.crop, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.training.seed,
-                         num_workers=cfg.data.num_workers, max_bad_fraction=cfg.data.max_bad_fraction),
+                         num_workers=cfg.data.num_workers, max_bad_fraction=cfg.data.max_bad_fraction,
+                         pin_memory=self.cuda),
             env.rank, env.world,
         )
         # per-rank streams: noise and timesteps (on the device), prompt lengths (CPU)
