@@ -44,10 +44,10 @@ def test_fresh_model_predicts_zero_and_blocks_start_as_identity() -> None:
     mod = torch.randn(B, T, 9, TINY.hidden)
     rope = (torch.ones(T, 1, TINY.head_dim // 2), torch.zeros(T, 1, TINY.head_dim // 2))
     ctx = torch.randn(B, 5, TINY.hidden)
-    out, _ = model.blocks[0](h, mod, rope, ctx, None, None)
+    out = model.blocks[0](h, mod, rope, ctx, None, None)
     # t_block starts at zero, so mod from the model is zero; here we pass random mod: gates from the table only
     assert not torch.equal(out, h)  # random mod opens the gates ...
-    out, _ = model.blocks[0](h, torch.zeros_like(mod), rope, ctx, None, None)
+    out = model.blocks[0](h, torch.zeros_like(mod), rope, ctx, None, None)
     assert torch.equal(out, h)  # ... the model's own zero mod keeps them shut
 
 

@@ -194,9 +194,12 @@ def test_generate_refuses_bad_arguments() -> None:
 
 
 def test_kvcache_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--flavor", "tiny", "--latent-size", "8", "--frames", "6", "--chunk", "2", "--window", "4", "--steps", "2", "--repeats", "1"]
+    args = ["--flavor", "tiny", "--latent-size", "8", "--frames", "6", "--chunk", "2", "--window", "4", "--steps", "2", "--repeats", "1",
+            "--growth-frames", "8,16"]
     assert bench.main(args) == 0
     result = json.loads(capsys.readouterr().out)
+    growth = result["growth"]
+    assert growth["frames"] == [8, 16] and len(growth["s_per_frame"]) == 2 and growth["ratio_longest_to_shortest"] > 0
     assert result["frames_compared"] == 4
     assert result["max_abs_diff"] <= 1e-4
     assert result["flop_ratio"] > 1.0
@@ -254,3 +257,27 @@ def test_autocast_sampling_keeps_the_sampler_state_in_fp32() -> None:
     assert sampling_autocast("bf16", "cpu") is torch.bfloat16
     with pytest.raises(ValueError, match="precision must be"):
         sampling_autocast("fp16", "cpu")
+
+
+def test_cache_buffers_are_written_in_place_and_keep_their_shape() -> None:
+    """The per-block buffers are allocated once; denoising calls write their frames after the held ones
+    without keeping them, and once the window is full every call attends to the same shapes."""
+    cache = TemporalKVCache(window=4)
+    frames = lambda start, n: torch.arange(start, start + n).float().view(1, n, 1, 1)  # noqa: E731
+    seen = []
+    for start in range(0, 12, 2):
+        for _step in range(3):  # denoising calls: attend to held + new, keep nothing
+            k, v = cache.attend(0, frames(100 + start, 2), frames(200 + start, 2))
+            seen.append(k.shape[1])
+            assert k[0, -2:].flatten().tolist() == [100.0 + start, 101.0 + start]
+        ptr = cache._keys[0].data_ptr()
+        cache.extend(0, frames(start, 2), frames(start + 50, 2))  # the clean pass
+        cache.advance(2)
+        assert cache._keys[0].data_ptr() == ptr  # no reallocation
+        held_k, held_v = cache.get(0)
+        expect = list(range(max(0, start + 2 - 4), start + 2))
+        assert held_k.flatten().tolist() == [float(x) for x in expect]
+        assert held_v.flatten().tolist() == [float(x + 50) for x in expect]
+    assert seen == [2] * 3 + [4] * 3 + [6] * 12  # constant once the window is full
+    with pytest.raises(ValueError, match="the last call wrote"):
+        cache.advance(3)

@@ -194,6 +194,9 @@ class TrainingSection:
     communication_data_type). fp32 (the default, as torchtitan's FSDP reduce_dtype) sums hundreds of
     ranks' gradients without bf16's 8-bit mantissa losing the small ones, at twice the gradient traffic;
     bf16 halves that traffic."""
+    compile: bool = False
+    """torch.compile each STDiT block (`VidGPT.compile_blocks`, as torchtitan): faster steps on GPUs after a
+    compile of a minute or so at the start; the sampler compiles the same way (vidgpt-sample --compile)."""
     deterministic: bool = False
     """Bit-reproducible steps on GPUs: FlashAttention's deterministic backward, torch's deterministic
     algorithms (CUBLAS_WORKSPACE_CONFIG=:4096:8), no cuDNN autotuning; a few percent slower. On CPUs

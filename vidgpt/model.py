@@ -16,6 +16,7 @@ is what makes the temporal kv-cache (`vidgpt.kv_cache`) exact.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -221,6 +222,8 @@ class CrossAttention(nn.Module):
 
 
 KV = tuple[torch.Tensor, torch.Tensor]
+KVSource = Callable[[torch.Tensor, torch.Tensor], KV]
+"""A block's kv-cache slot: this call's temporal (k, v) in, cached + new (k, v) out."""
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -249,36 +252,58 @@ class STDiTBlock(nn.Module):
         rope: Rope,
         context: torch.Tensor | None,
         context_mask: torch.Tensor | None,
-        past: KV | None,
-    ) -> tuple[torch.Tensor, KV]:
+        cached: KVSource | None,
+    ) -> torch.Tensor:
         """h: (B, T, S, D); mod: (B, T, 9, D) shared adaLN-single input; rope: cos/sin (T, 1, E/2);
-        past: cached temporal (k, v), each (B*S, Tc, H, E). Returns h and this call's temporal (k, v)."""
-        B, T, S, D = h.shape
-        m = (mod + self.scale_shift_table).unsqueeze(2)  # (B, T, 1, 9, D): broadcast over S
-        sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m = m.unbind(dim=3)  # each (B, T, 1, D)
+        cached: the kv-cache's slot of this block: takes this call's temporal (k, v), each
+        (B*S, T, H, E), and returns cached + new, each (B*S, Tc+T, H, E). Returns h.
 
-        # spatial: bidirectional inside each frame
+        Two pure halves around the cache (`before_temporal`, `after_temporal`), so that torch.compile
+        compiles tensor math only and the cache's in-place writes stay outside the graphs."""
+        h, q, k, v = self.before_temporal(h, mod, rope)
+        if cached is not None:
+            k, v = cached(k, v)  # (B*S, Tc+T, H, E), written in place into the cache's buffers
+        return self.after_temporal(h, mod, q, k, v, context, context_mask)
+
+    def _modulation(self, mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = (mod + self.scale_shift_table).unsqueeze(2)  # (B, T, 1, 9, D): broadcast over S
+        return m.unbind(dim=3)  # sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m, each (B, T, 1, D)
+
+    def before_temporal(
+        self, h: torch.Tensor, mod: torch.Tensor, rope: Rope
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Spatial attention (bidirectional inside each frame), then the temporal q, k, v with RoPE:
+        h (B, T, S, D) -> h, and q, k, v each (B*S, T, H, E)."""
+        B = h.shape[0]
+        sh_s, sc_s, g_s, sh_t, sc_t, *_ = self._modulation(mod)
         xs = rearrange(modulate(self.norm_s(h), sh_s, sc_s), "B T S D -> (B T) S D")
         h = h + g_s * rearrange(self.attn_s(xs), "(B T) S D -> B T S D", B=B)
-
-        # temporal: causal (or, for the baseline, bidirectional) across frames at each spatial position,
-        # RoPE on q/k, cached keys first
         xt = rearrange(modulate(self.norm_t(h), sh_t, sc_t), "B T S D -> (B S) T D")
         q, k, v = self.attn_t.qkv_heads(xt)  # (B*S, T, H, E)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        new_kv = (k, v)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)  # (B*S, Tc+T, H, E)
+        return h, q, k, v
+
+    def after_temporal(
+        self,
+        h: torch.Tensor,
+        mod: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Temporal attention of q (B*S, T, H, E) over k, v (B*S, Tc+T, H, E), causal (or, for the
+        baseline, bidirectional) across frames at each spatial position, cached keys first; then text
+        cross-attention (every token attends to the caption, no mixing across frames) and the MLP."""
+        B, T = h.shape[:2]
+        _, _, _, _, _, g_t, sh_m, sc_m, g_m = self._modulation(mod)
         o = self.attn_t.out(attention(q, k, v, causal=self.causal))  # (B*S, T, D)
         h = h + g_t * rearrange(o, "(B S) T D -> B T S D", B=B)
-
-        # text: every token attends to the caption (no mixing across frames)
         if context is not None:
             xc = rearrange(self.norm_c(h), "B T S D -> B (T S) D")
             h = h + rearrange(self.attn_c(xc, context, context_mask), "B (T S) D -> B T S D", T=T)
-
-        h = h + g_m * self.mlp(modulate(self.norm_m(h), sh_m, sc_m))
-        return h, new_kv
+        return h + g_m * self.mlp(modulate(self.norm_m(h), sh_m, sc_m))
 
 
 class FinalLayer(nn.Module):
@@ -361,6 +386,16 @@ class VidGPT(nn.Module):
                     module.scale_shift_table.copy_(torch.randn(2, d) / d**0.5)
                 elif module is self:
                     nn.init.normal_(self.null_text, std=self.cfg.text_dim**-0.5)
+
+    def compile_blocks(self, **options: Any) -> VidGPT:
+        """torch.compile every STDiT block, as torchtitan compiles per transformer block: small graphs
+        shared by all blocks, short compile times, parameter names and module hooks (ZeRO-3's)
+        unchanged. The two halves around the kv-cache are compiled (`before_temporal`,
+        `after_temporal`), so the cache's in-place writes never enter a graph. Returns self."""
+        for block in self.blocks:
+            block.before_temporal = torch.compile(block.before_temporal, **options)  # type: ignore[method-assign]
+            block.after_temporal = torch.compile(block.after_temporal, **options)  # type: ignore[method-assign]
+        return self
 
     def _text_context(
         self,
@@ -455,13 +490,10 @@ class VidGPT(nn.Module):
         rope = rope_angles(torch.arange(start, start + T, device=x.device), cfg.head_dim, cfg.rope_theta)
 
         for i, block in enumerate(self.blocks):
-            past = cache.get(i) if cache is not None else None
             if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
-                h, kv = checkpoint(block, h, mod, rope, context, context_mask, past, use_reentrant=False)
+                h = checkpoint(block, h, mod, rope, context, context_mask, None, use_reentrant=False)
             else:
-                h, kv = block(h, mod, rope, context, context_mask, past)
-            if write_cache:
-                cache.extend(i, *kv)
+                h = block(h, mod, rope, context, context_mask, None if cache is None else functools.partial(cache.attend, i))
         if write_cache:
             cache.advance(T)
 

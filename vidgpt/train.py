@@ -254,6 +254,8 @@ class Trainer:
         gather = (lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=0)) if zero3 else None
         model.initialize_weights(gather=gather)
         model.activation_checkpointing = cfg.model.activation_checkpointing
+        if cfg.training.compile:
+            model.compile_blocks()
         o = cfg.optimizer
         optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                       weight_decay=o.weight_decay)

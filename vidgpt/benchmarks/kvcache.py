@@ -7,7 +7,11 @@ Reports wall time of both (`cache_s`, `no_cache_s`: the fastest of `--repeats` i
 `speedup`), the analytic FLOP ratio of the two
 generations (`flop_ratio`: no-cache / cache), and `max_abs_diff` / `max_rel_diff` between the two
 videos over the frames generated before the cache's first eviction (after it they differ by design).
-The model has random (untrained, non-zero) weights. Rectified flow is the default process because
+`growth`: seconds per generated frame with the cache at each of `--growth-frames` (64 and 256), on
+`--growth-flavor` (tiny) with one step per chunk, and their ratio (goal <= 1.05: the preallocated
+cache makes a frame cost the same however long the video already is). `--compile` also times the
+cached generation with torch.compile'd blocks (`compile_speedup`: eager / compiled, first compiled
+run excluded). The model has random (untrained, non-zero) weights. Rectified flow is the default process because
 DDIM with an untrained network amplifies round-off by 1/sqrt(alpha_bar) (~150 at t=999); `--process
 ddpm` still reports the relative difference faithfully.
 """
@@ -50,7 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--process", choices=("flow", "ddpm"), default="flow", help="diffusion process (default: flow)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
+    ap.add_argument("--growth-frames", default="64,256",
+                    help="video lengths for the per-frame cost comparison, comma-separated ('' skips it; default: 64,256)")
+    ap.add_argument("--growth-flavor", choices=sorted(FLAVORS), default="tiny", help="model of the growth runs (default: tiny)")
+    ap.add_argument("--growth-latent-size", type=int, default=8, help="latent size of the growth runs (default: 8)")
+    ap.add_argument("--compile", action="store_true", help="also time the cached run with torch.compile'd blocks")
     args = ap.parse_args(argv)
+    try:
+        args.growth = [int(x) for x in args.growth_frames.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--growth-frames must be comma-separated integers, got {args.growth_frames!r}")
+    if any(n < 1 for n in args.growth):
+        ap.error(f"--growth-frames must be >= 1, got {args.growth_frames!r}")
     for name in ("frames", "prompt_frames", "chunk", "window", "steps", "latent_size", "batch", "repeats"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -98,6 +113,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             times[use].append(seconds)
     cached, uncached = videos[True], videos[False]
     cache_s, no_cache_s = min(times[True]), min(times[False])
+    extra: dict[str, object] = {}
+    if args.compile:
+        model.compile_blocks()
+        run_once(True)  # compiles (and recompiles while the cache fills); not timed
+        compiled = [_timed(lambda: run_once(True), device)[1] for _ in range(args.repeats)]
+        extra |= {"compiled_cache_runs_s": [round(x, 3) for x in compiled], "compiled_cache_s": round(min(compiled), 4),
+                  "compile_speedup": round(cache_s / min(compiled), 4)}
+    if args.growth:
+        extra["growth"] = growth(args, device, dtype)
 
     flops = {
         use: generation_flops(model, prompt, args.frames, use_cache=use, guided=text is not None, **common)
@@ -144,9 +168,32 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "max_rel_diff": max_abs / float(scale) if n_same else 0.0,
         "goal_speedup": speedup >= 0.8 * flop_ratio,
         "goal_diff": max_abs <= 1e-4,
+        **extra,
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def growth(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, object]:
+    """Seconds per generated frame with the cache at each length of args.growth (best of repeats)."""
+    cfg = FLAVORS[args.growth_flavor]
+    model = randomize_weights_(VidGPT(cfg), seed=args.seed).to(device=device, dtype=dtype).eval()
+    size = args.growth_latent_size
+    prompt = torch.randn(1, args.prompt_frames, cfg.in_channels, size, size,
+                         generator=torch.Generator().manual_seed(args.seed)).to(device=device, dtype=dtype)
+
+    def once(frames: int) -> torch.Tensor:
+        return generate(model, RectifiedFlow(), prompt, frames, chunk=args.chunk, window=args.window, steps=1,
+                        generator=torch.Generator(device=device).manual_seed(args.seed))
+
+    once(2 * args.chunk + args.window)  # warm-up past the first eviction
+    per_frame = []
+    for frames in args.growth:
+        per_frame.append(min(_timed(lambda frames=frames: once(frames), device)[1] for _ in range(args.repeats)) / frames)
+    ratio = per_frame[-1] / per_frame[0]
+    return {"flavor": args.growth_flavor, "latent_size": size, "steps": 1, "frames": args.growth,
+            "s_per_frame": [round(x, 6) for x in per_frame], "ratio_longest_to_shortest": round(ratio, 4),
+            "goal_ratio_le_1_05": ratio <= 1.05}
 
 
 def main(argv: list[str] | None = None) -> int:

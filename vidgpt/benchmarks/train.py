@@ -8,7 +8,9 @@ time, tokens/s and `mfu`: model FLOPs (3 x the analytic forward) per second over
 measured in the same run by a large float32 matmul on the same threads. From both runs it reports the
 bytes of parameters plus optimizer state each rank holds (fp32 partitions, Adam moments) and
 `zero3_shard_ratio` = bytes per rank at 2 ranks / at 1 rank (ideal 0.5).
-Goals: mfu >= 0.3 for `small`; zero3_shard_ratio <= 0.55.
+Goals: mfu >= 0.3 for `small`; zero3_shard_ratio <= 0.55. `--compile` adds a 1-rank run with
+training.compile (torch.compile per block; the warm-up steps absorb the compilation):
+`compiled_step_s` and `compile_speedup` (eager step time / compiled).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def worker(args: argparse.Namespace) -> None:
         f"--run_dir={args.work}/run{args.world}", f"--data.path={args.work}/data", f"--model.flavor={args.flavor}",
         f"--model.in_channels={args.channels}", "--model.text_dim=0", f"--data.num_frames={args.frames}",
         f"--data.batch_size={args.batch_size}", "--training.ema_decay=0", "--optimizer.grad_accum=1",
-        f"--training.steps={args.steps + args.warmup}",
+        f"--training.steps={args.steps + args.warmup}", f"--training.compile={'true' if args.compile else 'false'}",
     ]
     cfg = load_config(None, overrides)
     trainer = Trainer(cfg, None)
@@ -114,9 +116,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         write_dataset(work / "data", 64, args.frames, args.channels, args.size)
         results = {}
-        for world in (1, 2):
-            port = str(29_000 + os.getpid() % 1000 + world)
-            result = work / f"result{world}.json"
+        for world, compiled in ((1, False), (2, False), *(((1, True),) if args.compile else ())):
+            port = str(29_000 + os.getpid() % 1000 + world + 2 * compiled)
+            result = work / f"result{world}{'c' if compiled else ''}.json"
             procs = []
             for rank in range(world):
                 env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
@@ -125,13 +127,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cmd = [sys.executable, "-m", "vidgpt.benchmarks.train", "--worker", "--work", str(work),
                        "--world", str(world), "--result", str(result), "--flavor", args.flavor,
                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--frames", str(args.frames),
-                       "--size", str(args.size), "--channels", str(args.channels), "--batch-size", str(args.batch_size)]
+                       "--size", str(args.size), "--channels", str(args.channels), "--batch-size", str(args.batch_size),
+                       *(["--compile"] if compiled else [])]
                 procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
             errors = [p.communicate()[1].decode(errors="replace") for p in procs]
             if any(p.returncode for p in procs):
                 raise RuntimeError(f"benchmark worker failed at {world} rank(s):\n{errors[0][-3000:]}")
-            results[world] = json.loads(result.read_text())
-        one, two = results[1], results[2]
+            results[(world, compiled)] = json.loads(result.read_text())
+        one, two = results[(1, False)], results[(2, False)]
+        extra = {}
+        if args.compile:
+            c = results[(1, True)]
+            extra = {"compiled_step_s": round(c["step_s"], 4), "compile_speedup": round(one["step_s"] / c["step_s"], 4)}
         ratio = max(two["held_bytes_per_rank"]) / one["held_bytes_per_rank"][0]
         cfg = FLAVORS[args.flavor]
         return {
@@ -146,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "zero3_bytes_per_rank_1": one["held_bytes_per_rank"][0],
             "zero3_bytes_per_rank_2": two["held_bytes_per_rank"],
             "zero3_shard_ratio": round(ratio, 4),
-            "goal_mfu": one["mfu"] >= 0.3, "goal_shard_ratio": ratio <= 0.55,
+            "goal_mfu": one["mfu"] >= 0.3, "goal_shard_ratio": ratio <= 0.55, **extra,
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=16, help="latent height = width (default: 16)")
     ap.add_argument("--channels", type=int, default=4, help="latent channels (default: 4)")
     ap.add_argument("--batch-size", type=int, default=2, help="clips per rank (default: 2)")
+    ap.add_argument("--compile", action="store_true", help="also time a 1-rank run with torch.compile'd blocks")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--world", type=int, help=argparse.SUPPRESS)
