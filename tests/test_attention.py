@@ -154,3 +154,19 @@ def test_backend_choice_is_logged_once_and_described(caplog: pytest.LogCaptureFi
     assert attn.describe(torch.device("cpu")).startswith("PyTorch SDPA (flash-attn ")
     with use_backend(Backend.MATH):
         assert attn.describe(torch.device("cpu")) == "math (forced)"
+
+
+def test_attention_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from vidgpt.benchmarks.attention import main
+
+    assert main(["--flavor", "tiny", "--latent-size", "4", "--frames", "3,5", "--repeats", "1", "--device", "cpu",
+                 "--dtype", "float32"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["frames"] for r in result["by_frames"]] == [3, 5]
+    for row in result["by_frames"]:
+        assert {"default", "sdpa", "bmm", "sdpa_math"} <= row["seconds"].keys()
+        assert row["fastest"] in row["seconds"] and row["speedup_vs_default"] > 0
+    with pytest.raises(SystemExit):
+        main(["--frames", "0"])
