@@ -192,12 +192,14 @@ class SDVAECodec(Codec):
     def encode(self, frames: np.ndarray) -> np.ndarray:
         frames = self.check_frames(frames)
         pixels = torch.from_numpy(frames)
-        out: list[torch.Tensor] = []
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        out: list[torch.Tensor] = []  # on the device: one copy back per clip, not a host sync per batch
         for start in range(0, pixels.shape[0], self.batch_size):
-            x = _to_unit(pixels[start : start + self.batch_size].to(self.device))  # (B, 3, H, W)
+            x = _to_unit(pixels[start : start + self.batch_size].to(self.device, non_blocking=True))  # (B, 3, H, W)
             mean = self.vae.encode(x.to(self.dtype)).latent_dist.mean  # (B, C, H/d, W/d)
-            out.append(((mean.float() - self.shift_factor) * self.scale_factor).cpu())
-        return torch.cat(out).contiguous().numpy()  # (T, C, H/d, W/d) float32, C-contiguous
+            out.append((mean.float() - self.shift_factor) * self.scale_factor)
+        return torch.cat(out).cpu().contiguous().numpy()  # (T, C, H/d, W/d) float32, C-contiguous
 
     @torch.inference_mode()
     def decode(self, latents: np.ndarray | torch.Tensor) -> np.ndarray:

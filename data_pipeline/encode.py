@@ -32,6 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from data_pipeline import storage
 from data_pipeline.index import (
     PROGRESS,
@@ -74,6 +76,7 @@ class EncodeConfig:
     text_encoder: str | None = None
     device: str | None = None
     batch_size: int = 8
+    text_batch_size: int = 32
     progress: bool = True
     merge: bool = True
 
@@ -93,6 +96,7 @@ class Summary:
     publish_errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     codec_s: float = 0.0
+    text_s: float = 0.0
     merged: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -156,7 +160,9 @@ class Encoder:
         if cfg.text_encoder:
             from data_pipeline.text import TextEncoder
 
-            self.text = TextEncoder(cfg.text_encoder, device=cfg.device)
+            self.text = TextEncoder(cfg.text_encoder, device=cfg.device, batch_size=cfg.text_batch_size)
+        self._embedded: dict[str, np.ndarray] = {}  # input id -> caption embedding, encoded ahead in batches
+        self._to_embed: list[InputItem] = []
         self.tag = worker_tag(cfg.worker_index, cfg.num_workers_total)
         local = not storage.is_s3(self.root)
         self.staging = (
@@ -184,10 +190,24 @@ class Encoder:
                 if int(name[len(self.tag) + 1 : -4]) >= next_seq:
                     storage.delete(uri)
 
+    def _caption_embedding(self, item: InputItem) -> np.ndarray | None:
+        """The item's caption embedding. Captions are known before their videos are decoded, so T5 runs
+        on the next `text_batch_size` pending captions at once (not once per video)."""
+        if self.text is None or not item.caption:
+            return None
+        if item.id not in self._embedded:
+            while self._to_embed and self._to_embed[0].id != item.id:  # an item without a caption, or failed
+                self._to_embed.pop(0)
+            batch = self._to_embed[: self.cfg.text_batch_size] or [item]
+            del self._to_embed[: len(batch)]
+            start = time.perf_counter()
+            for it, emb in zip(batch, self.text.encode([it.caption for it in batch]), strict=True):
+                self._embedded[it.id] = emb
+            self.summary.text_s += time.perf_counter() - start
+        return self._embedded.pop(item.id)
+
     def samples(self, item: InputItem, clips: list[Clip]) -> Iterator[Sample]:
-        text = None
-        if self.text is not None and item.caption:
-            text = self.text.encode([item.caption])[0]
+        text = self._caption_embedding(item)
         describe = self.codec.describe()
         for i, clip in enumerate(clips):
             start = time.perf_counter()
@@ -224,6 +244,7 @@ class Encoder:
         self._clean_uncommitted(next_seq)
         os.makedirs(self.staging, exist_ok=True)
         pending = [it for it in self.share if it.id not in done_ids]
+        self._to_embed = [it for it in pending if it.caption]
         s.skipped = len(self.share) - len(pending)
         progress = Progress(cfg.progress, len(pending), self.tag)
         futures: list[Future[None]] = []
@@ -374,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--text-encoder", help="local directory of a T5 encoder: store caption embeddings as KEY.text.npy")
     ap.add_argument("--device", help="codec/text-encoder device (default: cuda if available, else cpu)")
     ap.add_argument("--batch-size", type=int, default=8, help="frames per VAE batch (default: 8)")
+    ap.add_argument("--text-batch-size", type=int, default=32,
+                    help="captions per T5 batch, encoded ahead of their videos (default: 32)")
     ap.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--no-merge", action="store_true", help="do not merge index.json when the last worker finishes")
     return ap
@@ -394,6 +417,7 @@ def parse_config(argv: list[str]) -> EncodeConfig:
         "--shard-samples": a.shard_samples >= 1, "--shard-mb": a.shard_mb > 0,
         "--num-workers-total": a.num_workers_total >= 1, "--worker-index": 0 <= worker < a.num_workers_total,
         "--decode-workers": a.decode_workers >= 0, "--batch-size": a.batch_size >= 1,
+        "--text-batch-size": a.text_batch_size >= 1,
         "--fps": a.fps is None or a.fps > 0,
     }
     bad = [k for k, ok in checks.items() if not ok]
@@ -410,7 +434,7 @@ def parse_config(argv: list[str]) -> EncodeConfig:
         shard_samples=a.shard_samples, shard_bytes=int(a.shard_mb * 1024 * 1024),
         num_workers_total=a.num_workers_total, worker_index=worker, decode_workers=a.decode_workers,
         prefetch=a.prefetch if a.prefetch is not None else max(2, 2 * a.decode_workers),
-        text_encoder=a.text_encoder, device=a.device, batch_size=a.batch_size,
+        text_encoder=a.text_encoder, device=a.device, batch_size=a.batch_size, text_batch_size=a.text_batch_size,
         progress=not a.no_progress, merge=not a.no_merge,
     )
 

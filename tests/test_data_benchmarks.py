@@ -26,3 +26,4 @@ def test_bench_encode_prints_one_json_object(capsys: pytest.CaptureFixture[str])
     out = json.loads(capsys.readouterr().out)
     assert out["clips"] == 2 and out["failed"] == 0
     assert 0 < out["codec_busy_fraction"] <= 1 and out["frames_s"] > 0
+    assert 0 < out["text_fraction"] < 1  # the captions were embedded

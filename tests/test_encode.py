@@ -226,6 +226,44 @@ def test_manifest_with_captions_windows_and_text_embeddings(videos: Path, tmp_pa
     assert [v["txt"] for v in samples_of(str(tmp_path / "c")).values()] == [b"from csv"] * 2  # 2 clips
 
 
+def test_captions_are_embedded_in_batches_ahead_of_their_videos(videos: Path, tmp_path: Path) -> None:
+    """5 captioned videos, 2 captions per T5 call: 3 calls, not 5, and the same embeddings as one by one."""
+    from data_pipeline.text import TextEncoder, save_tiny_text_encoder
+
+    t5 = tmp_path / "t5"
+    save_tiny_text_encoder(t5, dim=16)
+    names = [f"synth_{i:05d}.mp4" for i in range(5)]
+    captions = [f"caption number {i} " + "long " * i for i in range(5)]  # different lengths: padding in a batch
+    manifest = tmp_path / "list.jsonl"
+    rows = [{"path": str(videos / n), "caption": c} for n, c in zip(names, captions)]
+    rows.insert(2, {"path": str(videos / "synth_00005.mp4")})  # no caption: skipped by the batches
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls: list[int] = []
+    original = TextEncoder.encode
+
+    def counting(self, texts):  # noqa: ANN001, ANN202
+        calls.append(len(texts))
+        return original(self, texts)
+
+    TextEncoder.encode = counting  # type: ignore[method-assign]
+    try:
+        assert encode([str(manifest), str(tmp_path / "out"), *ARGS, "--text-encoder", str(t5),
+                       "--text-batch-size", "2"]) == 0
+    finally:
+        TextEncoder.encode = original  # type: ignore[method-assign]
+    assert calls == [2, 2, 1]
+    single = TextEncoder(str(t5))
+    for sample in samples_of(str(tmp_path / "out")).values():
+        caption = sample.get("txt", b"").decode()
+        if caption:
+            got = np.load(io.BytesIO(sample["text.npy"]), allow_pickle=False)
+            np.testing.assert_allclose(got.astype(np.float32), single.encode([caption])[0].astype(np.float32),
+                                       rtol=0, atol=2e-3)
+    bad = subprocess.run([sys.executable, "-m", "data_pipeline.encode", str(manifest), str(tmp_path / "x"),
+                          "--text-batch-size", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid --text-batch-size" in bad.stderr
+
+
 def test_sd_vae_codec_through_the_encoder(videos: Path, tmp_path: Path) -> None:
     import torch
     from diffusers import AutoencoderKL
