@@ -196,6 +196,18 @@ def test_gpus_allocated_but_unusable_stop_the_run_with_a_message(tmp_path: Path,
     assert not (tmp_path / "H" / "checkpoints").exists()
 
 
+def test_bf16_zero3_on_two_ranks(tmp_path: Path, data: Path) -> None:
+    """The GPU default precision on DeepSpeed's CPU accelerator: bf16 weights, fp32 master, EMA,
+    gradient accumulation and reduction (data_types.grad_accum_dtype, communication_data_type)."""
+    run = tmp_path / "bf16"
+    assert train(run, 2, "--training.precision=bf16", "--training.steps=4", "--training.ema_decay=0.5",
+                 data=data) == [0, 0], logs(run)
+    assert "(gloo, bf16)" in logs(run)
+    got = losses(run)
+    assert sorted(got) == [1, 2, 3, 4] and all(0 < v < 10 for v in got.values())
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+
+
 def test_checkpoint_of_another_model_is_refused(run_a: Path, tmp_path: Path, data: Path) -> None:
     run = tmp_path / "E"
     shutil.copytree(run_a / "checkpoints", run / "checkpoints")
