@@ -220,8 +220,9 @@ class Trainer:
         from vidgpt.model import VidGPT
 
         cfg, env = self.cfg, self.env
-        # DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates, once per step
-        warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.*deprecated", category=FutureWarning)
+        # DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates
+        # (all_gather_into_tensor, reduce_scatter_tensor), every step: library noise, filtered here only
+        warnings.filterwarnings("ignore", message=r".*`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         self.device, backend = distributed.accelerator_device(env.local_rank)
         self.cuda = self.device.type == "cuda"
         self.precision = resolve_precision(cfg.training.precision, self.device)
