@@ -7,7 +7,7 @@ import subprocess
 import time
 import urllib.request
 
-from vidgpt.distributed import free_port
+from data_pipeline.net import free_port
 
 
 class S3ServerError(RuntimeError):

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from data_pipeline.net import free_port
+
+__all__ = ["DistEnv", "accelerator_device", "all_gather_objects", "all_reduce", "allocated_gpus_without_cuda",
+           "barrier", "collective_device", "detect_env", "device_ordinal", "first_host", "free_port", "init"]
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,6 @@ def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
             master_addr=env.get("MASTER_ADDR") or first_host(nodelist), master_port=port, source="slurm",
         )
     return DistEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def init(env: DistEnv, backend: str) -> None:
