@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from data_pipeline import bench_encode, bench_loader
+from vidgpt.benchmarks import encode as bench_encode
+from vidgpt.benchmarks import loader as bench_loader
 
 
 def test_bench_loader_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:

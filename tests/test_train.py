@@ -105,6 +105,10 @@ def test_two_rank_zero3_run(run_a: Path) -> None:
     assert (run_a / "config.toml").exists()
     got = losses(run_a)
     assert sorted(got) == list(range(1, 9)) and all(0 < v < 10 for v in got.values())
+    log = logs(run_a)  # what the run is, said once at start
+    assert "model: tiny flavor, causal temporal attention" in log and "TFLOP per optimizer step" in log
+    assert "12 clips in 1 shards" in log and "ranks: 2 (torchrun) on cpu, fp32, ZeRO stage 3" in log
+    assert log.count("outputs: ") == 1  # rank 0 only
 
 
 def test_resume_reproduces_the_uninterrupted_run(run_a: Path, tmp_path: Path, data: Path) -> None:

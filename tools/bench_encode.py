@@ -4,7 +4,7 @@
     python tools/bench_encode.py --help      # same as the console script `vidgpt-bench-encode`
 """
 
-from data_pipeline.bench_encode import main
+from vidgpt.benchmarks.encode import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

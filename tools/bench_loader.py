@@ -4,7 +4,7 @@
     python tools/bench_loader.py --help      # same as the console script `vidgpt-bench-loader`
 """
 
-from data_pipeline.bench_loader import main
+from vidgpt.benchmarks.loader import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -289,6 +289,26 @@ class Trainer:
         self.peak = cfg.training.peak_tflops * 1e12 if cfg.training.peak_tflops else (
             0.0 if self.cuda else measured_cpu_peak_flops()
         )
+        self.say(self.describe())
+
+    def describe(self) -> str:
+        """What this run is, printed once at start: model, data, ranks and devices, where outputs go."""
+        from vidgpt.model import count_params
+
+        cfg, m = self.cfg, self.model_cfg
+        samples = cfg.data.batch_size * cfg.optimizer.grad_accum * self.env.world
+        return (
+            f"model: {cfg.model.flavor} flavor, {m.temporal} temporal attention, {count_params(m) / 1e6:.2f} M "
+            f"parameters ({m.depth} blocks x {m.hidden}, {m.heads} heads, patch {m.patch}, {m.in_channels} channels, "
+            f"text {m.text_dim or 'off'})\n"
+            f"data: {cfg.data.path}: {self.loader.num_samples} clips in {len(self.loader.table.uris)} shards; "
+            f"{cfg.data.num_frames}-frame clips, {samples} per optimizer step ({cfg.data.batch_size} x "
+            f"{cfg.optimizer.grad_accum} accumulation x {self.env.world} ranks), {len(self.loader)} steps per epoch\n"
+            f"ranks: {self.env.world} ({self.env.source}) on {self.device.type}, {self.precision}, ZeRO stage "
+            f"{cfg.training.zero_stage}; {cfg.training.steps} steps from step {self.step}\n"
+            f"outputs: {self.run_dir}/checkpoints (every {cfg.checkpoint.interval} steps), "
+            f"{self.run_dir}/tensorboard, {self.run_dir}/losses.jsonl"
+        )
 
     def _restore(self, universal_tag: str | None) -> None:
         found = self.found
@@ -417,6 +437,7 @@ class Trainer:
         lat_h = lat_w = None
         t_last = time.perf_counter()
         steps_in_window = 0
+        flops_said = False
         data_wait = 0.0
         while self.step < cfg.training.steps:
             step_losses: list[torch.Tensor] = []
@@ -452,6 +473,10 @@ class Trainer:
                 }
                 if self.peak:
                     values["mfu"] = flops / dt / (self.peak * self.env.world)
+                if not flops_said:  # once per run, at the first logged step
+                    flops_said = True
+                    self.say(f"model: {flops / 1e12:.4g} TFLOP per optimizer step ({lat_h}x{lat_w} latents, "
+                             f"{tokens_per_frame} tokens per frame)")
                 self.metrics.scalars(self.step, values)
                 self.say(f"step {self.step}/{cfg.training.steps} loss {values['loss']:.5f} lr {values['lr']:.2e} "
                          f"{values['samples_per_s']:.1f} samples/s")
