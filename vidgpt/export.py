@@ -49,10 +49,32 @@ def export(found: Found, out_dir: Path, weights: str = "ema") -> Path:
         raise CheckpointError(f"{found.path}: weights do not match the model (missing {missing[:3]}, extra {extra[:3]})")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / WEIGHTS))
+    data = found.meta.get("config", {}).get("data", {})
     info = {"model": found.meta["model"], "weights": weights, "step": found.meta["step"], "source": str(found.path),
-            "data": found.meta.get("config", {}).get("data", {}), "diffusion": found.meta.get("config", {}).get("diffusion", {})}
+            "data": data, "diffusion": found.meta.get("config", {}).get("diffusion", {}),
+            "sampling": sampling_info(data)}
     (out_dir / CONFIG).write_text(json.dumps(info, indent=1) + "\n")
     return out_dir / WEIGHTS
+
+
+def sampling_info(data: dict[str, Any]) -> dict[str, Any]:
+    """What sampling from the user's own files needs, from the training dataset's index.json: the
+    codec (with its VAE location and latent scale), the text encoder's location, frame size and fps,
+    and the training clip length (the default window). Empty fields when the index cannot be read."""
+    from data_pipeline.index import DatasetIndexError, read_json
+    from data_pipeline.storage import StorageError, join
+
+    out: dict[str, Any] = {"clip_len": data.get("num_frames"), "codec": None, "size": None, "fps": None,
+                           "text_encoder": None}
+    if not data.get("path"):
+        return out
+    try:
+        index = read_json(join(data["path"], "index.json"))
+    except (StorageError, DatasetIndexError, OSError, ValueError):
+        return out
+    out.update(codec=index.get("codec"), size=index.get("size"), fps=index.get("fps"),
+               text_encoder=(index.get("text_encoder") or {}).get("path"))
+    return out
 
 
 def exported_diffusion(info: dict[str, Any]) -> Diffusion:

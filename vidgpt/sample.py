@@ -1,10 +1,16 @@
 """Generate long videos from an exported model with the kv-cache sampler; writes mp4 and GIF files.
 
     vidgpt-sample exported/ --data runs/demo_cpu/data/latents --frames 48 --out runs/demo_cpu/samples
+    vidgpt-sample exported/ --prompt my_clip.mp4 --caption "a red ball bouncing" --frames 48
+    vidgpt-sample exported/ --prompt photo.png --frames 32          # animate an image
+    vidgpt-sample exported/ --prompts prompts.jsonl                 # {"path": ..., "caption": ...} per line
 
-Prompt frames are the first `--prompt-frames` frames of clips from a latent dataset (with their
-captions' embeddings when the dataset has them); generated latents are decoded with the dataset's
-codec (identity: pixels; sd-vae: the VAE named in its index, or --vae).
+Prompt frames come either from a latent dataset (the first `--prompt-frames` frames of its clips, with
+their captions' embeddings when it has them), or from your own files: the last `--prompt-frames`
+frames of a video, or an image (one frame), resized and cropped as the training data was, encoded
+with the model's codec; a `--caption` is embedded with the model's text encoder. The export records
+both (vidgpt-export reads them from the training dataset's index). Generated latents are decoded
+with the codec (identity: pixels; sd-vae: the VAE named in the export or the dataset index, or --vae).
 """
 
 from __future__ import annotations
@@ -28,10 +34,37 @@ def prompts_from_dataset(path: str, count: int, frames: int, seed: int) -> tuple
     return batch["latents"].float(), batch
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line ('vidgpt-sample: error: ...') and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def embed_caption(encoder_path: str, caption: str, text_len: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, L, D) embedding and (1, L) mask of one caption; longer than text_len tokens: truncated, with a
+    warning on stderr."""
+    from data_pipeline.text import TextEncoder
+
+    encoder = TextEncoder(encoder_path, max_length=text_len, device=device)
+    tokens = len(encoder.tokenizer(caption)["input_ids"])
+    if tokens > text_len:
+        print(f"vidgpt-sample: warning: caption {caption[:40]!r}... has {tokens} tokens; the model takes "
+              f"{text_len}, the rest is dropped", file=sys.stderr)
+    emb = torch.from_numpy(encoder.encode([caption])[0]).float()[None]  # (1, L, D)
+    return emb, torch.ones(emb.shape[:2], dtype=torch.bool)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vidgpt-sample", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="vidgpt-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="directory written by vidgpt-export")
+    mine = ap.add_mutually_exclusive_group()
+    mine.add_argument("--prompt", help="your own video (continued from its last --prompt-frames frames) or image "
+                      "(animated from it) instead of --data")
+    mine.add_argument("--prompts", help='a JSON-lines file of {"path": VIDEO_OR_IMAGE, "caption": TEXT}, one '
+                      "video each")
+    ap.add_argument("--caption", help="caption of --prompt, embedded with the model's text encoder")
+    ap.add_argument("--text-encoder", help="T5 directory for captions (default: the one the export names)")
     ap.add_argument("--data", help="latent dataset to take prompt frames from (default: the training data)")
     ap.add_argument("--out", default="samples", help="output directory (default: samples)")
     ap.add_argument("--num", type=int, default=2, help="videos (default: 2)")
@@ -51,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the network's blocks first (pays off on GPUs for long videos)")
     args = ap.parse_args(argv)
+    for name in ("num", "prompt_frames", "chunk", "steps"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.frames < 0:
+        ap.error(f"--frames must be >= 0, got {args.frames}")
+    if not (Path(args.model) / "config.json").is_file():
+        ap.error(f"{args.model}: not an export directory (no config.json; write one with vidgpt-export)")
+    if args.caption is not None and args.prompt is None:
+        ap.error("--caption needs --prompt (text to video from noise alone is not built yet)")
+    if args.prompt is not None or args.prompts is not None:
+        return _sample_user_prompts(ap, args)
 
     from data_pipeline.codecs import build_codec
     from data_pipeline.index import read_json
@@ -91,6 +135,71 @@ def main(argv: list[str] | None = None) -> int:
         caption = batch["captions"][i] if batch.get("captions") else None
         print(f"{out / f'sample_{i:03d}.mp4'} (+ .gif): {frames.shape[0]} frames"
               + (f", prompt clip captioned {caption!r}" if caption else ""))
+    return 0
+
+
+def _sample_user_prompts(ap: _Parser, args: argparse.Namespace) -> int:
+    """--prompt / --prompts: the user's own files, with the export's codec, size, fps and text encoder."""
+    from data_pipeline.codecs import build_codec
+    from data_pipeline.video import write_gif, write_video
+    from vidgpt.prompts import PromptError, PromptItem, load_prompt_frames, read_prompt_list
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, info = load_exported(Path(args.model), device)
+    sampling = info.get("sampling") or {}
+    codec_info, size = sampling.get("codec"), sampling.get("size")
+    if not codec_info or not size:
+        ap.error(f"{args.model}: the export records no codec and frame size (exported before they were recorded, "
+                 "or from a run whose dataset index is not readable here); re-export it, or sample with --data")
+    try:
+        codec = build_codec(codec_info["name"], vae=args.vae or codec_info.get("vae"), device=device)
+    except (ValueError, OSError) as exc:
+        ap.error(f"{args.model}: cannot build its codec: {str(exc).splitlines()[0]}")
+    if codec.latent_channels != model.cfg.in_channels:
+        ap.error(f"codec {codec_info['name']!r} gives {codec.latent_channels} latent channels but the model takes "
+                 f"{model.cfg.in_channels}")
+    try:
+        items = read_prompt_list(args.prompts) if args.prompts else [PromptItem(args.prompt, args.caption)]
+        for item in items:
+            if item.path is None:
+                raise PromptError(f"{args.prompts}: a prompt without a path (text to video alone is not built yet)")
+        frames = [load_prompt_frames(it.path, size=(size[0], size[1]), fps=sampling.get("fps"),
+                                     last=args.prompt_frames) for it in items]
+    except PromptError as exc:
+        ap.error(str(exc))
+    encoder = args.text_encoder or sampling.get("text_encoder")
+    if any(it.caption for it in items) and model.cfg.text_dim and not encoder:
+        ap.error("a caption was given but the export names no text encoder; pass --text-encoder")
+    if encoder and not Path(encoder).is_dir():
+        ap.error(f"text encoder {encoder}: no such directory (pass --text-encoder)")
+    diffusion = exported_diffusion(info)
+    window = args.window or max(1, (sampling.get("clip_len") or args.chunk + 8) - args.chunk)
+    fps = sampling.get("fps") or args.fps
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (item, prompt_frames) in enumerate(zip(items, frames, strict=True)):
+        text = text_mask = None
+        if item.caption and model.cfg.text_dim:
+            text, text_mask = embed_caption(encoder, item.caption, model.cfg.text_len, device)
+        prompt = torch.from_numpy(codec.encode(prompt_frames))[None].to(device)  # (1, P, C, h, w)
+
+        def progress(done: int, total: int, i: int = i) -> None:
+            print(f"  video {i + 1}/{len(items)}: {done}/{total} frames", file=sys.stderr, flush=True)
+
+        video = generate(
+            model, diffusion, prompt, args.frames, chunk=args.chunk, window=window, steps=args.steps,
+            text=None if text is None else text.to(device), text_mask=None if text_mask is None else text_mask.to(device),
+            cfg_scale=args.cfg_scale if text is not None else 1.0, use_cache=not args.no_cache and model.cfg.causal,
+            generator=torch.Generator(device).manual_seed(args.seed + i), progress=progress,
+            autocast=sampling_autocast(args.precision, device),
+        )  # (1, P + N, C, h, w)
+        pixels = codec.decode(video[0].float().cpu().numpy())  # (T, H, W, 3) uint8
+        if pixels.shape[1] % 2 or pixels.shape[2] % 2:
+            pixels = np.pad(pixels, ((0, 0), (0, pixels.shape[1] % 2), (0, pixels.shape[2] % 2), (0, 0)))
+        write_video(out / f"sample_{i:03d}.mp4", pixels, fps)
+        write_gif(out / f"sample_{i:03d}.gif", pixels, fps)
+        print(f"{out / f'sample_{i:03d}.mp4'} (+ .gif): {pixels.shape[0]} frames ({prompt_frames.shape[0]} from "
+              f"{item.path}" + (f", caption {item.caption!r})" if item.caption else ")"))
     return 0
 
 

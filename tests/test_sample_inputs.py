@@ -1,0 +1,110 @@
+"""vidgpt-sample from the user's own files: continue a video, animate an image, captions, bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vidgpt.sample import main as sample
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A real mp4 (24 frames at 8 fps), a png of another size, the tiny T5, an encoded dataset, and an
+    export of a tiny random model whose config.json records the dataset's codec, size, fps and T5."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from data_pipeline.encode import main as encode
+    from data_pipeline.synthetic import make_synthetic_videos
+    from data_pipeline.text import save_tiny_text_encoder
+    from vidgpt.export import CONFIG, WEIGHTS, sampling_info
+    from vidgpt.model import FLAVORS, VidGPT
+    from vidgpt.testing import randomize_weights_
+
+    root = tmp_path_factory.mktemp("sample_inputs")
+    make_synthetic_videos(root / "videos", 2, size=SIZE, frames=24, fps=8, seed=3)
+    save_tiny_text_encoder(root / "t5", dim=16)
+    assert encode([str(root / "videos"), str(root / "latents"), "--size", str(SIZE), "--min-frames", "8",
+                   "--max-frames", "24", "--fps", "8", "--text-encoder", str(root / "t5"), "--no-progress",
+                   "--decode-workers", "0"]) == 0
+    image = np.zeros((48, 64, 3), dtype=np.uint8)
+    image[10:30, 20:40] = (230, 40, 40)
+    Image.fromarray(image).save(root / "photo.png")
+    (root / "notes.txt").write_text("not a video\n")
+
+    cfg = dataclasses.replace(FLAVORS["tiny"], in_channels=3, text_dim=16, text_len=8)
+    model = randomize_weights_(VidGPT(cfg), seed=0)
+    export = root / "export"
+    export.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(export / WEIGHTS))
+    data = {"path": str(root / "latents"), "num_frames": 8}
+    info = {"model": dataclasses.asdict(cfg), "weights": "model", "step": 1, "source": "test", "data": data,
+            "diffusion": {"process": "flow", "prediction": "x0"}, "sampling": sampling_info(data)}
+    (export / CONFIG).write_text(json.dumps(info))
+    return {"root": root, "video": root / "videos" / "synth_00000.mp4", "image": root / "photo.png",
+            "export": export, "t5": root / "t5", "text": root / "notes.txt"}
+
+
+def frames_of(path: Path) -> np.ndarray:
+    from data_pipeline.video import DecodeOptions, decode_clips
+
+    clips = decode_clips(str(path), DecodeOptions(height=SIZE, width=SIZE, max_frames=1 << 20))
+    return np.concatenate([c.frames for c in clips])
+
+
+def test_the_export_records_what_sampling_needs(files: dict[str, Path]) -> None:
+    sampling = json.loads((files["export"] / "config.json").read_text())["sampling"]
+    assert sampling["codec"]["name"] == "identity" and sampling["codec"]["latent_channels"] == 3
+    assert sampling["size"] == [SIZE, SIZE] and sampling["fps"] == 8.0 and sampling["clip_len"] == 8
+    assert sampling["text_encoder"] == str(files["t5"])
+
+
+def test_continue_a_video_with_a_caption(files: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "v"
+    assert sample([str(files["export"]), "--prompt", str(files["video"]), "--caption", "a red circle bouncing",
+                   "--prompt-frames", "3", "--frames", "6", "--chunk", "2", "--steps", "2", "--out", str(out)]) == 0
+    video = frames_of(out / "sample_000.mp4")
+    assert video.shape == (9, SIZE, SIZE, 3)  # 3 prompt frames + 6 generated
+    source = frames_of(files["video"])
+    # the prompt is the video's last 3 frames (identity codec; mp4 written twice: lossy, close)
+    assert np.abs(video[:3].astype(int) - source[-3:].astype(int)).mean() < 12
+    assert (out / "sample_000.gif").exists()
+    assert "3 from" in capsys.readouterr().out
+
+
+def test_animate_an_image_and_a_list_of_prompts(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "i"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"path": str(files["image"]), "caption": "a red square"}) + "\n"
+                       + json.dumps({"path": str(files["video"])}) + "\n")
+    assert sample([str(files["export"]), "--prompts", str(prompts), "--prompt-frames", "2", "--frames", "4",
+                   "--chunk", "2", "--steps", "2", "--out", str(out)]) == 0
+    image_video, video_video = frames_of(out / "sample_000.mp4"), frames_of(out / "sample_001.mp4")
+    assert image_video.shape == (5, SIZE, SIZE, 3)  # an image is one prompt frame
+    assert video_video.shape == (6, SIZE, SIZE, 3)
+    # the 48 x 64 image: scaled to 32 x 43 (short side), centre-cropped to 32 x 32; the square stays red
+    red = (image_video[0, :, :, 0] > 150) & (image_video[0, :, :, 1] < 100)
+    assert 50 < red.sum() < 250
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--prompt", "nowhere.mp4"], "nowhere.mp4: no such file"),
+    (["--prompt", "TEXT"], "not a readable video or image"),
+    (["--caption", "only words"], "--caption needs --prompt"),
+    (["--prompt", "VIDEO", "--frames", "-1"], "--frames must be >= 0"),
+])
+def test_bad_inputs_get_one_line(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 extra: list[str], match: str) -> None:
+    extra = [str(files["text"]) if a == "TEXT" else str(files["video"]) if a == "VIDEO" else a for a in extra]
+    with pytest.raises(SystemExit) as exc:
+        sample([str(files["export"]), *extra, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and match in err, err
