@@ -212,6 +212,22 @@ def test_bf16_zero3_on_two_ranks(tmp_path: Path, data: Path) -> None:
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000004"
 
 
+def test_validation_is_logged_and_does_not_change_training(run_a: Path, tmp_path: Path, data: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "V"
+    assert train(run, 2, "--eval.interval=4", "--eval.batches=2", "--eval.seed=5", data=data) == [0, 0], logs(run)
+    a, v = losses(run_a), losses(run)
+    assert sorted(v) == sorted(a) and all(abs(a[s] - v[s]) <= 1e-6 for s in a), (a, v)
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    evals = acc.Scalars("eval/loss")
+    assert [e.step for e in evals] == [0, 4, 8]
+    assert all(0 < e.value < 10 for e in evals) and len({round(e.value, 6) for e in evals}) == 3  # it learns
+    assert [e.step for e in acc.Scalars("eval/seconds")] == [0, 4, 8]
+    assert "eval loss" in logs(run) and "over 4 held-out batches, all ranks" in logs(run)  # 2 per rank
+
+
 def test_checkpoint_of_another_model_is_refused(run_a: Path, tmp_path: Path, data: Path) -> None:
     run = tmp_path / "E"
     shutil.copytree(run_a / "checkpoints", run / "checkpoints")

@@ -243,6 +243,24 @@ class LoggingSection:
 
 
 @dataclass
+class EvalSection:
+    interval: int = 0
+    """Validation every this many optimizer steps, and once before the first step; 0 disables it."""
+    data: str = ""
+    """Held-out latent dataset (as data.path); empty: data.path itself (a check of the fit, not held out)."""
+    batches: int = 4
+    """Validation batches per rank (data.batch_size clips each, data.num_frames frames)."""
+    seed: int = 0
+    """Seed of the validation clips, noise, timesteps and prompt lengths: the same at every evaluation, so
+    the eval/loss curve compares across steps and resumes."""
+
+    def validate(self) -> None:
+        if self.interval < 0:
+            raise ConfigError(f"eval.interval: must be >= 0, got {self.interval}")
+        _positive(self, "eval", "batches")
+
+
+@dataclass
 class Config:
     run_dir: str = "runs/default"
     """Run directory: resolved config, checkpoints/, tensorboard/, samples/."""
@@ -253,6 +271,7 @@ class Config:
     training: TrainingSection = field(default_factory=TrainingSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def validate(self) -> Config:
         if not self.run_dir:

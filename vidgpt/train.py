@@ -152,10 +152,10 @@ class Metrics:
 
             self.writer = SummaryWriter(str(log_dir))
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
         if self.writer is not None:
             for k, v in values.items():
-                self.writer.add_scalar(f"train/{k}", v, step)
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -273,6 +273,14 @@ class Trainer:
                          pin_memory=self.cuda),
             env.rank, env.world,
         )
+        self.eval_loader = None
+        if cfg.eval.interval:
+            self.eval_loader = LatentLoader(
+                LoaderConfig(cfg.eval.data or cfg.data.path, num_frames=cfg.data.num_frames,
+                             batch_size=cfg.data.batch_size, crop=cfg.data.crop, shuffle_buffer=cfg.data.shuffle_buffer,
+                             seed=cfg.eval.seed, num_workers=0, max_bad_fraction=cfg.data.max_bad_fraction),
+                env.rank, env.world,
+            )
         # per-rank streams: noise and timesteps (on the device), prompt lengths (CPU)
         self.noise_gen = torch.Generator(self.device).manual_seed(cfg.training.seed * 1_000_003 + 7919 * env.rank + 1)
         self.prompt_gen = torch.Generator().manual_seed(cfg.training.seed * 1_000_003 + 7919 * env.rank + 2)
@@ -376,14 +384,7 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         # latents arrive as stored (fp16): copied as they are, noised in fp32 on the device, and only
         # the network's input is cast to the training dtype (Diffusion.training_loss)
-        x0 = batch["latents"].to(self.device, non_blocking=True)  # (B, T, C, H, W)
-        text, text_mask = batch.get("text"), batch.get("text_mask")
-        if text is not None and self.model_cfg.text_dim:
-            text_mask = text_mask_or_none(text_mask)  # read on the CPU copy: no device sync
-            text = text.to(self.device, non_blocking=True)
-            text_mask = None if text_mask is None else text_mask.to(self.device, non_blocking=True)
-        else:
-            text = text_mask = None
+        x0, text, text_mask = self._inputs(batch)
         prompt_len = self.diffusion_cfg.prompt.sample(x0.shape[1], self.prompt_gen)
         loss = self.diffusion.training_loss(
             self.engine, x0, prompt_len, generator=self.noise_gen,
@@ -409,6 +410,47 @@ class Trainer:
         self.engine.backward(loss)
         self.engine.step()
         return loss.detach().float()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """The frame-as-prompt loss on the held-out set, with the same clips, noise, timesteps and prompt
+        lengths every time (own generators and loader: training's streams are not touched), averaged over
+        ranks. Every rank runs the same number of forward passes (ZeRO-3 gathers parameters in them)."""
+        assert self.eval_loader is not None
+        cfg, start = self.cfg, time.perf_counter()
+        seed = cfg.eval.seed * 1_000_003 + 7919 * self.env.rank
+        noise = torch.Generator(self.device).manual_seed(seed + 3)
+        prompts = torch.Generator().manual_seed(seed + 4)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        total, count = torch.zeros((), device=self.device), 0
+        self.eval_loader.set_epoch(0)
+        for i, batch in enumerate(self.eval_loader):
+            if i == cfg.eval.batches:
+                break
+            x0, text, text_mask = self._inputs(batch)
+            total += self.diffusion.training_loss(
+                self.engine, x0, self.diffusion_cfg.prompt.sample(x0.shape[1], prompts), generator=noise,
+                valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
+                prompt_noise=self.diffusion_cfg.prompt_noise, input_dtype=dtype,
+            ).float()
+            count += 1
+        summed = distributed.all_reduce(torch.stack([total, torch.tensor(float(count), device=self.device)]), "sum")
+        loss_sum, batches = summed.tolist()
+        values = {"loss": loss_sum / max(batches, 1), "seconds": time.perf_counter() - start}
+        self.metrics.scalars(self.step, values, prefix="eval")
+        self.say(f"step {self.step}: eval loss {values['loss']:.5f} over {int(batches)} held-out batches, all ranks "
+                 f"({values['seconds']:.1f} s)")
+        return values
+
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Latents (as stored: fp16) and caption embedding/mask of a batch, on the device."""
+        x0 = batch["latents"].to(self.device, non_blocking=True)  # (B, T, C, H, W)
+        text, text_mask = batch.get("text"), batch.get("text_mask")
+        if text is None or not self.model_cfg.text_dim:
+            return x0, None, None
+        text_mask = text_mask_or_none(text_mask)  # read on the CPU copy: no device sync
+        text = text.to(self.device, non_blocking=True)
+        return x0, text, None if text_mask is None else text_mask.to(self.device, non_blocking=True)
 
     def batches(self) -> Iterator[dict[str, Any]]:
         while True:
@@ -438,6 +480,8 @@ class Trainer:
         t_last = time.perf_counter()
         steps_in_window = 0
         flops_said = False
+        if self.eval_loader is not None and self.step == 0:
+            t_last += self.validate()["seconds"]  # before the first step; its time is not a step's
         data_wait = 0.0
         while self.step < cfg.training.steps:
             step_losses: list[torch.Tensor] = []
@@ -481,6 +525,8 @@ class Trainer:
                 self.say(f"step {self.step}/{cfg.training.steps} loss {values['loss']:.5f} lr {values['lr']:.2e} "
                          f"{values['samples_per_s']:.1f} samples/s")
                 t_last, steps_in_window, data_wait = now, 0, 0.0
+            if self.eval_loader is not None and self.step % cfg.eval.interval == 0:
+                t_last += self.validate()["seconds"]
             if self.step % cfg.checkpoint.interval == 0 and self.step < cfg.training.steps:
                 self.save()
             if self.stop_agreed:
