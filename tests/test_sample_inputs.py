@@ -108,3 +108,14 @@ def test_bad_inputs_get_one_line(files: dict[str, Path], tmp_path: Path, capsys:
         sample([str(files["export"]), *extra, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1 and match in err, err
+
+
+def test_dataset_prompts_longer_than_the_clips_are_refused(files: dict[str, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:  # the clips have 24 frames
+        sample([str(files["export"]), "--data", str(files["root"] / "latents"), "--prompt-frames", "30",
+                "--frames", "2", "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "has only 24 frames" in err and len(err.splitlines()) == 1
+    assert sample([str(files["export"]), "--data", str(files["root"] / "latents"), "--prompt-frames", "4",
+                   "--frames", "2", "--chunk", "2", "--steps", "1", "--num", "1", "--out", str(tmp_path / "ok")]) == 0

@@ -141,6 +141,43 @@ def test_sigusr1_saves_stops_and_resumes_exactly(run_a: Path, tmp_path: Path, da
         assert abs(a[step] - c[step]) <= 1e-6, (step, a[step], c[step])
 
 
+def test_ctrl_c_under_train_local_saves_and_exits_75(run_a: Path, tmp_path: Path, data: Path) -> None:
+    """Ctrl-C reaches the whole foreground process group (bash, torchrun, ranks) as SIGINT: every rank
+    finishes its step and saves, status.json says preempted, train_local.sh exits 75 (whatever torchrun
+    reports), and the resumed run logs every step once, with the uninterrupted run's losses."""
+    run = tmp_path / "I"
+    env = {**os.environ, "CONFIG": str(DEMO), "RUN_DIR": str(run), "NPROC": "2", "DS_ACCELERATOR": "cpu",
+           "OMP_NUM_THREADS": "1"}
+    cmd = ["bash", str(ROOT / "launchers" / "train_local.sh"), f"--data.path={data}", *BASE, "--checkpoint.interval=100"]
+    log = open(tmp_path / "I.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not ((run / "losses.jsonl").exists() and len((run / "losses.jsonl").read_text().splitlines()) >= 2):
+        assert proc.poll() is None, (tmp_path / "I.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=180) == 75, (tmp_path / "I.log").read_text()[-3000:]
+    assert json.loads((run / "status.json").read_text())["state"] == "preempted"
+    resumed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    a, got = losses(run_a), losses(run)  # losses() refuses a step logged twice
+    assert sorted(got) == list(range(1, 9)) and all(abs(a[s] - got[s]) <= 1e-6 for s in a)
+
+
+def test_a_missing_dataset_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
+    run = tmp_path / "M"
+    run.mkdir()
+    (run / "config.toml").write_text("# the previous run's config\n")
+    done = subprocess.run([sys.executable, "-m", "vidgpt.train", "--config", str(DEMO), f"--run_dir={run}",
+                           f"--data.path={tmp_path / 'nowhere'}", *BASE], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("vidgpt-train: data error: ")
+    assert "no dataset index" in done.stderr and "Traceback" not in done.stderr
+    assert (run / "config.toml").read_text() == "# the previous run's config\n"
+
+
 def test_resume_on_one_rank_from_a_two_rank_checkpoint(run_a: Path, tmp_path: Path, data: Path) -> None:
     src = tmp_path / "A_copy"
     shutil.copytree(run_a / "checkpoints", src / "checkpoints")

@@ -110,11 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         print("vidgpt-sample: error: no --data given and the checkpoint names no dataset", file=sys.stderr)
         return 2
     prompt, batch = prompts_from_dataset(data_path, args.num, args.prompt_frames, args.seed)
+    if not bool(batch["valid"].all()):
+        shortest = int(batch["valid"].sum(dim=1).min())
+        ap.error(f"--prompt-frames {args.prompt_frames}: a clip of {data_path} has only {shortest} frames "
+                 "(the rest would be padding)")
     codec_info = read_json(join(data_path, "index.json"))["codec"]
     codec = build_codec(codec_info["name"], vae=args.vae or codec_info.get("vae"))
     text = text_mask = None
     if model.cfg.text_dim and "text" in batch:
         text, text_mask = batch["text"].float().to(device), batch["text_mask"].to(device)
+        if text.shape[1] > model.cfg.text_len:
+            print(f"vidgpt-sample: warning: the dataset's captions have up to {text.shape[1]} tokens; the model "
+                  f"takes {model.cfg.text_len}, the rest is dropped", file=sys.stderr)
+            text, text_mask = text[:, : model.cfg.text_len], text_mask[:, : model.cfg.text_len]
     diffusion = exported_diffusion(info)
     train_frames = info.get("data", {}).get("num_frames", args.chunk + 8)
     window = args.window or max(1, train_frames - args.chunk)

@@ -8,8 +8,9 @@ Device and backend come from DeepSpeed's accelerator, so the trainer and ZeRO-3 
 when DS_ACCELERATOR=cpu or no GPU is visible (DS_ACCELERATOR=cpu is then set), else the GPU
 local_rank % device_count (NCCL; bf16 from compute capability 8.0, fp32 with a warning below). A job
 allocated GPUs that torch cannot use stops with a message rather than training on the CPUs.
-Exit status: 0 finished; 75 stopped on SIGUSR1/SIGTERM after saving a checkpoint (requeue and run
-again with --resume auto); 1 failed (the message names the reason); 2 bad configuration. Rank 0
+Exit status: 0 finished; 75 stopped on SIGUSR1/SIGTERM/SIGINT after saving a checkpoint (requeue and
+run again with --resume auto); 1 failed (the message names the reason: data, checkpoint, training);
+2 bad configuration. Rank 0
 also writes RUN/status.json ({"state": "finished" | "preempted", "step": N}) for launchers such as
 torchrun that report any non-zero rank status as their own failure.
 """
@@ -42,6 +43,7 @@ from vidgpt.checkpoint import (
     to_universal,
     wait_for_universal,
 )
+from data_pipeline.loader import DataError
 from vidgpt.config import Config, ConfigError, dumps, load_config
 from vidgpt.model import text_mask_or_none
 
@@ -174,11 +176,11 @@ class Console:
 
 
 class StopFlag:
-    """Set by SIGUSR1/SIGTERM; ranks agree on it after every step."""
+    """Set by SIGUSR1, SIGTERM or SIGINT (Ctrl-C); ranks agree on it at every step, then save and exit 75."""
 
     def __init__(self) -> None:
         self.requested = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
@@ -193,6 +195,12 @@ class Trainer:
         self.cfg = cfg
         if not cfg.data.path:
             raise ConfigError("data.path: not set; pass --data.path=DIR (or s3://bucket/prefix) of vidgpt-encode's shards")
+        from data_pipeline.loader import load_table
+
+        # a missing or empty dataset stops here, before any process group starts or any file is written
+        self.table = load_table(cfg.data.path)
+        if not self.table.uris:
+            raise DataError(f"{cfg.data.path}: the dataset has no samples")
         self.env = distributed.detect_env()
         problem = distributed.allocated_gpus_without_cuda(os.environ, torch.cuda.is_available())
         if problem:
@@ -244,7 +252,6 @@ class Trainer:
         self.say(f"rank {env.rank}: {self.device} ({backend}, {self.precision}); attention: {attention.describe(self.device)}")
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(dumps(cfg))
 
         ds_config = deepspeed_config(cfg, self.precision, universal_tag is not None)
 
@@ -271,7 +278,7 @@ class Trainer:
                          crop=cfg.data.crop, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.training.seed,
                          num_workers=cfg.data.num_workers, max_bad_fraction=cfg.data.max_bad_fraction,
                          pin_memory=self.cuda),
-            env.rank, env.world,
+            env.rank, env.world, table=self.table,
         )
         self.eval_loader = None
         if cfg.eval.interval:
@@ -297,6 +304,8 @@ class Trainer:
         self.peak = cfg.training.peak_tflops * 1e12 if cfg.training.peak_tflops else (
             0.0 if self.cuda else measured_cpu_peak_flops()
         )
+        if env.is_main:  # only once the run really starts: a run that fails to start keeps the old one
+            (self.run_dir / "config.toml").write_text(dumps(cfg))
         self.say(self.describe())
 
     def describe(self) -> str:
@@ -575,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (CheckpointError, TrainingError) as exc:
         print(f"vidgpt-train: error: {exc}", file=sys.stderr)
+        return 1
+    except DataError as exc:
+        print(f"vidgpt-train: data error: {exc}", file=sys.stderr)
         return 1
 
 
