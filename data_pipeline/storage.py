@@ -29,7 +29,23 @@ class MissingError(StorageError):
     """The file or object does not exist (permanent, unlike an unreachable endpoint)."""
 
 
+class LocationError(StorageError, ValueError):
+    """A location that is neither a usable local path nor a well-formed s3://bucket/prefix URL."""
+
+
+def check_location(uri: str | os.PathLike[str]) -> None:
+    """Refuse malformed S3 URLs ('s3:/bucket/x', 's3:bucket', 's3://' without a bucket), which would
+    otherwise be taken for a local folder named 's3:'."""
+    text = str(uri)
+    if text[:3].lower() == "s3:" and not text.startswith(S3_PREFIX):
+        raise LocationError(f"{text}: malformed S3 URL (expected s3://bucket/prefix)")
+    if text.startswith(S3_PREFIX) and not text[len(S3_PREFIX) :].split("/", 1)[0]:
+        raise LocationError(f"{text}: S3 URL without a bucket (expected s3://bucket/prefix)")
+
+
 def is_s3(uri: str | os.PathLike[str]) -> bool:
+    """True for s3://bucket/... ; raises LocationError for a malformed S3 URL (every location passes here)."""
+    check_location(uri)
     return str(uri).startswith(S3_PREFIX)
 
 
@@ -141,6 +157,12 @@ def read_bytes(uri: str, start: int | None = None, end: int | None = None) -> by
         raise StorageError(f"{uri}: {exc.strerror or exc}") from exc
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a small file or object atomically."""
     if is_s3(uri):
@@ -151,6 +173,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a shared cluster's readers need what shards get
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -185,6 +185,7 @@ def test_resume_on_one_rank_from_a_two_rank_checkpoint(run_a: Path, tmp_path: Pa
     code = train(run, 1, "--resume", str(src / "checkpoints" / "step_0000004"), "--training.deterministic=true",
                  data=data)
     assert code == [0], logs(run)
+    assert "changed" not in logs(run)
     assert "universal format" in logs(run) and "at step 4" in logs(run)
     got, a = losses(run), losses(run_a)
     assert sorted(got) == [5, 6, 7, 8]
@@ -217,10 +218,11 @@ def test_conversion_killed_partway_is_redone_by_the_next_resume(run_a: Path, tmp
     assert caught, "never caught the conversion partway"
     assert not universal_done(found) and list(step.parent.glob(".step_0000004_universal.tmp-*"))
     run = tmp_path / "G_run"
-    assert train(run, 1, "--resume", str(step), data=data) == [0], logs(run)
+    assert train(run, 1, "--resume", str(step), "--data.batch_size=3", data=data) == [0], logs(run)
     assert "universal format" in logs(run) and "at step 4" in logs(run)
     assert sorted(losses(run)) == [5, 6, 7, 8]
     assert universal_done(found) and not list(step.parent.glob(".step_0000004_universal.tmp-*"))
+    assert "resuming with a changed data.batch_size 2 -> 3" in logs(run)
     assert convert_main([str(step)]) == 0  # already complete: nothing to redo
     assert convert_main([str(tmp_path / "nowhere")]) == 1
 

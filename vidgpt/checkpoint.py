@@ -63,21 +63,67 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def read_found(path: Path) -> Found:
+    """The checkpoint in step directory `path`, checked for completeness: meta.json readable, and every
+    saving rank's trainer state and DeepSpeed model state present."""
     meta_path = path / META
     if not meta_path.exists():
         raise CheckpointError(f"{path}: not a complete checkpoint (no {META}; was its save interrupted?)")
-    return Found(path, json.loads(meta_path.read_text()))
+    try:
+        meta = json.loads(meta_path.read_text())
+        world = int(meta["world"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{meta_path}: unreadable ({type(exc).__name__}: {exc})") from exc
+    missing = [trainer_state_name(r) for r in range(world) if not (path / trainer_state_name(r)).exists()]
+    if meta.get("zero_stage") == 3:
+        missing += [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world)
+                    if not (path / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt").exists()]
+        missing += [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)  # bf16_ prefix under bf16
+                    if not list(path.glob(f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt"))]
+    if missing:
+        raise CheckpointError(f"{path}: damaged checkpoint, missing {', '.join(missing[:4])}"
+                              + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
+    return Found(path, meta)
+
+
+def newest_complete(checkpoints: Path, before: str | None = None) -> Found | None:
+    """The newest step directory of `checkpoints` that `read_found` accepts (older than `before`)."""
+    steps = sorted((p for p in checkpoints.glob("step_*") if p.is_dir() and not p.name.endswith("_universal")),
+                   reverse=True)
+    for path in steps:
+        if before is not None and path.name >= before:
+            continue
+        try:
+            return read_found(path)
+        except CheckpointError:
+            continue
+    return None
 
 
 def resolve(run_dir: Path, resume: str | None) -> Found | None:
-    """--resume auto: the run's `latest` checkpoint if any; --resume PATH: that step directory."""
+    """--resume auto: the run's `latest` checkpoint if any (a damaged one is an error naming the newest
+    complete one); auto-fallback: that newest complete one instead, said on stderr; PATH: that step
+    directory."""
     if resume is None or resume == "none":
         return None
-    if resume == "auto":
-        latest = run_dir / "checkpoints" / LATEST
+    if resume in ("auto", "auto-fallback"):
+        checkpoints = run_dir / "checkpoints"
+        latest = checkpoints / LATEST
         if not latest.exists():
             return None
-        return read_found(run_dir / "checkpoints" / latest.read_text().strip())
+        tag = latest.read_text().strip()
+        try:
+            return read_found(checkpoints / tag)
+        except CheckpointError as exc:
+            older = newest_complete(checkpoints, before=tag)
+            if resume == "auto-fallback" and older is not None:
+                import sys
+
+                print(f"vidgpt: {exc}; resuming the newest complete checkpoint, {older.path} (--resume "
+                      "auto-fallback)", file=sys.stderr)
+                return older
+            hint = (f"; the newest complete one is {older.path}: resume it with --resume auto-fallback"
+                    if older is not None else "; no complete checkpoint is left")
+            raise CheckpointError(f"{exc} (latest){hint}") from exc
     path = Path(resume)
     if (path / LATEST).exists():  # a checkpoints/ directory
         path = path / (path / LATEST).read_text().strip()

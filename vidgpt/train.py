@@ -195,7 +195,14 @@ class Trainer:
         self.cfg = cfg
         if not cfg.data.path:
             raise ConfigError("data.path: not set; pass --data.path=DIR (or s3://bucket/prefix) of vidgpt-encode's shards")
+        from data_pipeline import storage
         from data_pipeline.loader import load_table
+
+        for key, location in (("data.path", cfg.data.path), ("eval.data", cfg.eval.data)):
+            try:
+                storage.check_location(location)
+            except storage.LocationError as exc:
+                raise ConfigError(f"{key}: {exc}") from exc
 
         # a missing or empty dataset stops here, before any process group starts or any file is written
         self.table = load_table(cfg.data.path)
@@ -357,6 +364,11 @@ class Trainer:
                 self.ema.load_shards(mine["ema"])
             else:
                 self.ema.load_state_dict([s["ema"] for s in states], self.env.rank)
+        saved = found.meta.get("config", {}).get("data", {})
+        changed = [f"data.{k} {saved[k]} -> {getattr(self.cfg.data, k)}" for k in ("batch_size", "num_frames")
+                   if k in saved and saved[k] != getattr(self.cfg.data, k)]
+        if changed:  # the data position stays right; the optimizer sees other batches from here on
+            self.say(f"resuming with a changed {', '.join(changed)} (the checkpoint's run used the former)")
         if self.env.is_main:
             trim_losses(self.run_dir / "losses.jsonl", self.step)
         self.say(f"resumed from {found.path} at step {self.step}")
@@ -574,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="TOML run config (see configs/ and vidgpt/config.py)")
     ap.add_argument("--resume", default=None,
-                    help="auto: continue from RUN/checkpoints/latest if any; PATH: a checkpoint step directory")
+                    help="auto: continue from RUN/checkpoints/latest if any (a damaged one is an error naming the newest "
+                         "complete one); auto-fallback: resume that newest complete one instead; PATH: a checkpoint "
+                         "step directory")
     args, overrides = ap.parse_known_args(argv)
     try:
         cfg = load_config(args.config, overrides)
