@@ -313,3 +313,15 @@ def test_noising_is_fp32_and_only_the_network_input_is_cast(diffusion) -> None: 
     assert got.dtype == torch.float32
     # the loss compares the bf16 output against the fp32 target: only the output's rounding differs
     assert abs(got.item() - ref.item()) < 1e-2 * ref.item()
+
+
+def test_prompt_limit_keeps_a_real_noisy_frame_and_changes_nothing_it_does_not_cut() -> None:
+    rule = PromptSampling("uniform")
+    free = [rule.sample(8, torch.Generator().manual_seed(s)) for s in range(50)]
+    same = [rule.sample(8, torch.Generator().manual_seed(s), limit=7) for s in range(50)]
+    assert free == same  # a limit that cuts nothing leaves the draws alone (exact resume of old runs)
+    cut = [rule.sample(8, torch.Generator().manual_seed(s), limit=3) for s in range(50)]
+    assert set(cut) == {1, 2, 3}
+    chunked = PromptSampling("chunked", chunk=8)
+    assert {chunked.sample(33, torch.Generator().manual_seed(s), limit=12) for s in range(50)} == {1, 9}
+    assert PromptSampling("uniform", min_len=4).sample(8, limit=2) == 2  # below the rule's minimum: the limit

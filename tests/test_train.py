@@ -165,6 +165,36 @@ def test_ctrl_c_under_train_local_saves_and_exits_75(run_a: Path, tmp_path: Path
     assert sorted(got) == list(range(1, 9)) and all(abs(a[s] - got[s]) <= 1e-6 for s in a)
 
 
+def _short_clips(root: Path, frames: int) -> Path:
+    from data_pipeline.encode import main as encode
+    from data_pipeline.synthetic import make_synthetic_videos
+
+    make_synthetic_videos(root / "videos", 4, size=32, frames=frames, seed=2)
+    assert encode([str(root / "videos"), str(root / "latents"), "--size", "32", "--min-frames", "1",
+                   "--max-frames", "24", "--no-progress", "--decode-workers", "0"]) == 0
+    return root / "latents"
+
+
+def test_clips_shorter_than_num_frames_never_give_a_zero_loss_step(tmp_path: Path) -> None:
+    """5-frame clips, 8-frame training clips: the prompt length stays below each batch's real frames, so
+    every step has a real noisy frame (before: P drawn up to 7, so some steps saw only padding, loss 0.0)."""
+    data = _short_clips(tmp_path / "d5", 5)
+    run = tmp_path / "S"
+    assert train(run, 1, "--training.steps=12", "--model.text_dim=0", data=data) == [0], logs(run)
+    got = losses(run)
+    assert sorted(got) == list(range(1, 13)) and min(got.values()) > 0, got
+    assert "warning: 4 of 4 clips are shorter than data.num_frames=8" in logs(run)
+
+
+def test_one_frame_clips_are_refused_at_start(tmp_path: Path) -> None:
+    data = _short_clips(tmp_path / "d1", 1)
+    done = subprocess.run([sys.executable, "-m", "vidgpt.train", "--config", str(DEMO), f"--run_dir={tmp_path / 'R'}",
+                           f"--data.path={data}", *BASE], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=120)
+    assert done.returncode == 1 and "4 of 4 clips have fewer than 2 frames" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
 def test_a_missing_dataset_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
     run = tmp_path / "M"
     run.mkdir()

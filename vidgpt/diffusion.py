@@ -53,8 +53,13 @@ class PromptSampling:
             raise ValueError(f"clips of {clip_len} frames leave no room for a prompt under {self}")
         return out
 
-    def sample(self, clip_len: int, generator: torch.Generator | None = None) -> int:
+    def sample(self, clip_len: int, generator: torch.Generator | None = None, limit: int | None = None) -> int:
+        """A prompt length for clips of `clip_len` frames; limit: the most it may be (a batch whose shortest
+        clip has v real frames passes v - 1, so that every clip keeps a real noisy frame; padding frames
+        carry no loss). The draw is the same as without a limit whenever the limit cuts nothing."""
         options = self.choices(clip_len)
+        if limit is not None and limit < options[-1]:
+            options = [p for p in options if p <= limit] or [max(1, limit)]
         return options[int(torch.randint(len(options), (1,), generator=generator))]
 
 

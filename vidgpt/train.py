@@ -208,6 +208,13 @@ class Trainer:
         self.table = load_table(cfg.data.path)
         if not self.table.uris:
             raise DataError(f"{cfg.data.path}: the dataset has no samples")
+        lengths = [f for shard in self.table.frames for f in shard]  # frames of every clip
+        unusable = sum(f < 2 for f in lengths)
+        if unusable:
+            raise DataError(f"{cfg.data.path}: {unusable} of {len(lengths)} clips have fewer than 2 frames; "
+                            "frame-as-prompt training needs a prompt frame and a noisy one (re-encode with "
+                            "vidgpt-encode --min-frames 2 or more)")
+        self.short_clips = sum(f < cfg.data.num_frames for f in lengths)
         self.env = distributed.detect_env()
         problem = distributed.allocated_gpus_without_cuda(os.environ, torch.cuda.is_available())
         if problem:
@@ -314,6 +321,10 @@ class Trainer:
         if env.is_main:  # only once the run really starts: a run that fails to start keeps the old one
             (self.run_dir / "config.toml").write_text(dumps(cfg))
         self.say(self.describe())
+        if self.short_clips:
+            self.say(f"warning: {self.short_clips} of {self.loader.num_samples} clips are shorter than "
+                     f"data.num_frames={cfg.data.num_frames}: they are padded (padding carries no loss), and a "
+                     "batch's prompt stays shorter than its shortest clip")
 
     def describe(self) -> str:
         """What this run is, printed once at start: model, data, ranks and devices, where outputs go."""
@@ -406,7 +417,7 @@ class Trainer:
         # latents arrive as stored (fp16): copied as they are, noised in fp32 on the device, and only
         # the network's input is cast to the training dtype (Diffusion.training_loss)
         x0, text, text_mask = self._inputs(batch)
-        prompt_len = self.diffusion_cfg.prompt.sample(x0.shape[1], self.prompt_gen)
+        prompt_len = self.diffusion_cfg.prompt.sample(x0.shape[1], self.prompt_gen, limit=self._prompt_limit(batch))
         loss = self.diffusion.training_loss(
             self.engine, x0, prompt_len, generator=self.noise_gen,
             valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
@@ -450,7 +461,8 @@ class Trainer:
                 break
             x0, text, text_mask = self._inputs(batch)
             total += self.diffusion.training_loss(
-                self.engine, x0, self.diffusion_cfg.prompt.sample(x0.shape[1], prompts), generator=noise,
+                self.engine, x0, self.diffusion_cfg.prompt.sample(x0.shape[1], prompts, limit=self._prompt_limit(batch)),
+                generator=noise,
                 valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
                 prompt_noise=self.diffusion_cfg.prompt_noise, input_dtype=dtype,
             ).float()
@@ -462,6 +474,11 @@ class Trainer:
         self.say(f"step {self.step}: eval loss {values['loss']:.5f} over {int(batches)} held-out batches, all ranks "
                  f"({values['seconds']:.1f} s)")
         return values
+
+    @staticmethod
+    def _prompt_limit(batch: dict[str, Any]) -> int:
+        """The longest prompt that leaves every clip of the batch a real noisy frame (read on the CPU copy)."""
+        return int(batch["valid"].sum(dim=1).min()) - 1
 
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Latents (as stored: fp16) and caption embedding/mask of a batch, on the device."""
