@@ -132,6 +132,17 @@ def resolve(run_dir: Path, resume: str | None) -> Found | None:
     return read_found(path)
 
 
+def find_checkpoint(path: Path) -> Found:
+    """The checkpoint a command-line argument names: a run directory or a checkpoints/ directory (its
+    `latest`), or a step directory (vidgpt-export, vidgpt-convert)."""
+    if (path / "checkpoints").is_dir():
+        found = resolve(path, "auto")
+        if found is None:
+            raise CheckpointError(f"{path}: the run has no complete checkpoint")
+        return found
+    return resolve(path, str(path)) if (path / LATEST).exists() else read_found(path)
+
+
 def check_model_config(found: Found, model_cfg: dict[str, Any]) -> None:
     saved = found.meta.get("model", {})
     diff = sorted(k for k in set(saved) | set(model_cfg) if saved.get(k) != model_cfg.get(k))
@@ -259,10 +270,7 @@ def convert_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=4, help="extract/merge processes (default: 4)")
     args = ap.parse_args(argv)
     try:
-        path = Path(args.checkpoint)
-        found = resolve(path, "auto") if (path / "checkpoints").is_dir() else resolve(path, str(path))
-        if found is None:
-            raise CheckpointError(f"{path}: the run has no complete checkpoint")
+        found = find_checkpoint(Path(args.checkpoint))
         if args.workers < 1:
             raise CheckpointError(f"--workers must be >= 1, got {args.workers}")
         if universal_done(found):

@@ -52,6 +52,7 @@ import torch
 from data_pipeline.codecs import Codec
 from data_pipeline.synthetic import Scene, synthetic_scene
 from vidgpt import metrics
+from vidgpt.cli import OneLineParser
 from vidgpt.diffusion import Diffusion
 from vidgpt.model import VidGPT
 from vidgpt.sampling import PRECISIONS, generate, sampling_autocast
@@ -663,15 +664,8 @@ def evaluate_model(
 # ----------------------------------------------------------------------------- the command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line ('vidgpt-eval: error: ...') and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _parser() -> _Parser:
-    ap = _Parser(prog="vidgpt-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> OneLineParser:
+    ap = OneLineParser(prog="vidgpt-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("export", type=Path, help="directory written by vidgpt-export (model.safetensors, config.json)")
     ap.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default: eval)")
     ap.add_argument("--prompt-frames", type=int, default=2, help="true frames given to the model (default: 2)")

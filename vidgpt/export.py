@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vidgpt.checkpoint import CheckpointError, Checkpointer, Found, read_found, resolve
+from vidgpt.checkpoint import CheckpointError, Checkpointer, Found, find_checkpoint
 from vidgpt.diffusion import Diffusion, build_diffusion
 from vidgpt.ema import consolidate
 from vidgpt.model import ModelConfig, VidGPT
@@ -109,13 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA or raw weights (default: ema)")
     args = ap.parse_args(argv)
     try:
-        path = Path(args.checkpoint)
-        if (path / "checkpoints").is_dir():
-            found = resolve(path, "auto")
-            if found is None:
-                raise CheckpointError(f"{path}: the run has no complete checkpoint")
-        else:
-            found = resolve(path, str(path)) if (path / "latest").exists() else read_found(path)
+        found = find_checkpoint(Path(args.checkpoint))
         if args.weights == "ema" and not found.meta.get("ema"):
             print("vidgpt-export: no EMA in this checkpoint; exporting the model weights", file=sys.stderr)
             args.weights = "model"

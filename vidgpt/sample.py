@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidgpt.cli import OneLineParser
 from vidgpt.export import exported_diffusion, load_exported
 from vidgpt.sampling import PRECISIONS, generate, sampling_autocast
 
@@ -32,13 +33,6 @@ def prompts_from_dataset(path: str, count: int, frames: int, seed: int) -> tuple
     loader = LatentLoader(LoaderConfig(path, num_frames=frames, batch_size=count, crop="whole", seed=seed))
     batch = next(iter(loader))
     return batch["latents"].float(), batch
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line ('vidgpt-sample: error: ...') and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def embed_caption(encoder_path: str, caption: str, text_len: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +50,7 @@ def embed_caption(encoder_path: str, caption: str, text_len: int, device: str) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(prog="vidgpt-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(prog="vidgpt-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="directory written by vidgpt-export")
     mine = ap.add_mutually_exclusive_group()
     mine.add_argument("--prompt", help="your own video (continued from its last --prompt-frames frames) or image "
@@ -146,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sample_user_prompts(ap: _Parser, args: argparse.Namespace) -> int:
+def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
     """--prompt / --prompts: the user's own files, with the export's codec, size, fps and text encoder."""
     from data_pipeline.codecs import build_codec
     from data_pipeline.video import write_gif, write_video

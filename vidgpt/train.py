@@ -248,6 +248,7 @@ class Trainer:
         self.device, backend = distributed.accelerator_device(env.local_rank)
         self.cuda = self.device.type == "cuda"
         self.precision = resolve_precision(cfg.training.precision, self.device)
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32  # the network's input
         universal_tag = None
         if self.found is not None and int(self.found.meta["world"]) != env.world:
             # before any collective: the other ranks poll the file system for the completion marker, so
@@ -413,7 +414,6 @@ class Trainer:
         sync; the last micro-batch of a step carries the stop request in the same collective
         (`self.stop_agreed`)."""
         cfg = self.cfg
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         # latents arrive as stored (fp16): copied as they are, noised in fp32 on the device, and only
         # the network's input is cast to the training dtype (Diffusion.training_loss)
         x0, text, text_mask = self._inputs(batch)
@@ -422,7 +422,7 @@ class Trainer:
             self.engine, x0, prompt_len, generator=self.noise_gen,
             valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
             text_drop_prob=self.diffusion_cfg.text_drop_prob, prompt_noise=self.diffusion_cfg.prompt_noise,
-            input_dtype=dtype,
+            input_dtype=self.dtype,
         )
         flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
                              torch.tensor(float(stop is not None and stop.requested), device=loss.device)])
@@ -453,7 +453,6 @@ class Trainer:
         seed = cfg.eval.seed * 1_000_003 + 7919 * self.env.rank
         noise = torch.Generator(self.device).manual_seed(seed + 3)
         prompts = torch.Generator().manual_seed(seed + 4)
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         total, count = torch.zeros((), device=self.device), 0
         self.eval_loader.set_epoch(0)
         for i, batch in enumerate(self.eval_loader):
@@ -464,7 +463,7 @@ class Trainer:
                 self.engine, x0, self.diffusion_cfg.prompt.sample(x0.shape[1], prompts, limit=self._prompt_limit(batch)),
                 generator=noise,
                 valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
-                prompt_noise=self.diffusion_cfg.prompt_noise, input_dtype=dtype,
+                prompt_noise=self.diffusion_cfg.prompt_noise, input_dtype=self.dtype,
             ).float()
             count += 1
         summed = distributed.all_reduce(torch.stack([total, torch.tensor(float(count), device=self.device)]), "sum")
