@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,9 +51,14 @@ from data_pipeline.index import (
     worker_tag,
     write_json,
 )
+from data_pipeline.lock import LockHeld, WorkerLock
 from data_pipeline.inputs import InputError, InputItem, inputs_digest, list_inputs, worker_share
 from data_pipeline.shards import Sample, ShardBuilder
 from data_pipeline.video import Clip, DecodeOptions, VideoError, decode_clips
+
+
+MAX_PENDING_UPLOADS = 2
+"""Finished shards waiting for their S3 upload before encoding pauses."""
 
 
 @dataclass
@@ -79,6 +85,10 @@ class EncodeConfig:
     text_batch_size: int = 32
     progress: bool = True
     merge: bool = True
+    max_upload_failures: int = 3
+    """Stop encoding after this many shards in a row could not be published (S3 gone, disk full)."""
+    break_lock: bool = False
+    """Take over this worker's lock even if its holder looks alive."""
 
 
 @dataclass
@@ -87,13 +97,16 @@ class Summary:
     total: int
     inputs: int = 0  # this worker's share
     skipped: int = 0  # already committed by an earlier run
-    ok: int = 0
-    failed: int = 0
+    encoded: int = 0  # inputs processed by this run (decoded, and encoded unless unusable)
+    ok: int = 0  # usable inputs whose shard and commit record were written
+    failed: int = 0  # unusable inputs (in failures.jsonl after the merge), committed
+    not_written: int = 0  # processed inputs whose shard or record could not be written: a re-run redoes them
     clips: int = 0
     frames: int = 0
     bytes: int = 0
     shards: int = 0
     publish_errors: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why encoding stopped before the end, if it did
     wall_s: float = 0.0
     codec_s: float = 0.0
     text_s: float = 0.0
@@ -132,10 +145,11 @@ class Progress:
             return
         self.last = now
         dt = max(now - self.start, 1e-9)
-        done = s.ok + s.failed
+        done = s.encoded
         line = (
             f"[{self.tag}] {done}/{self.total} videos | {done / dt:.2f} videos/s | {s.frames / dt:.1f} frames/s"
-            f" | ok {s.ok} failed {s.failed} | {s.clips} clips in {s.shards} shards"
+            f" | committed ok {s.ok} failed {s.failed} | {s.clips} clips in {s.shards} shards"
+            + (f" | NOT WRITTEN {s.not_written}" if s.not_written else "")
         )
         sys.stderr.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
         sys.stderr.flush()
@@ -221,8 +235,24 @@ class Encoder:
             }
             yield Sample(key=f"{item.id}-{i:04d}", latents=latents, meta=meta, caption=item.caption, text=text)
 
+    def _commit(self, unit: UnitRecord, local_path: str | None) -> None:
+        """Publish a finished unit and count it as written or not (runs on the uploader thread for S3)."""
+        s = self.summary
+        try:
+            self._publish(unit, local_path)
+        except storage.StorageError as exc:
+            s.publish_errors.append(str(exc))
+            s.not_written += len(unit.inputs)
+            self._failed_in_a_row += 1
+            if local_path is not None:
+                Path(local_path).unlink(missing_ok=True)
+            return
+        s.ok += sum(r.status == "ok" for r in unit.inputs)
+        s.failed += sum(r.status == "failed" for r in unit.inputs)
+        self._failed_in_a_row = 0
+
     def _publish(self, unit: UnitRecord, local_path: str | None) -> None:
-        """Make the unit's shard visible, then commit the unit (runs on the uploader thread for S3)."""
+        """Make the unit's shard visible, then commit the unit."""
         if unit.shard is not None and local_path is not None:
             target = storage.join(self.root, unit.shard.path)
             if storage.is_s3(self.root):
@@ -236,7 +266,18 @@ class Encoder:
         cfg = self.cfg
         total, worker = cfg.num_workers_total, cfg.worker_index
         self.summary = s = Summary(worker=worker, total=total, inputs=len(self.share))
+        self._failed_in_a_row = 0
         t0 = time.monotonic()
+        # one writer per worker output: a second encoder with the same --worker-index is refused here,
+        # before it removes or writes anything
+        with WorkerLock(storage.join(self.root, PROGRESS, f"{self.tag}.lock"), break_lock=cfg.break_lock) as lock:
+            self._run_locked(s, lock)
+        s.wall_s = time.monotonic() - t0
+        return s
+
+    def _run_locked(self, s: Summary, lock: WorkerLock) -> None:
+        cfg = self.cfg
+        total, worker = cfg.num_workers_total, cfg.worker_index
         check_job(self.root, self.job())
         units = read_units(self.root, worker, total)
         done_ids = {rec.id for u in units for rec in u.inputs}
@@ -259,12 +300,13 @@ class Encoder:
                 builder.abort()
                 local_path = None
             if self.uploader is not None:
-                futures.append(self.uploader.submit(self._publish, unit, local_path))
+                futures.append(self.uploader.submit(self._commit, unit, local_path))
+                # back-pressure: encoding waits while more than MAX_PENDING_UPLOADS shards are queued, so
+                # slow or failing uploads neither fill the staging disk nor go unnoticed for long
+                while sum(not f.done() for f in futures) > MAX_PENDING_UPLOADS:
+                    next(f for f in futures if not f.done()).result()
             else:
-                try:
-                    self._publish(unit, local_path)
-                except storage.StorageError as exc:
-                    s.publish_errors.append(str(exc))
+                self._commit(unit, local_path)
 
         def new_unit(seq: int) -> tuple[UnitRecord, ShardBuilder]:
             name = shard_name(worker, total, seq)
@@ -289,26 +331,32 @@ class Encoder:
                 item, job = window.popleft()
                 submit()
                 clips, reason = job.get() if job is not None else decode_input(item, self.opts)
+                s.encoded += 1
                 if clips is None:
                     unit.inputs.append(InputRecord(item.id, item.name, "failed", reason))
-                    s.failed += 1
                 else:
                     n = 0
                     for sample in self.samples(item, clips):
                         builder.add(sample)
                         n += sample.latents.shape[0]
                     unit.inputs.append(InputRecord(item.id, item.name, "ok", None, len(clips), n))
-                    s.ok += 1
                     s.clips += len(clips)
                     s.frames += n
                 progress.update(s)
                 if builder.samples >= cfg.shard_samples or builder.nbytes >= cfg.shard_bytes:
                     finish(unit, builder)
                     unit, builder = new_unit(unit.seq + 1)
-            if unit.inputs:
+                if self._failed_in_a_row >= cfg.max_upload_failures:
+                    s.stopped = (f"stopped encoding after {self._failed_in_a_row} shards in a row could not be written "
+                                 f"(last: {s.publish_errors[-1]}); fix the cause and re-run to continue")
+                    break
+                if lock.lost:
+                    s.stopped = f"{lock.lost}; stopped encoding so that two writers do not mix their output"
+                    break
+            if unit.inputs and s.stopped is None:
                 finish(unit, builder)
             else:
-                builder.abort()
+                builder.abort()  # its inputs are not committed: the next run redoes them
         except BaseException:
             builder.abort()
             raise
@@ -324,13 +372,11 @@ class Encoder:
                 self.uploader.shutdown()
             shutil.rmtree(self.staging, ignore_errors=True)
 
-        if not s.publish_errors:
+        if not s.publish_errors and s.stopped is None:
             self._write_done()
             if cfg.merge:
                 s.merged = self._merge_if_complete()
-        s.wall_s = time.monotonic() - t0
         progress.update(s, final=True)
-        return s
 
     def _write_done(self) -> None:
         cfg = self.cfg
@@ -399,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="captions per T5 batch, encoded ahead of their videos (default: 32)")
     ap.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--no-merge", action="store_true", help="do not merge index.json when the last worker finishes")
+    ap.add_argument("--max-upload-failures", type=int, default=3,
+                    help="stop after this many shards in a row could not be written, e.g. S3 unreachable (default: 3)")
+    ap.add_argument("--break-lock", action="store_true",
+                    help="take over this worker's lock file (_progress/wW-ofN.lock) although its holder looks alive; "
+                         "only when you know that encoder is dead (a lock unrefreshed for 5 minutes is taken over anyway)")
     return ap
 
 
@@ -417,7 +468,7 @@ def parse_config(argv: list[str]) -> EncodeConfig:
         "--shard-samples": a.shard_samples >= 1, "--shard-mb": a.shard_mb > 0,
         "--num-workers-total": a.num_workers_total >= 1, "--worker-index": 0 <= worker < a.num_workers_total,
         "--decode-workers": a.decode_workers >= 0, "--batch-size": a.batch_size >= 1,
-        "--text-batch-size": a.text_batch_size >= 1,
+        "--text-batch-size": a.text_batch_size >= 1, "--max-upload-failures": a.max_upload_failures >= 1,
         "--fps": a.fps is None or a.fps > 0,
     }
     bad = [k for k, ok in checks.items() if not ok]
@@ -426,6 +477,13 @@ def parse_config(argv: list[str]) -> EncodeConfig:
             f"invalid {bad[0]} (size {a.size}, fps {a.fps}, min/max frames {a.min_frames}/{a.max_frames}, "
             f"worker {worker} of {a.num_workers_total})"
         )
+    for name, location in (("INPUT", a.input), ("OUTPUT", a.output)):
+        try:
+            storage.check_location(location)
+        except storage.LocationError as exc:
+            ap.error(f"{name} {exc}")
+    if not storage.is_s3(a.output) and os.path.exists(a.output) and not os.path.isdir(a.output):
+        ap.error(f"OUTPUT {a.output}: exists and is not a directory")
     if a.codec == "sd-vae" and not a.vae:
         ap.error("--codec sd-vae needs --vae PATH_OR_ID")
     return EncodeConfig(
@@ -435,7 +493,8 @@ def parse_config(argv: list[str]) -> EncodeConfig:
         num_workers_total=a.num_workers_total, worker_index=worker, decode_workers=a.decode_workers,
         prefetch=a.prefetch if a.prefetch is not None else max(2, 2 * a.decode_workers),
         text_encoder=a.text_encoder, device=a.device, batch_size=a.batch_size, text_batch_size=a.text_batch_size,
-        progress=not a.no_progress, merge=not a.no_merge,
+        progress=not a.no_progress, merge=not a.no_merge, max_upload_failures=a.max_upload_failures,
+        break_lock=a.break_lock,
     )
 
 
@@ -454,18 +513,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = parse_config(argv)
         summary = Encoder(cfg).run()
-    except (InputError, DatasetIndexError, storage.StorageError, ValueError) as exc:
+    except (InputError, DatasetIndexError, storage.StorageError, LockHeld, ValueError) as exc:
         print(f"vidgpt-encode: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (InputError, ValueError)) else 1
     out = summary.to_json()
     print(json.dumps(out))
     for err in summary.publish_errors:
         print(f"vidgpt-encode: error: shard not written: {err}", file=sys.stderr)
+    if summary.not_written:
+        print(f"vidgpt-encode: error: {summary.not_written} input(s) were encoded but not written; re-run the same "
+              "command to redo them", file=sys.stderr)
+    if summary.stopped:
+        print(f"vidgpt-encode: error: {summary.stopped}", file=sys.stderr)
     if summary.failed:
         print(f"vidgpt-encode: {summary.failed} input(s) could not be used: see "
               f"{storage.join(cfg.output, 'failures.jsonl')} (after merge) or {storage.join(cfg.output, PROGRESS)}",
               file=sys.stderr)
-    return 1 if summary.publish_errors else 0
+    return 1 if summary.publish_errors or summary.stopped else 0
 
 
 if __name__ == "__main__":

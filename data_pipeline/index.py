@@ -147,6 +147,7 @@ def merge_index(root: str) -> dict[str, Any]:
             "(same arguments, --worker-index W) before merging"
         )
     units = read_units(root, None, total)
+    sizes = storage.list_sizes(storage.join(root, SHARDS))  # one listing: every shard's real size
     shards: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     seen_inputs: dict[str, str] = {}
@@ -165,6 +166,15 @@ def merge_index(root: str) -> dict[str, Any]:
             if dup:
                 raise DatasetIndexError(f"{root}: sample key {sorted(dup)[0]} appears in two shards")
             seen_keys.update(unit.shard.keys)
+            uri = storage.join(root, unit.shard.path)
+            record = storage.join(root, unit_record_name(unit.worker, unit.total, unit.seq))
+            if uri not in sizes:
+                raise DatasetIndexError(f"{record}: its shard {uri} does not exist; delete the record and re-run "
+                                        f"worker {unit.worker} to redo its inputs")
+            if sizes[uri] != unit.shard.bytes:
+                raise DatasetIndexError(
+                    f"{record}: records {unit.shard.bytes} bytes but its shard {uri} has {sizes[uri]} (two encoders "
+                    f"wrote worker {unit.worker}'s output?); delete both and re-run that worker to redo its inputs")
             shards.append(unit.shard.to_json())
     if len(seen_inputs) != job["num_inputs"]:
         raise DatasetIndexError(

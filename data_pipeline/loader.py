@@ -20,16 +20,22 @@ worker skips straight to its next sample. With a different number of ranks or wo
 not yet consumed in the epoch (the rest of every old worker's part) become the new global sequence
 and are split again, so the epoch continues with each remaining sample seen once.
 
-A corrupt or truncated sample is replaced by the worker's previous good one (so counts stay equal
-across ranks), with a warning; when more than `max_bad_fraction` of a worker's samples are bad the
-loader stops with an error naming the shard.
+Every read is checked against index.json: the shard's size, and each sample's CRC-32 recorded by the
+encoder. A corrupt sample (failed checksum, unparsable) or a truncated shard's samples are replaced by
+the worker's previous good one (so counts stay equal across ranks), with a warning; when more than
+`max_bad_fraction` of a worker's samples are bad the loader stops with an error naming the shard. A
+read that fails for a network or storage reason is not bad data: it is retried with backoff and then
+stops the loader with an error saying so; a shard that has disappeared stops it at once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,6 +57,16 @@ Segment = tuple[int, int]  # [start, end) positions in an epoch's global sequenc
 
 class DataError(RuntimeError):
     """The dataset cannot be read as asked."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line message of an error, also when a DataLoader worker raised it (torch re-raises it
+    in the training process with the worker's whole traceback in the message)."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,12 @@ class LoaderConfig:
     """Blocks fetched ahead of the one being yielded, by a background I/O thread."""
     max_bad_fraction: float = 0.01
     """Stop with an error once more than this fraction of a worker's samples were corrupt."""
+    read_retries: int = 4
+    """A read that fails for a network or storage reason (not bad data) is retried this many times,
+    with exponential backoff from `retry_backoff_s`, then the loader stops with an error saying so; it
+    is never replaced by other samples. (boto3 retries each S3 request on its own as well.)"""
+    retry_backoff_s: float = 2.0
+    """Seconds before the first retry; doubled for each next one."""
     text: bool = True
     """Return caption embeddings when the samples have them."""
     pin_memory: bool = False
@@ -93,6 +115,9 @@ class LoaderConfig:
             raise ValueError(f"LoaderConfig.crop must be 'random' or 'whole', got {self.crop!r}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"LoaderConfig.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.read_retries < 0 or not self.retry_backoff_s >= 0:
+            raise ValueError(f"LoaderConfig.read_retries and retry_backoff_s must be >= 0, got "
+                             f"{self.read_retries}, {self.retry_backoff_s}")
 
 
 # ----------------------------------------------------------------------------- the shard table
@@ -103,10 +128,18 @@ class ShardTable:
     uris: list[str]
     offsets: list[list[int]]  # per shard: sample offsets, then the end of the last sample
     frames: list[list[int]]
+    nbytes: list[int | None] | None = None  # per shard: its size in bytes, checked on every read (None: unknown)
+    crc32: list[list[int]] | None = None  # per shard: each sample's CRC-32, checked on every read ([]: none)
 
     @property
     def sizes(self) -> list[int]:
         return [len(f) for f in self.frames]
+
+    def fingerprint(self) -> str:
+        """A short digest of what the dataset holds (per shard: sample count, frames, bytes, CRCs), not
+        where it lives: the same shards copied to S3 keep it, a different dataset of the same size does not."""
+        content = [self.frames, self.nbytes or [], self.crc32 or []]
+        return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -143,6 +176,8 @@ def load_table(source: str) -> ShardTable:
         uris=[storage.join(root, s["path"]) for s in shards],
         offsets=[s["offsets"] for s in shards],
         frames=[s["frames"] for s in shards],
+        nbytes=[int(s["bytes"]) if "bytes" in s else None for s in shards],
+        crc32=[[int(c) for c in s.get("crc32", [])] for s in shards],
     )
 
 
@@ -288,11 +323,34 @@ class _EpochDataset(IterableDataset):
             while j + 1 < len(located) and located[j + 1][0] == (shard, located[j][0][1] + 1):
                 j += 1
             last = located[j][0][1]
-            got = read_samples(self.table.uris[shard], self.table.offsets[shard], first, last + 1)
+            got = self._read_checked(shard, first, last + 1)
             for k in range(i, j + 1):
                 out[located[k][1]] = got[k - i]
             i = j + 1
         return out
+
+    def _read_checked(self, shard: int, start: int, stop: int) -> list[Sample | ShardError]:
+        """Samples [start, stop) of a shard, checked against the index's size and CRCs; a network or
+        storage failure is retried with backoff, then stops the loader (DataError saying so)."""
+        table, cfg = self.table, self.cfg
+        uri = table.uris[shard]
+        size = table.nbytes[shard] if table.nbytes else None
+        crc = table.crc32[shard] if table.crc32 else None
+        for attempt in range(cfg.read_retries + 1):
+            try:
+                return read_samples(uri, table.offsets[shard], start, stop, size=size, crc32=crc)
+            except storage.MissingError as exc:
+                raise DataError(f"{exc}: a shard listed in the dataset index is gone (deleted or moved while "
+                                "training?); restore it or re-encode the dataset") from exc
+            except storage.StorageError as exc:
+                if attempt == cfg.read_retries:
+                    raise DataError(f"reading failed {attempt + 1} times, giving up (a network or storage failure, "
+                                    f"not bad data): {exc}") from exc
+                wait = cfg.retry_backoff_s * 2**attempt
+                log.warning("read failed (attempt %d of %d), retrying in %.1f s: %s", attempt + 1,
+                            cfg.read_retries + 1, wait, exc)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _item(self, sample: Sample, pos: int) -> dict[str, Any]:
         cfg = self.cfg
@@ -381,7 +439,8 @@ class _EpochDataset(IterableDataset):
                         shard = self.table.uris[self.locate(p)[0]]
                         if bad > cfg.max_bad_fraction * planned:
                             raise DataError(
-                                f"{shard}: {bad} of this worker's {planned} samples are corrupt or truncated, "
+                                f"{shard}: {bad} of this worker's {planned} samples are corrupt or truncated "
+                                "(bytes that fail their checksum, a shard of the wrong size, or unparsable data), "
                                 f"above max_bad_fraction={cfg.max_bad_fraction}; last: {sample}"
                             )
                         if last_good is None:  # nothing to stand in yet: the next good one of this block
@@ -446,6 +505,7 @@ class LatentLoader:
             "version": 1, "epoch": self.epoch, "batches": self.batches, "seed": self.cfg.seed,
             "world": self.layout.world, "workers": self.layout.workers, "batch_size": self.layout.batch_size,
             "num_samples": self.num_samples, "base": None if self.base is None else [list(s) for s in self.base],
+            "dataset": self.table.fingerprint(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -455,6 +515,12 @@ class LatentLoader:
             raise DataError(
                 f"data-loader state is for {state['num_samples']} samples with seed {state['seed']}, but this dataset "
                 f"has {self.num_samples} with seed {self.cfg.seed}: not the same data"
+            )
+        if state.get("dataset", self.table.fingerprint()) != self.table.fingerprint():  # older states lack it
+            raise DataError(
+                f"{self.cfg.source}: not the dataset this run was trained on (its content fingerprint is "
+                f"{self.table.fingerprint()}, the checkpoint's loader read {state['dataset']}, both "
+                f"{self.num_samples} samples); resume with the original data.path, or start a new run"
             )
         self.epoch = int(state["epoch"])
         base = None if state["base"] is None else [tuple(s) for s in state["base"]]

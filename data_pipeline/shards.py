@@ -7,8 +7,10 @@ One sample is one clip (DESIGN.md):
     KEY.text.npy      float16 (L, D) text embedding (optional)
 Keys contain no dots (webdataset splits a member name at the first dot of its basename). Tar members
 carry fixed metadata (mtime 0, root owner, mode 0644), so the same samples give byte-identical shards.
-The builder records each sample's byte offset in the tar; the dataset index stores them, so a reader
-can fetch any run of samples with one ranged read (an HTTP Range GET on S3) without the rest.
+The builder records each sample's byte offset in the tar and the CRC-32 of its bytes; the dataset index
+stores them with the shard's size and sha256, so a reader can fetch any run of samples with one ranged
+read (an HTTP Range GET on S3) without the rest, and check it: a shard whose size differs from the
+index's, or a sample whose bytes fail their CRC, is reported by name instead of trained on.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,11 +165,12 @@ class ShardInfo:
     offsets: list[int]  # byte offset of each sample, then the end of the last one
     frames: list[int]  # frames of each sample
     keys: list[str] = field(default_factory=list)
+    crc32: list[int] = field(default_factory=list)  # zlib.crc32 of each sample's bytes; empty: not recorded
 
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256,
-            "offsets": self.offsets, "frames": self.frames, "keys": self.keys,
+            "offsets": self.offsets, "frames": self.frames, "keys": self.keys, "crc32": self.crc32,
         }
 
     @staticmethod
@@ -174,6 +178,7 @@ class ShardInfo:
         return ShardInfo(
             path=d["path"], samples=int(d["samples"]), bytes=int(d["bytes"]), sha256=d["sha256"],
             offsets=[int(o) for o in d["offsets"]], frames=[int(f) for f in d["frames"]], keys=list(d.get("keys", [])),
+            crc32=[int(c) for c in d.get("crc32", [])],
         )
 
 
@@ -212,12 +217,21 @@ class ShardBuilder:
         end = self._tar.offset
         self._tar.close()
         digest = hashlib.sha256()
+        bounds = [*self.offsets, end]
+        crcs = [0] * self.samples
+        pos = 0  # one pass over the file: the shard's sha256 and each sample's CRC-32
         with open(self.local_path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
+                view = memoryview(block)
+                for i in range(self.samples):
+                    lo, hi = max(bounds[i], pos), min(bounds[i + 1], pos + len(block))
+                    if lo < hi:
+                        crcs[i] = zlib.crc32(view[lo - pos : hi - pos], crcs[i])
+                pos += len(block)
         return ShardInfo(
             path=self.name, samples=self.samples, bytes=self.local_path.stat().st_size,
-            sha256=digest.hexdigest(), offsets=[*self.offsets, end], frames=self.frames, keys=self.keys,
+            sha256=digest.hexdigest(), offsets=bounds, frames=self.frames, keys=self.keys, crc32=crcs,
         )
 
     def abort(self) -> None:
@@ -227,14 +241,23 @@ class ShardBuilder:
             self.local_path.unlink(missing_ok=True)
 
 
-def read_samples(uri: str, offsets: list[int], start: int, stop: int) -> list[Sample | ShardError]:
-    """Samples [start, stop) of a shard with one ranged read; a corrupt sample becomes its ShardError
-    (its neighbours still load); a failed read makes every sample of the range a ShardError."""
+def read_samples(
+    uri: str, offsets: list[int], start: int, stop: int, *, size: int | None = None, crc32: list[int] | None = None
+) -> list[Sample | ShardError]:
+    """Samples [start, stop) of a shard with one ranged read, checked against the index: when the
+    shard's size is not `size`, every sample of the range is a ShardError (the shard was replaced or
+    truncated); a sample whose bytes fail its `crc32` entry, or that does not parse, is its ShardError
+    (its neighbours still load). A failed read raises storage.StorageError (MissingError when the
+    shard is gone): a network or storage failure is not bad data."""
     lo, hi = offsets[start], offsets[stop]
     try:
-        data = storage.read_bytes(uri, lo, hi)
-    except storage.StorageError as exc:
-        return [ShardError(str(exc))] * (stop - start)
+        data, actual = storage.read_with_size(uri, lo, hi)
+    except storage.OutOfRangeError as exc:
+        return [ShardError(f"{exc} (the index expects samples up to byte {hi}; truncated shard?)")] * (stop - start)
+    if size is not None and actual != size:
+        problem = ShardError(f"{uri}: the shard is {actual} bytes but index.json records {size} "
+                             "(truncated or replaced after encoding)")
+        return [problem] * (stop - start)
     out: list[Sample | ShardError] = []
     for i in range(start, stop):
         where = f"{uri} sample {i}"
@@ -242,8 +265,13 @@ def read_samples(uri: str, offsets: list[int], start: int, stop: int) -> list[Sa
         if b > len(data):
             out.append(ShardError(f"{where}: shard is truncated (needs {hi - lo} bytes at {lo}, got {len(data)})"))
             continue
+        piece = memoryview(data)[a:b]
+        if crc32 and zlib.crc32(piece) != crc32[i]:
+            out.append(ShardError(f"{where}: checksum mismatch (CRC-32 {zlib.crc32(piece):08x}, index.json "
+                                  f"records {crc32[i]:08x}): the bytes were corrupted after encoding"))
+            continue
         try:
-            out.append(parse_sample(parse_tar_bytes(memoryview(data)[a:b], where), where))
+            out.append(parse_sample(parse_tar_bytes(piece, where), where))
         except ShardError as exc:
             out.append(exc)
     return out

@@ -29,6 +29,10 @@ class MissingError(StorageError):
     """The file or object does not exist (permanent, unlike an unreachable endpoint)."""
 
 
+class OutOfRangeError(StorageError):
+    """A ranged read starts beyond the end of the file or object (it is shorter than expected)."""
+
+
 class LocationError(StorageError, ValueError):
     """A location that is neither a usable local path nor a well-formed s3://bucket/prefix URL."""
 
@@ -118,6 +122,8 @@ def _s3_error(uri: str, exc: BaseException) -> StorageError:
         err = exc.response.get("Error", {})
         if err.get("Code") in ("NoSuchKey", "404", "NotFound"):
             return MissingError(f"{uri}: no such object")
+        if err.get("Code") in ("InvalidRange", "416"):
+            return OutOfRangeError(f"{uri}: the requested bytes lie beyond the end of the object")
         return StorageError(f"{uri}: S3 error {err.get('Code', '?')}: {err.get('Message', '')}".rstrip(": "))
     return StorageError(f"{uri}: {exc.__class__.__name__}: {exc}")
 
@@ -136,21 +142,30 @@ def _s3_call(uri: str, fn: Any, **kwargs: Any) -> Any:
 
 def read_bytes(uri: str, start: int | None = None, end: int | None = None) -> bytes:
     """Bytes [start, end) of a file or object (the whole of it by default)."""
+    return read_with_size(uri, start, end)[0]
+
+
+def read_with_size(uri: str, start: int | None = None, end: int | None = None) -> tuple[bytes, int]:
+    """Bytes [start, end) of a file or object and the whole file's (object's) size in bytes, from the
+    same request (S3: the Content-Range of the ranged GET; local: fstat of the open file)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if start is not None or end is not None:
             kwargs["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
-        body = _s3_call(uri, s3_client().get_object, **kwargs)["Body"]
+        response = _s3_call(uri, s3_client().get_object, **kwargs)
+        content_range = str(response.get("ContentRange") or "")  # 'bytes 0-99/1234' for a ranged GET
+        size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else int(response.get("ContentLength", -1))
         try:
-            return body.read()
+            return response["Body"].read(), size
         except Exception as exc:  # connection dropped mid-stream
             raise StorageError(f"{uri}: read failed: {exc}") from exc
     try:
         with open(uri, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             if start:
                 f.seek(start)
-            return f.read() if end is None else f.read(end - (start or 0))
+            return (f.read() if end is None else f.read(end - (start or 0))), size
     except FileNotFoundError as exc:
         raise MissingError(f"{uri}: no such file") from exc
     except OSError as exc:
@@ -181,6 +196,42 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise StorageError(f"{uri}: {exc.strerror or exc}") from exc
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create a small file or object only if nothing exists there: True if this call created it,
+    False if it already existed. Local: O_CREAT | O_EXCL. S3: a conditional PUT (If-None-Match: *),
+    which AWS S3, MinIO and moto honour (an endpoint that ignores the condition makes this a plain put)."""
+    if is_s3(uri):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise _s3_error(uri, exc) from exc
+        except BotoCoreError as exc:
+            raise _s3_error(uri, exc) from exc
+    path = Path(uri)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise StorageError(f"{uri}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise StorageError(f"{uri}: {exc.strerror or exc}") from exc
+    return True
 
 
 def upload_file(local_path: str | os.PathLike[str], uri: str) -> None:
@@ -225,19 +276,25 @@ def exists(uri: str) -> bool:
 
 def list_files(prefix: str) -> list[str]:
     """Every file (object) under a directory (prefix), recursively, as full locations, sorted."""
+    return sorted(list_sizes(prefix))
+
+
+def list_sizes(prefix: str) -> dict[str, int]:
+    """{location: size in bytes} of every file (object) under a directory (prefix), recursively (on S3
+    from the listing itself: no request per object)."""
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        out: list[str] = []
+        out: dict[str, int] = {}
         paginator = s3_client().get_paginator("list_objects_v2")
         pages = _s3_call(prefix, lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
         for page in pages:
-            out += [f"{S3_PREFIX}{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
-        return sorted(out)
+            out.update({f"{S3_PREFIX}{bucket}/{obj['Key']}": int(obj["Size"]) for obj in page.get("Contents", [])})
+        return out
     root = Path(prefix)
     if not root.exists():
-        return []
-    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+        return {}
+    return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
 def delete(uri: str) -> None:

@@ -301,6 +301,93 @@ def test_bad_arguments_and_unreachable_s3(videos: Path, tmp_path: Path, monkeypa
     assert "cannot reach the S3 endpoint http://127.0.0.1:9" in err and err.count("\n") == 1
 
 
+def test_second_encoder_on_one_output_is_refused(videos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from data_pipeline.lock import WorkerLock
+
+    out = tmp_path / "out"
+    holder = WorkerLock(str(out / "_progress" / "w00000-of00001.lock"))
+    holder.acquire()  # a live encoder (this process) writes worker 0's output
+    try:
+        assert encode([str(videos), str(out), *ARGS]) == 1
+        err = capsys.readouterr().err
+        assert "another encoder is writing this worker's output" in err and err.count("\n") == 1
+        assert not (out / "shards").exists() and not (out / "_progress" / "job.json").exists()  # nothing touched
+    finally:
+        holder.release()
+    # a lock left by a process that died (kill -9, a node lost) is taken over without --break-lock
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = time.time()
+    lock = out / "_progress" / "w00000-of00001.lock"
+    lock.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": int(dead.stdout), "token": "old",
+                                "started": now, "refreshed": now}))
+    assert encode([str(videos), str(out), *ARGS]) == 0
+    assert (out / "index.json").exists() and not lock.exists()
+
+
+def test_s3_lock_is_a_conditional_put(s3_bucket: str) -> None:
+    from data_pipeline.lock import LockHeld, WorkerLock
+
+    uri = f"{s3_bucket}/out/_progress/w00000-of00001.lock"
+    assert storage.create_exclusive(uri, b"first") and not storage.create_exclusive(uri, b"second")
+    assert storage.read_bytes(uri) == b"first"
+    storage.delete(uri)
+    with WorkerLock(uri):
+        with pytest.raises(LockHeld, match="another encoder"):
+            WorkerLock(uri).acquire()
+    assert not storage.exists(uri)
+
+
+def test_encoder_stops_when_s3_goes_away_and_says_what_was_not_written(
+    tmp_path: Path, s3_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    from data_pipeline.s3_server import start_moto_server
+
+    many = tmp_path / "many"
+    make_synthetic_videos(many, 30, size=16, frames=8, fps=8, seed=5)
+    proc, url = start_moto_server()  # a server of its own, stopped once the first shard is uploaded
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        monkeypatch.setenv("VIDGPT_S3_MAX_ATTEMPTS", "1")
+        storage.s3_client().create_bucket(Bucket="gone")
+
+        def stop_when_started() -> None:
+            while not storage.list_files("s3://gone/out/shards"):  # the first shard is up
+                time.sleep(0.02)
+            proc.kill()
+
+        watcher = threading.Thread(target=stop_when_started, daemon=True)
+        watcher.start()
+        code = encode([str(many), "s3://gone/out", "--size", "16", "--min-frames", "4", "--shard-samples", "1",
+                       "--no-progress"])
+        watcher.join(timeout=30)
+    finally:
+        proc.kill()
+    out, err = capsys.readouterr()
+    assert code == 1 and out, err
+    summary = json.loads(out)
+    assert summary["not_written"] >= 3 and summary["ok"] + summary["not_written"] <= summary["encoded"] < 30
+    assert "stopped encoding after 3 shards in a row could not be written" in err
+    assert f"{summary['not_written']} input(s) were encoded but not written" in err
+
+
+def test_merge_refuses_a_record_that_does_not_match_its_shard(local_dataset: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(local_dataset, copy)
+    shard = sorted((copy / "shards").glob("*.tar"))[1]
+    shard.write_bytes(shard.read_bytes() + bytes(512))  # as a second writer's shard of another size
+    assert encode_main(["merge-index", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert f"its shard {shard} has" in err and "two encoders" in err
+    shard.unlink()
+    assert encode_main(["merge-index", str(copy)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_help_documents_every_flag() -> None:
     out = subprocess.run([sys.executable, "-m", "data_pipeline.encode", "--help"], capture_output=True, text=True)
     assert out.returncode == 0

@@ -254,7 +254,9 @@ def test_truncated_shard_is_skipped_then_refused(dataset, caplog: pytest.LogCapt
         batches = epoch(loader)
     assert len(batches) == len(loader) == 15  # counts stay equal: bad samples are stood in for
     bad = [r for r in caplog.records if "truncated" in r.getMessage()]
-    assert 3 <= len(bad) <= 7 and all("part-003.tar" in r.getMessage() for r in bad)
+    # the size check condemns the whole shard, also the samples whose bytes are still there
+    assert 10 <= len(bad) <= 12 and all("part-003.tar" in r.getMessage() for r in bad)
+    assert all("index.json records" in r.getMessage() for r in bad)
     with pytest.raises(DataError, match=r"part-003\.tar: 1 of this worker's 30 samples are corrupt"):
         epoch(LatentLoader(cfg(root, max_bad_fraction=0.0)))
 
@@ -302,3 +304,74 @@ def test_errors_name_the_problem(dataset, tmp_path: Path) -> None:  # noqa: ANN0
         LatentLoader(cfg(other)).load_state_dict(state)
     with pytest.raises(ValueError, match="crop"):
         cfg(root, crop="center")
+
+
+# ----------------------------------------------------------------------------- integrity and failures
+
+
+def _flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupted_bytes_fail_their_checksum_and_the_shard_is_named(dataset, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    root, clips = dataset
+    index = json.loads(Path(root, "index.json").read_text())
+    shard = next(s for s in index["shards"] if s["path"].endswith("part-003.tar"))
+    key = shard["keys"][4]
+    # a byte of sample 4's latent values (past its tar header and the .npy header): still a valid tar and .npy
+    _flip_byte(Path(root, shard["path"]), shard["offsets"][4] + 512 + 128 + 10)
+    whole = {"crop": "whole", "max_bad_fraction": 0.5}
+    with caplog.at_level(logging.WARNING, logger="vidgpt.data"):
+        batches = epoch(LatentLoader(cfg(root, **whole)))
+    bad = [r.getMessage() for r in caplog.records if "checksum mismatch" in r.getMessage()]
+    assert len(bad) == 1 and "part-003.tar sample 4" in bad[0]
+    assert len(batches) == 15 and key not in [k for b in batches for k in b["keys"]]  # stood in for
+    with pytest.raises(DataError, match=r"part-003\.tar: 1 of this worker's 30 samples are corrupt"):
+        epoch(LatentLoader(cfg(root, crop="whole", max_bad_fraction=0.0)))
+    # an index without checksums (as before they existed): the same bytes reach training unnoticed
+    for s in index["shards"]:
+        s.pop("crc32")
+    Path(root, "index.json").write_text(json.dumps(index))
+    batches = epoch(LatentLoader(cfg(root, crop="whole", max_bad_fraction=0.0)))
+    (row,) = [(b, i) for b in batches for i, k in enumerate(b["keys"]) if k == key]
+    assert not np.array_equal(row[0]["latents"][row[1]].numpy(), clips[key][:4])
+
+
+def test_shard_deleted_mid_epoch_stops_with_one_line(dataset) -> None:  # noqa: ANN001
+    root, _ = dataset
+    batches = iter(LatentLoader(cfg(root, shuffle_buffer=2, read_ahead=0)))
+    next(batches)
+    for name in ("part-001.tar", "part-003.tar", "part-004.tar"):
+        Path(root, "shards", name).unlink()
+    with pytest.raises(DataError, match=r"part-00[134]\.tar: no such file: a shard listed in the dataset index is gone"):
+        for _ in batches:
+            pass
+
+
+def test_unreachable_s3_is_a_network_error_never_replaced_by_other_samples(
+    s3_server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from data_pipeline.s3_server import start_moto_server
+
+    proc, url = start_moto_server()  # a server of its own, to stop mid-epoch
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        monkeypatch.setenv("VIDGPT_S3_MAX_ATTEMPTS", "1")
+        storage.s3_client().create_bucket(Bucket="net")
+        make_dataset("s3://net/ds")
+        loader = LatentLoader(cfg("s3://net/ds", shuffle_buffer=2, read_ahead=0, read_retries=2, retry_backoff_s=0.05))
+        batches = iter(loader)
+        next(batches)
+        proc.kill()
+        proc.wait()
+        with caplog.at_level(logging.WARNING, logger="vidgpt.data"):
+            with pytest.raises(DataError, match=r"reading failed 3 times, giving up \(a network or storage failure"):
+                for _ in batches:
+                    pass
+        messages = [r.getMessage() for r in caplog.records]
+        assert not [m for m in messages if "skipping a bad sample" in m]
+        assert sum("(attempt 2 of 3), retrying in" in m for m in messages) >= 1  # retried before giving up
+    finally:
+        proc.kill()

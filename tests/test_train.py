@@ -334,6 +334,34 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path: Path, data: Pa
     assert f"resumed from {ckpts / caught}" in logs(run)
 
 
+def test_damaged_resume_files_and_another_dataset_are_one_line(run_a: Path, tmp_path: Path, data: Path) -> None:
+    from data_pipeline.encode import main as encode
+    from data_pipeline.synthetic import make_synthetic_videos
+
+    run = tmp_path / "D"
+    shutil.copytree(run_a / "checkpoints", run / "checkpoints")
+    step = run / "checkpoints" / "step_0000008"
+    for name in ("trainer_rank00001.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"):
+        file = step / name
+        good = file.read_bytes()
+        file.write_bytes(good[: len(good) // 2])  # a copy cut short, a quota hit while saving
+        assert train(run, 1, "--resume", "auto", "--training.steps=10", data=data) == [1]
+        last = logs(run).strip().splitlines()[-1]
+        assert last.startswith("vidgpt-train: error: ") and f"{file}: truncated or corrupt" in last, logs(run)
+        assert "Traceback" not in logs(run)
+        file.write_bytes(good)
+        for log in run.glob("rank*.log"):
+            log.unlink()
+    # as many clips as the run's dataset, other videos: the data position would be meaningless
+    other = tmp_path / "other"
+    make_synthetic_videos(other / "videos", 12, size=32, frames=24, seed=2)
+    assert encode([str(other / "videos"), str(other / "latents"), "--size", "32", "--min-frames", "8",
+                   "--max-frames", "24", "--no-progress", "--decode-workers", "0"]) == 0
+    assert train(run, 2, "--resume", "auto", "--training.steps=10", data=other / "latents") == [1, 1]
+    last = logs(run).strip().splitlines()[-1]
+    assert last.startswith("vidgpt-train: data error: ") and "not the dataset this run was trained on" in last
+
+
 def test_tensorboard_scalars_read_back(run_a: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -14,10 +14,12 @@ are then removed. Trainer state files are read with `torch.load(weights_only=Tru
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,12 @@ class Found:
         return self.path.name
 
 
+def one_line(exc: BaseException) -> str:
+    """'Type: first line of the message' of an exception."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
@@ -82,7 +90,21 @@ def read_found(path: Path) -> Found:
     if missing:
         raise CheckpointError(f"{path}: damaged checkpoint, missing {', '.join(missing[:4])}"
                               + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
+    for file in sorted(path.glob("*.pt")):  # every rank checks every file: they all fail alike, before any collective
+        _check_torch_file(file)
     return Found(path, meta)
+
+
+def _check_torch_file(file: Path) -> None:
+    """torch.save writes a zip archive whose directory sits at its end: reading that directory (a few
+    KB, whatever the file's size) finds a truncated or overwritten file without loading it."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if not archive.namelist():
+                raise zipfile.BadZipFile("no members")
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"{file}: truncated or corrupt, not a complete torch file ({one_line(exc)}); resume "
+                              "an older checkpoint (--resume PATH)") from exc
 
 
 def newest_complete(checkpoints: Path, before: str | None = None) -> Found | None:
@@ -165,8 +187,15 @@ class Checkpointer:
                 shutil.rmtree(path)
             self.dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
-        engine.save_checkpoint(str(self.dir), tag=tag, save_latest=False)
-        torch.save(trainer_state, path / trainer_state_name(self.env.rank))
+        try:
+            engine.save_checkpoint(str(self.dir), tag=tag, save_latest=False)
+            torch.save(trainer_state, path / trainer_state_name(self.env.rank))
+        except (OSError, RuntimeError) as exc:  # torch wraps a failed write in RuntimeError
+            shutil.rmtree(path, ignore_errors=True)  # never leave a half-written step behind
+            nospace = isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc)
+            what = "no space left on the device" if nospace else f"write failed ({one_line(exc)})"
+            raise CheckpointError(f"{self.dir}: {what} while saving step {step}; the half-written {path.name} was "
+                                  f"removed, the previous checkpoint is intact") from exc
         distributed.barrier()  # every rank's part is on disk
         if self.env.is_main:
             _write_atomic(path / META, json.dumps({**meta, "step": step, "world": self.env.world}, indent=1))
@@ -191,7 +220,11 @@ class Checkpointer:
         file = found.path / trainer_state_name(rank)
         if not file.exists():
             raise CheckpointError(f"{found.path}: missing {file.name}")
-        return torch.load(file, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file: torch raises many kinds
+            raise CheckpointError(f"{file}: unreadable, truncated or corrupt ({one_line(exc)}); resume an older "
+                                  "checkpoint (--resume PATH)") from exc
 
     @staticmethod
     def load_trainer_states(found: Found) -> list[dict[str, Any]]:

@@ -134,10 +134,15 @@ class DataSection:
     crop: Literal["random", "whole"] = "random"
     """random: a random window of num_frames; whole: clips from their first frame, padded and masked."""
     max_bad_fraction: float = 0.01
-    """Stop when more than this fraction of samples are corrupt."""
+    """Stop when more than this fraction of samples are corrupt (fail their CRC-32, or do not parse)."""
+    read_retries: int = 4
+    """A read that fails for a network or storage reason is retried this many times with exponential
+    backoff (2, 4, 8, ... s), then training stops with a line saying so; it never counts as bad data."""
 
     def validate(self) -> None:
         _positive(self, "data", "num_frames", "batch_size", "shuffle_buffer")
+        if self.read_retries < 0:
+            raise ConfigError(f"data.read_retries: must be >= 0, got {self.read_retries}")
         if self.num_frames < 2:
             raise ConfigError("data.num_frames: need >= 2 (one prompt frame and one noisy frame)")
         if self.num_workers < 0:

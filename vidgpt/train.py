@@ -39,11 +39,13 @@ from vidgpt.checkpoint import (
     Checkpointer,
     Found,
     check_model_config,
+    one_line,
     resolve,
     to_universal,
     wait_for_universal,
 )
-from data_pipeline.loader import DataError
+from data_pipeline.loader import DataError, error_line
+from data_pipeline.storage import StorageError
 from vidgpt.config import Config, ConfigError, dumps, load_config
 from vidgpt.model import text_mask_or_none
 
@@ -292,7 +294,7 @@ class Trainer:
             LoaderConfig(cfg.data.path, num_frames=cfg.data.num_frames, batch_size=cfg.data.batch_size,
                          crop=cfg.data.crop, shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.training.seed,
                          num_workers=cfg.data.num_workers, max_bad_fraction=cfg.data.max_bad_fraction,
-                         pin_memory=self.cuda),
+                         read_retries=cfg.data.read_retries, pin_memory=self.cuda),
             env.rank, env.world, table=self.table,
         )
         self.eval_loader = None
@@ -300,7 +302,8 @@ class Trainer:
             self.eval_loader = LatentLoader(
                 LoaderConfig(cfg.eval.data or cfg.data.path, num_frames=cfg.data.num_frames,
                              batch_size=cfg.data.batch_size, crop=cfg.data.crop, shuffle_buffer=cfg.data.shuffle_buffer,
-                             seed=cfg.eval.seed, num_workers=0, max_bad_fraction=cfg.data.max_bad_fraction),
+                             seed=cfg.eval.seed, num_workers=0, max_bad_fraction=cfg.data.max_bad_fraction,
+                             read_retries=cfg.data.read_retries),
                 env.rank, env.world,
             )
         # per-rank streams: noise and timesteps (on the device), prompt lengths (CPU)
@@ -350,8 +353,12 @@ class Trainer:
         found = self.found
         assert found is not None
         tag = universal_tag or found.tag
-        load_path, _ = self.engine.load_checkpoint(str(found.path.parent), tag=tag, load_optimizer_states=True,
-                                                   load_lr_scheduler_states=True)
+        try:
+            load_path, _ = self.engine.load_checkpoint(str(found.path.parent), tag=tag, load_optimizer_states=True,
+                                                       load_lr_scheduler_states=True)
+        except Exception as exc:  # noqa: BLE001 - DeepSpeed asserts or torch fails on a damaged file
+            raise CheckpointError(f"{found.path.parent / tag}: DeepSpeed could not load it ({one_line(exc)}); a "
+                                  "model or optimizer file is damaged: resume an older checkpoint") from exc
         if load_path is None:
             raise CheckpointError(f"{found.path}: DeepSpeed could not load it")
         same_world = int(found.meta["world"]) == self.env.world
@@ -615,8 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, TrainingError) as exc:
         print(f"vidgpt-train: error: {exc}", file=sys.stderr)
         return 1
-    except DataError as exc:
-        print(f"vidgpt-train: data error: {exc}", file=sys.stderr)
+    except (DataError, StorageError) as exc:
+        print(f"vidgpt-train: data error: {error_line(exc)}", file=sys.stderr)
         return 1
 
 
