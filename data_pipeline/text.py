@@ -74,6 +74,9 @@ class TextEncoder:
             from transformers import AutoTokenizer, T5EncoderModel
         except ImportError as e:
             raise ValueError(f"cannot load text encoder {path!r}: transformers is not installed") from e
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a local directory loads in a blink: no "Loading weights" bar per process
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(directory))
             model = T5EncoderModel.from_pretrained(str(directory), dtype=dtype)

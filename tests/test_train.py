@@ -284,17 +284,29 @@ def test_bf16_zero3_on_two_ranks(tmp_path: Path, data: Path) -> None:
 def test_validation_is_logged_and_does_not_change_training(run_a: Path, tmp_path: Path, data: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from data_pipeline.video import DecodeOptions, decode_clips
+
     run = tmp_path / "V"
-    assert train(run, 2, "--eval.interval=4", "--eval.batches=2", "--eval.seed=5", data=data) == [0, 0], logs(run)
+    # validation loss, and 2 samples of the EMA weights with the kv-cache from held-out synthetic scenes
+    assert train(run, 2, "--eval.interval=4", "--eval.batches=2", "--eval.seed=5", "--eval.samples=2",
+                 "--eval.synthetic=true", "--eval.sample_multiples=1", "--eval.sample_steps=2", data=data) == [0, 0], logs(run)
     a, v = losses(run_a), losses(run)
-    assert sorted(v) == sorted(a) and all(abs(a[s] - v[s]) <= 1e-6 for s in a), (a, v)
+    assert sorted(v) == sorted(a) and all(abs(a[s] - v[s]) <= 1e-6 for s in a), (a, v)  # training unchanged
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     evals = acc.Scalars("eval/loss")
     assert [e.step for e in evals] == [0, 4, 8]
     assert all(0 < e.value < 10 for e in evals) and len({round(e.value, 6) for e in evals}) == 3  # it learns
-    assert [e.step for e in acc.Scalars("eval/seconds")] == [0, 4, 8]
+    for name in ("eval/seconds", "eval/sample_seconds", "eval/presence_f1", "eval/garbage", "eval/centroid_ratio_first_clip"):
+        assert [e.step for e in acc.Scalars(name)] == [0, 4, 8], name
+    assert all(0 <= e.value <= 1 for e in acc.Scalars("eval/presence_f1"))
+    assert [e.step for e in acc.Images("samples/01")] == [0, 4, 8]
     assert "eval loss" in logs(run) and "over 4 held-out batches, all ranks" in logs(run)  # 2 per rank
+    for step in (0, 4, 8):
+        mp4s = sorted((run / "samples" / f"step_{step:07d}").glob("*.mp4"))
+        assert [p.name for p in mp4s] == ["sample_00.mp4", "sample_01.mp4"]
+        frames = decode_clips(mp4s[1], DecodeOptions(height=32, width=32, max_frames=100))[0].frames
+        assert frames.shape == (2 + 8, 32, 32, 3)  # the prompt and one training clip length
 
 
 def test_checkpoint_of_another_model_is_refused(run_a: Path, tmp_path: Path, data: Path) -> None:

@@ -258,11 +258,31 @@ class EvalSection:
     seed: int = 0
     """Seed of the validation clips, noise, timesteps and prompt lengths: the same at every evaluation, so
     the eval/loss curve compares across steps and resumes."""
+    samples: int = 0
+    """Held-out prompts continued with the kv-cache at every evaluation (EMA weights when training keeps
+    an EMA), kept as RUN/samples/step_NNNNNNN/sample_KK.mp4 and TensorBoard images; 0: none."""
+    sample_prompt_frames: int = 2
+    """True frames each sample starts from (< data.num_frames)."""
+    sample_multiples: int = 2
+    """Frames generated after the prompt, in multiples of data.num_frames."""
+    sample_steps: int = 20
+    """Denoising steps per chunk."""
+    synthetic: bool = False
+    """The prompts are the built-in synthetic scenes of seed synthetic_seed (a dataset made by vidgpt-make-
+    synthetic, encoded with the identity codec): also log vidgpt-eval's quality figures under eval/."""
+    synthetic_seed: int = 1000
+    """Seed of those scenes (the training videos use seed 0)."""
 
     def validate(self) -> None:
         if self.interval < 0:
             raise ConfigError(f"eval.interval: must be >= 0, got {self.interval}")
-        _positive(self, "eval", "batches")
+        _positive(self, "eval", "batches", "sample_prompt_frames", "sample_multiples", "sample_steps")
+        if self.samples < 0:
+            raise ConfigError(f"eval.samples: must be >= 0, got {self.samples}")
+        if self.samples and not self.interval:
+            raise ConfigError("eval.samples: needs eval.interval > 0 (samples are made at every evaluation)")
+        if self.synthetic_seed < 0:
+            raise ConfigError(f"eval.synthetic_seed: must be >= 0, got {self.synthetic_seed}")
 
 
 @dataclass
@@ -285,6 +305,9 @@ class Config:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate()
+        if self.eval.samples and self.eval.sample_prompt_frames >= self.data.num_frames:
+            raise ConfigError(f"eval.sample_prompt_frames: must be < data.num_frames ({self.data.num_frames}): the model "
+                              f"never sees longer prompts, got {self.eval.sample_prompt_frames}")
         return self
 
 

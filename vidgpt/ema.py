@@ -16,6 +16,8 @@ or to re-partition for a different number of ranks).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -55,6 +57,29 @@ class ShardedEMA:
         time (cheap views), since DeepSpeed may move or reload its flat buffers."""
         masters = [master_shard(p).detach().float().view(s.shape) for s, (_, p) in zip(self.shards, self.named)]
         torch._foreach_lerp_(self.shards, masters, 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """Within the block the model computes with the EMA weights; after it, with exactly the tensors
+        it had before. Every rank must enter it together: under ZeRO-3 each rank writes its own EMA
+        partitions into the parameters' partitions (`ds_tensor`) and releases the gathered copies of
+        persistent parameters, so the next forward gathers from the swapped partitions; nothing is
+        gathered here, and no rank ever holds the whole model."""
+        saved = [local_shard(p).detach().clone() for _, p in self.named]
+        self._write([s.view(local_shard(p).shape) for s, (_, p) in zip(self.shards, self.named)])
+        try:
+            yield
+        finally:
+            self._write(saved)
+
+    @torch.no_grad()
+    def _write(self, values: list[torch.Tensor]) -> None:
+        for value, (_, p) in zip(values, self.named):
+            local_shard(p).copy_(value)
+        gathered = [p for _, p in self.named if hasattr(p, "ds_tensor") and getattr(p, "ds_status", None) is not None
+                    and p.ds_status.name == "AVAILABLE"]  # persistent (small) parameters stay gathered
+        if gathered:
+            gathered[0].partition(param_list=gathered, has_been_updated=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {

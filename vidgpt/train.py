@@ -319,6 +319,7 @@ class Trainer:
         if self.found is not None:
             self._restore(universal_tag)
         self.metrics = Metrics(self.run_dir / "tensorboard" if env.is_main else None)
+        self.monitor = self._sample_monitor() if cfg.eval.samples else None
         self.peak = cfg.training.peak_tflops * 1e12 if cfg.training.peak_tflops else (
             0.0 if self.cuda else measured_cpu_peak_flops()
         )
@@ -475,11 +476,52 @@ class Trainer:
             count += 1
         summed = distributed.all_reduce(torch.stack([total, torch.tensor(float(count), device=self.device)]), "sum")
         loss_sum, batches = summed.tolist()
-        values = {"loss": loss_sum / max(batches, 1), "seconds": time.perf_counter() - start}
+        values = {"loss": loss_sum / max(batches, 1)}
+        if self.monitor is not None:  # every rank generates (ZeRO-3 gathers layer by layer); rank 0 writes
+            values.update(self.monitor.run(self.engine.module, self.diffusion, self.ema, self.step, seed=cfg.eval.seed))
+        values["seconds"] = time.perf_counter() - start
         self.metrics.scalars(self.step, values, prefix="eval")
-        self.say(f"step {self.step}: eval loss {values['loss']:.5f} over {int(batches)} held-out batches, all ranks "
-                 f"({values['seconds']:.1f} s)")
+        quality = (f"; samples: presence F1 {values['presence_f1']:.3f}, garbage {values['garbage']:.2%}, centroid "
+                   f"{values['centroid_ratio_first_clip']:.2f}x copy-last" if "presence_f1" in values else "")
+        saved = f"; {cfg.eval.samples} samples in {self.run_dir / 'samples' / f'step_{self.step:07d}'}" if self.monitor else ""
+        self.say(f"step {self.step}: eval loss {values['loss']:.5f} over {int(batches)} held-out batches, all ranks"
+                 f"{saved}{quality} ({values['seconds']:.1f} s)")
         return values
+
+    def _sample_monitor(self) -> Any:
+        """Fixed held-out prompts for samples at every evaluation (vidgpt.monitor), the same on every rank."""
+        from data_pipeline.index import read_json
+        from data_pipeline.storage import join
+        from vidgpt import monitor
+        from vidgpt.evaluate import EvalSpec, dataset_codec
+
+        cfg, e = self.cfg, self.cfg.eval
+        index = read_json(join(cfg.data.path, "index.json")) if not cfg.data.path.endswith((".tar", ".json")) else {}
+        size = int((index.get("size") or [32])[0])
+        fps = float(index.get("fps") or 8.0)
+        spec = EvalSpec(prompt_frames=e.sample_prompt_frames, clip_len=cfg.data.num_frames, multiples=e.sample_multiples,
+                        steps=e.sample_steps, num_clips=e.samples, synthetic_seed=e.synthetic_seed, size=size, fps=fps)
+        codec = dataset_codec(cfg.data.path) if (self.env.is_main or e.synthetic) else None
+        if e.synthetic:
+            assert codec is not None
+            if codec.describe()["name"] != "identity":
+                raise ConfigError(f"eval.synthetic: the synthetic scenes are pixels; {cfg.data.path} was encoded with the "
+                                  f"{codec.describe()['name']} codec (use eval.data / eval.samples without eval.synthetic)")
+            encoder = None
+            encoder_path = (index.get("text_encoder") or {}).get("path")
+            if self.model_cfg.text_dim and encoder_path and Path(encoder_path).is_dir():
+                from data_pipeline.text import TextEncoder
+
+                encoder = TextEncoder(encoder_path, max_length=self.model_cfg.text_len, device="cpu")
+            prompts = monitor.synthetic_prompts(spec, codec, encoder, self.model_cfg.text_len)
+        else:
+            prompts = monitor.dataset_prompts(e.data or cfg.data.path, e.sample_prompt_frames, e.samples, e.seed,
+                                              use_text=bool(self.model_cfg.text_dim))
+        return monitor.SampleMonitor(
+            prompts=prompts, spec=spec, decode=codec.decode if (codec is not None and self.env.is_main) else None,
+            fps=fps, run_dir=self.run_dir, writer=self.metrics.writer,
+            autocast=torch.bfloat16 if self.dtype == torch.bfloat16 else None,
+        )
 
     @staticmethod
     def _prompt_limit(batch: dict[str, Any]) -> int:

@@ -1,0 +1,157 @@
+"""Samples during training: fixed held-out prompts continued with the kv-cache at every evaluation.
+
+At every `eval.interval` steps (and before the first), when `eval.samples` > 0, the trainer calls
+`SampleMonitor.run(step)` on every rank:
+- the prompts are the same every time: the first `eval.sample_prompt_frames` frames of the first
+  `eval.samples` clips of the held-out data (eval.data, else data.path), or, with `eval.synthetic`, of
+  the built-in synthetic scenes of seed `eval.synthetic_seed` (rendered, mp4 round-tripped and encoded
+  with the dataset's identity codec, as vidgpt-eval does), with their captions when the model has text;
+- the model is continued for `eval.sample_multiples` x data.num_frames frames with the kv-cache and
+  `eval.sample_steps` denoising steps per chunk, from a fixed seed, in eval mode and with the EMA
+  weights swapped in when the run keeps an EMA (`ShardedEMA.swapped_in`: under ZeRO-3 each rank swaps
+  only its own partitions, and every rank runs the same generation, so the parameters are gathered
+  layer by layer as in training, never the whole model on one rank);
+- rank 0 decodes the latents with the dataset's codec and writes RUN/samples/step_NNNNNNN/sample_KK.mp4,
+  a TensorBoard image per sample under samples/ (its frames side by side: TensorBoard's video summary
+  needs moviepy), and, on synthetic scenes, the evaluator's figures as scalars under eval/ (presence
+  F1 and garbage over the continuation; centroid error over the first clip length and its ratio to
+  the copy-last-frame baseline's).
+Training is unchanged by all of this: the generation has its own generator, and the weights swapped
+back are the exact tensors that were swapped out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vidgpt.diffusion import Diffusion
+from vidgpt.ema import ShardedEMA
+from vidgpt.model import VidGPT
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """What every sampling round starts from (the same on every rank)."""
+
+    latents: torch.Tensor
+    """(N, P, C, h, w) prompt latents, scaled as stored."""
+    text: torch.Tensor | None
+    """(N, L, D) caption embeddings, or None."""
+    text_mask: torch.Tensor | None
+    """(N, L) bool, True = valid token; None: all valid (or no text)."""
+    truth: np.ndarray | None = None
+    """uint8 (N, P + k*L, H, W, 3) true continuation (synthetic scenes), for the quality figures."""
+    scenes: list[Any] | None = None
+    """The synthetic scenes (object metrics), or None."""
+
+
+def dataset_prompts(source: str, prompt_frames: int, count: int, seed: int, use_text: bool) -> Prompts:
+    """The first `prompt_frames` frames of the first `count` clips of a latent dataset (rank-independent)."""
+    from data_pipeline.loader import DataError, LatentLoader, LoaderConfig
+
+    loader = LatentLoader(LoaderConfig(source, num_frames=prompt_frames, batch_size=count, crop="whole", seed=seed,
+                                       shuffle_buffer=max(count, 1)))
+    batch = next(iter(loader), None)
+    if batch is None:
+        raise DataError(f"{source}: fewer than {count} clips for eval.samples")
+    if not bool(batch["valid"].all()):
+        raise DataError(f"{source}: some of the first {count} clips are shorter than eval.sample_prompt_frames "
+                        f"({prompt_frames})")
+    text = batch.get("text") if use_text else None
+    mask = batch.get("text_mask") if text is not None else None
+    return Prompts(batch["latents"].float(), None if text is None else text.float(), mask)
+
+
+def synthetic_prompts(spec: Any, codec: Any, text_encoder: Any | None, text_len: int) -> Prompts:
+    """Held-out synthetic scenes (vidgpt.evaluate.EvalSpec `spec`), encoded with `codec`."""
+    from vidgpt.evaluate import pad_text, synthetic_truth
+
+    truth, scenes = synthetic_truth(spec)
+    latents = torch.stack([torch.from_numpy(codec.encode(v[: spec.prompt_frames])) for v in truth]).float()
+    text = mask = None
+    if text_encoder is not None:
+        text, mask = pad_text(text_encoder.encode([s.caption() for s in scenes]), text_len)
+    return Prompts(latents, text, mask, truth, scenes)
+
+
+def frame_strip(video: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> (H, T*W + (T-1), 3): the frames side by side with 1-pixel white gaps."""
+    t, h, w, _ = video.shape
+    strip = np.full((h, t * (w + 1) - 1, 3), 255, dtype=np.uint8)
+    for i, frame in enumerate(video):
+        strip[:, i * (w + 1) : i * (w + 1) + w] = frame
+    return strip
+
+
+@contextlib.contextmanager
+def sampling_weights(model: torch.nn.Module, ema: ShardedEMA | None) -> Iterator[None]:
+    """The model in eval mode with the EMA weights (if any) for the duration; restored exactly after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+            yield
+    finally:
+        model.train(was_training)
+
+
+class SampleMonitor:
+    def __init__(self, *, prompts: Prompts, spec: Any, decode: Callable[[torch.Tensor], np.ndarray] | None,
+                 fps: float, run_dir: Path, writer: Any | None, autocast: torch.dtype | None) -> None:
+        """spec: vidgpt.evaluate.EvalSpec (prompt frames, clip length, multiples, chunk, window, steps);
+        decode: latents (T, C, h, w) -> uint8 (T, H, W, 3), on rank 0 only (None elsewhere); writer:
+        rank 0's TensorBoard SummaryWriter or None."""
+        self.prompts, self.spec, self.decode, self.fps = prompts, spec, decode, fps
+        self.run_dir, self.writer, self.autocast = run_dir, writer, autocast
+
+    @torch.no_grad()
+    def run(self, model: VidGPT, diffusion: Diffusion, ema: ShardedEMA | None, step: int, seed: int) -> dict[str, float]:
+        """One round on every rank (collective under ZeRO-3); returns the scalars rank 0 logged."""
+        from vidgpt.sampling import generate
+
+        spec, prompts = self.spec, self.prompts
+        device = next(model.parameters()).device
+        start = time.perf_counter()
+        with sampling_weights(model, ema):
+            latents = generate(
+                model, diffusion, prompts.latents.to(device), spec.generated_frames, chunk=spec.chunk,
+                window=spec.window, steps=spec.steps, use_cache=model.cfg.causal,
+                generator=torch.Generator(device).manual_seed(seed),
+                text=None if prompts.text is None else prompts.text.to(device),
+                text_mask=None if prompts.text_mask is None else prompts.text_mask.to(device), autocast=self.autocast,
+            )  # (N, P + k*L, C, h, w)
+        values = {"sample_seconds": time.perf_counter() - start}
+        if self.decode is None:  # not rank 0
+            return values
+        videos = np.stack([self.decode(z.float().cpu()) for z in latents])  # (N, T, H, W, 3)
+        self._write(step, videos)
+        if prompts.truth is not None and prompts.scenes is not None:
+            values.update(self._quality(videos))
+        return values
+
+    def _write(self, step: int, videos: np.ndarray) -> None:
+        from data_pipeline.video import write_video
+
+        out = self.run_dir / "samples" / f"step_{step:07d}"
+        out.mkdir(parents=True, exist_ok=True)
+        for i, video in enumerate(videos):
+            write_video(out / f"sample_{i:02d}.mp4", video, self.fps)
+            if self.writer is not None:
+                self.writer.add_image(f"samples/{i:02d}", frame_strip(video), step, dataformats="HWC")
+
+    def _quality(self, videos: np.ndarray) -> dict[str, float]:
+        from vidgpt.evaluate import evaluate_videos
+
+        assert self.prompts.truth is not None
+        report = evaluate_videos(self.prompts.truth, {"model": videos}, self.spec, self.prompts.scenes)
+        row = report["summary"]["methods"]["model"]
+        return {k: float(row[k]) for k in ("presence_f1", "garbage", "centroid_error_first_clip",
+                                            "copy_last_centroid_error_first_clip", "centroid_ratio_first_clip")}
