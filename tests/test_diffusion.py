@@ -184,6 +184,18 @@ def test_loss_ignores_prompt_frames() -> None:
     torch.testing.assert_close(loss, want)
 
 
+def test_zero_frame_prompts_train_every_frame_for_text_to_video() -> None:
+    rule = PromptSampling("uniform", min_len=0)
+    assert rule.choices(4) == [0, 1, 2, 3]
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 4, 3, 4, 4, generator=g), torch.randn(2, 4, 3, 4, 4, generator=g)
+    torch.testing.assert_close(frame_prompt_loss(pred, target, prompt_len=0), (pred - target).pow(2).mean())
+    model, flow = tiny_model(text=False), RectifiedFlow()
+    x0 = torch.randn(2, 4, 4, 8, 8, generator=g)
+    loss = flow.training_loss(model, x0, 0, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(loss) and loss > 0
+
+
 def test_loss_ignores_padding_frames() -> None:
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(2, 6, 1, 2, 2, generator=g, requires_grad=True)

@@ -98,7 +98,7 @@ def test_animate_an_image_and_a_list_of_prompts(files: dict[str, Path], tmp_path
 @pytest.mark.parametrize("extra,match", [
     (["--prompt", "nowhere.mp4"], "nowhere.mp4: no such file"),
     (["--prompt", "TEXT"], "not a readable video or image"),
-    (["--caption", "only words"], "--caption needs --prompt"),
+    (["--caption", "only words"], "needs a model trained with 0-frame prompts"),
     (["--prompt", "VIDEO", "--frames", "-1"], "--frames must be >= 0"),
 ])
 def test_bad_inputs_get_one_line(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -119,3 +119,29 @@ def test_dataset_prompts_longer_than_the_clips_are_refused(files: dict[str, Path
     assert exc.value.code == 2 and "has only 24 frames" in err and len(err.splitlines()) == 1
     assert sample([str(files["export"]), "--data", str(files["root"] / "latents"), "--prompt-frames", "4",
                    "--frames", "2", "--chunk", "2", "--steps", "1", "--num", "1", "--out", str(tmp_path / "ok")]) == 0
+
+
+def test_text_to_video_only_for_models_trained_without_prompts(files: dict[str, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    args = ["--caption", "a blue square bouncing", "--frames", "6", "--chunk", "2", "--steps", "2"]
+    with pytest.raises(SystemExit) as exc:  # trained with prompts of >= 1 frame: refused, saying why
+        sample([str(files["export"]), *args, "--out", str(tmp_path / "no")])
+    assert exc.value.code == 2
+    assert "needs a model trained with 0-frame prompts" in capsys.readouterr().err
+    export = tmp_path / "t2v_export"
+    shutil.copytree(files["export"], export)
+    info = json.loads((export / "config.json").read_text())
+    info["diffusion"].update(prompt_rule="uniform", prompt_min_len=0)
+    (export / "config.json").write_text(json.dumps(info))
+    out = tmp_path / "t2v"
+    assert sample([str(export), *args, "--out", str(out)]) == 0
+    assert frames_of(out / "sample_000.mp4").shape == (6, SIZE, SIZE, 3)  # every frame generated
+    assert "text to video, caption 'a blue square bouncing'" in capsys.readouterr().out
+    listed = tmp_path / "list.jsonl"  # a line without "path" is text to video too
+    listed.write_text(json.dumps({"caption": "a red circle"}) + "\n" + json.dumps({"path": str(files["image"])}) + "\n")
+    assert sample([str(export), "--prompts", str(listed), "--frames", "4", "--chunk", "2", "--steps", "2",
+                   "--out", str(tmp_path / "mixed")]) == 0
+    assert frames_of(tmp_path / "mixed" / "sample_000.mp4").shape[0] == 4
+    assert frames_of(tmp_path / "mixed" / "sample_001.mp4").shape[0] == 5  # the image, then 4 frames

@@ -40,7 +40,7 @@ def _assert_roundoff(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 # (prompt length, chunk, window, frames): the cache never evicts while these frames are generated
-NO_EVICTION = [(1, 1, 8, 7), (1, 2, 8, 8), (3, 4, 12, 9), (2, 3, 11, 9), (5, 5, 10, 5)]
+NO_EVICTION = [(1, 1, 8, 7), (1, 2, 8, 8), (3, 4, 12, 9), (2, 3, 11, 9), (5, 5, 10, 5), (0, 2, 8, 6)]  # P = 0: text to video
 
 
 @pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])

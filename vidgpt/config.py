@@ -98,7 +98,8 @@ class DiffusionSection:
     prompt_rule: Literal["uniform", "chunked"] = "uniform"
     """uniform: P in [prompt_min_len, L-1]; chunked: P in {1, 1+c, 1+2c, ...}."""
     prompt_min_len: int = 1
-    """Smallest prompt length of the uniform rule."""
+    """Smallest prompt length of the uniform rule; 0 also trains clips without a prompt (generated from the
+    caption alone), which text to video (vidgpt-sample --caption without --prompt) needs."""
     prompt_chunk: int = 8
     """Chunk c of the chunked rule."""
 

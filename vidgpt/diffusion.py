@@ -33,15 +33,16 @@ class PromptSampling:
     rule: Literal["uniform", "chunked"] = "uniform"
     """uniform: P in [min_len, L-1]; chunked: P in {1, 1+chunk, 1+2*chunk, ...} below L."""
     min_len: int = 1
-    """Smallest prompt length of the uniform rule."""
+    """Smallest prompt length of the uniform rule; 0 also trains clips with no prompt at all, generated
+    from the caption alone (what text to video, `vidgpt-sample --caption` without `--prompt`, needs)."""
     chunk: int = 8
     """Step of the chunked rule (the paper: 8, giving {1, 9, 17, 25} for L = 33)."""
 
     def __post_init__(self) -> None:
         if self.rule not in ("uniform", "chunked"):
             raise ValueError(f"prompt rule must be 'uniform' or 'chunked', got {self.rule!r}")
-        if self.min_len < 1 or self.chunk < 1:
-            raise ValueError(f"prompt min_len and chunk must be >= 1, got {self.min_len}, {self.chunk}")
+        if self.min_len < 0 or self.chunk < 1:
+            raise ValueError(f"prompt min_len must be >= 0 and chunk >= 1, got {self.min_len}, {self.chunk}")
 
     def choices(self, clip_len: int) -> list[int]:
         """Every prompt length the rule allows for clips of `clip_len` frames (at least one noisy frame)."""
@@ -59,7 +60,7 @@ class PromptSampling:
         carry no loss). The draw is the same as without a limit whenever the limit cuts nothing."""
         options = self.choices(clip_len)
         if limit is not None and limit < options[-1]:
-            options = [p for p in options if p <= limit] or [max(1, limit)]
+            options = [p for p in options if p <= limit] or [max(min(1, self.min_len), limit)]
         return options[int(torch.randint(len(options), (1,), generator=generator))]
 
 
@@ -120,15 +121,15 @@ class Diffusion(ABC):
         computed in float32, and only the network's input is cast to `input_dtype` (the training
         precision; None keeps float32). Noising in bf16 would round x_t as if t were another time than
         the one the network is told.
-        prompt_len: P clean prompt frames (1 <= P < L);
+        prompt_len: P clean prompt frames (0 <= P < L; 0: the whole clip is generated, text to video);
         valid: (B, L) bool, False for padding frames (excluded from the loss);
         text_drop_prob: probability that a sample's caption becomes the null embedding (CFG);
         prompt_noise: (lo, hi) fraction of the noise range used to lightly noise prompt frames,
         which still carry timestep 0. (0, 0) keeps them clean.
         """
         B, L = x0.shape[:2]
-        if not 0 < prompt_len < L:
-            raise ValueError(f"prompt_len must be in [1, {L - 1}] for clips of {L} frames, got {prompt_len}")
+        if not 0 <= prompt_len < L:
+            raise ValueError(f"prompt_len must be in [0, {L - 1}] for clips of {L} frames, got {prompt_len}")
         device = x0.device
         x0 = x0.float()
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32)

@@ -4,6 +4,7 @@
     vidgpt-sample exported/ --prompt my_clip.mp4 --caption "a red ball bouncing" --frames 48
     vidgpt-sample exported/ --prompt photo.png --frames 32          # animate an image
     vidgpt-sample exported/ --prompts prompts.jsonl                 # {"path": ..., "caption": ...} per line
+    vidgpt-sample exported/ --caption "a red ball bouncing"         # text to video
 
 Prompt frames come either from a latent dataset (the first `--prompt-frames` frames of its clips, with
 their captions' embeddings when it has them), or from your own files: the last `--prompt-frames`
@@ -11,6 +12,9 @@ frames of a video, or an image (one frame), resized and cropped as the training 
 with the model's codec; a `--caption` is embedded with the model's text encoder. The export records
 both (vidgpt-export reads them from the training dataset's index). Generated latents are decoded
 with the codec (identity: pixels; sd-vae: the VAE named in the export or the dataset index, or --vae).
+A caption without a prompt file (`--caption` alone, or a --prompts line without "path") is text to
+video: the first chunk starts from noise, which needs a model trained with 0-frame prompts
+(diffusion.prompt_min_len = 0); other models are refused with a line saying so.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                       "(animated from it) instead of --data")
     mine.add_argument("--prompts", help='a JSON-lines file of {"path": VIDEO_OR_IMAGE, "caption": TEXT}, one '
                       "video each")
-    ap.add_argument("--caption", help="caption of --prompt, embedded with the model's text encoder")
+    ap.add_argument("--caption", help="caption of --prompt, embedded with the model's text encoder; alone: text to "
+                    "video from noise (models trained with diffusion.prompt_min_len = 0)")
     ap.add_argument("--text-encoder", help="T5 directory for captions (default: the one the export names)")
     ap.add_argument("--data", help="latent dataset to take prompt frames from (default: the training data)")
     ap.add_argument("--out", default="samples", help="output directory (default: samples)")
@@ -85,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--frames must be >= 0, got {args.frames}")
     if not (Path(args.model) / "config.json").is_file():
         ap.error(f"{args.model}: not an export directory (no config.json; write one with vidgpt-export)")
-    if args.caption is not None and args.prompt is None:
-        ap.error("--caption needs --prompt (text to video from noise alone is not built yet)")
-    if args.prompt is not None or args.prompts is not None:
+    if args.caption is not None and args.prompts is not None:
+        ap.error("--caption goes with --prompt or alone; a --prompts file has a caption per line")
+    if args.prompt is not None or args.prompts is not None or args.caption is not None:
         return _sample_user_prompts(ap, args)
 
     from data_pipeline.codecs import build_codec
@@ -162,13 +167,21 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
                  f"{model.cfg.in_channels}")
     try:
         items = read_prompt_list(args.prompts) if args.prompts else [PromptItem(args.prompt, args.caption)]
-        for item in items:
-            if item.path is None:
-                raise PromptError(f"{args.prompts}: a prompt without a path (text to video alone is not built yet)")
-        frames = [load_prompt_frames(it.path, size=(size[0], size[1]), fps=sampling.get("fps"),
-                                     last=args.prompt_frames) for it in items]
+        blank = np.zeros((0, size[0], size[1], 3), dtype=np.uint8)  # text to video: no prompt frame
+        frames = [blank if it.path is None else load_prompt_frames(it.path, size=(size[0], size[1]),
+                                                                   fps=sampling.get("fps"), last=args.prompt_frames)
+                  for it in items]
     except PromptError as exc:
         ap.error(str(exc))
+    if any(it.path is None for it in items):
+        min_len = (info.get("diffusion") or {}).get("prompt_min_len", 1)
+        rule = (info.get("diffusion") or {}).get("prompt_rule", "uniform")
+        if rule != "uniform" or min_len != 0:
+            ap.error(f"text to video (a caption without a prompt file) needs a model trained with 0-frame prompts "
+                     f"(diffusion.prompt_rule = 'uniform', prompt_min_len = 0); {args.model} was trained with "
+                     f"{rule!r} prompts of at least {1 if rule != 'uniform' else min_len} frame(s): give it a --prompt")
+        if not model.cfg.text_dim:
+            ap.error(f"text to video needs a text-conditioned model; {args.model} has text_dim 0")
     encoder = args.text_encoder or sampling.get("text_encoder")
     if any(it.caption for it in items) and model.cfg.text_dim and not encoder:
         ap.error("a caption was given but the export names no text encoder; pass --text-encoder")
@@ -183,7 +196,11 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
         text = text_mask = None
         if item.caption and model.cfg.text_dim:
             text, text_mask = embed_caption(encoder, item.caption, model.cfg.text_len, device)
-        prompt = torch.from_numpy(codec.encode(prompt_frames))[None].to(device)  # (1, P, C, h, w)
+        if len(prompt_frames):
+            prompt = torch.from_numpy(codec.encode(prompt_frames))[None].to(device)  # (1, P, C, h, w)
+        else:  # text to video: a 0-frame prompt of the codec's latent shape
+            shape = codec.encode(np.zeros((1, size[0], size[1], 3), dtype=np.uint8)).shape[1:]
+            prompt = torch.zeros((1, 0, *shape), device=device)
 
         def progress(done: int, total: int, i: int = i) -> None:
             print(f"  video {i + 1}/{len(items)}: {done}/{total} frames", file=sys.stderr, flush=True)
@@ -200,8 +217,9 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
             pixels = np.pad(pixels, ((0, 0), (0, pixels.shape[1] % 2), (0, pixels.shape[2] % 2), (0, 0)))
         write_video(out / f"sample_{i:03d}.mp4", pixels, fps)
         write_gif(out / f"sample_{i:03d}.gif", pixels, fps)
-        print(f"{out / f'sample_{i:03d}.mp4'} (+ .gif): {pixels.shape[0]} frames ({prompt_frames.shape[0]} from "
-              f"{item.path}" + (f", caption {item.caption!r})" if item.caption else ")"))
+        source = f"{prompt_frames.shape[0]} from {item.path}" if item.path else "text to video"
+        print(f"{out / f'sample_{i:03d}.mp4'} (+ .gif): {pixels.shape[0]} frames ({source}"
+              + (f", caption {item.caption!r})" if item.caption else ")"))
     return 0
 
 

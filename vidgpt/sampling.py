@@ -47,7 +47,7 @@ def model_calls(
 ) -> list[ModelCall]:
     """Every network call `generate` makes, in order (for FLOP accounting)."""
     calls: list[ModelCall] = []
-    if use_cache:
+    if use_cache and prompt_frames:
         calls.append(ModelCall(prompt_frames, 0))
     plan = list(chunks(prompt_frames, num_frames, chunk))
     for i, (start, size) in enumerate(plan):
@@ -95,6 +95,7 @@ def generate(
     autocast: torch.dtype | None = None,
 ) -> Tensor:
     """Generate `num_frames` frames after `prompt` (B, P, C, H, W); returns (B, P + num_frames, C, H, W).
+    P may be 0 (text to video, for models trained with 0-frame prompts: `PromptSampling.min_len` 0).
 
     chunk: frames denoised together; window: most finished frames a chunk attends to (the cache size);
     steps: denoising steps per chunk; cfg_scale != 1 applies classifier-free guidance against the null
@@ -103,8 +104,8 @@ def generate(
     the noise and the update stay in float32 whatever the network computes in, so rounding does not
     accumulate over the steps. The result is float32 (float64 for a float64 prompt).
     """
-    if prompt.ndim != 5 or prompt.shape[1] < 1:
-        raise ValueError(f"prompt must be (B, P>=1, C, H, W) latents, got {tuple(prompt.shape)}")
+    if prompt.ndim != 5:
+        raise ValueError(f"prompt must be (B, P, C, H, W) latents, got {tuple(prompt.shape)}")
     if chunk < 1 or window < 1 or steps < 1 or num_frames < 0:
         raise ValueError(f"need chunk, window, steps >= 1 and num_frames >= 0; got {chunk}, {window}, {steps}, {num_frames}")
     if use_cache and not model.cfg.causal:
@@ -148,7 +149,7 @@ def generate(
         return torch.zeros(1, n, device=prompt.device)
 
     cache = TemporalKVCache(window) if use_cache else None
-    if cache is not None:
+    if cache is not None and P:  # P = 0: text to video, the first chunk starts from noise alone
         net(prompt, zeros(P), cache=cache, write_cache=True)
 
     frames = [prompt]
