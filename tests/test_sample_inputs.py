@@ -145,3 +145,31 @@ def test_text_to_video_only_for_models_trained_without_prompts(files: dict[str, 
                    "--out", str(tmp_path / "mixed")]) == 0
     assert frames_of(tmp_path / "mixed" / "sample_000.mp4").shape[0] == 4
     assert frames_of(tmp_path / "mixed" / "sample_001.mp4").shape[0] == 5  # the image, then 4 frames
+
+
+def test_continue_a_video_through_an_sd_vae_export(files: dict[str, Path], tmp_path: Path) -> None:
+    """A random tiny AutoencoderKL saved to a temp dir: the prompt is encoded with it, the output decoded."""
+    from safetensors.torch import save_file
+
+    from data_pipeline.codecs import build_codec
+    from test_codecs import save_tiny_vae
+    from vidgpt.export import CONFIG, WEIGHTS
+    from vidgpt.model import FLAVORS, VidGPT
+    from vidgpt.testing import randomize_weights_
+
+    vae = save_tiny_vae(tmp_path / "vae")
+    codec = build_codec("sd-vae", vae=str(vae))
+    cfg = dataclasses.replace(FLAVORS["tiny"], in_channels=codec.latent_channels, text_dim=16, text_len=8)
+    export = tmp_path / "export"
+    export.mkdir()
+    model = randomize_weights_(VidGPT(cfg), seed=1)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(export / WEIGHTS))
+    sampling = {"codec": codec.describe(), "size": [SIZE, SIZE], "fps": 8.0, "clip_len": 8,
+                "text_encoder": str(files["t5"])}
+    info = {"model": dataclasses.asdict(cfg), "weights": "model", "step": 1, "source": "test", "data": {},
+            "diffusion": {"process": "flow", "prediction": "x0"}, "sampling": sampling}
+    (export / CONFIG).write_text(json.dumps(info))
+    out = tmp_path / "vae_out"
+    assert sample([str(export), "--prompt", str(files["video"]), "--caption", "a square", "--prompt-frames", "2",
+                   "--frames", "4", "--chunk", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert frames_of(out / "sample_000.mp4").shape == (6, SIZE, SIZE, 3)  # 2 prompt frames + 4, at full size

@@ -141,6 +141,26 @@ def test_sigusr1_saves_stops_and_resumes_exactly(run_a: Path, tmp_path: Path, da
         assert abs(a[step] - c[step]) <= 1e-6, (step, a[step], c[step])
 
 
+def test_preemption_during_evaluation_saves_and_resumes_exactly(run_a: Path, tmp_path: Path, data: Path) -> None:
+    run = tmp_path / "P"
+    extra = ["--checkpoint.interval=100", "--eval.interval=4", "--eval.samples=2", "--eval.synthetic=true",
+             "--eval.sample_steps=20"]
+    procs = launch(run, 2, *extra, data=data)
+    deadline = time.monotonic() + 180
+    while "outputs: " not in logs(run):  # set-up done: the evaluation before the first step begins now
+        assert all(p.poll() is None for p in procs), logs(run)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    procs[0].send_signal(signal.SIGUSR1)
+    assert wait(procs) == [75, 75], logs(run)
+    log = logs(run)
+    assert log.index("stop requested") > log.index("step 0: eval loss")  # the evaluation finished first
+    assert json.loads((run / "status.json").read_text()) == {"state": "preempted", "step": 1}
+    assert train(run, 2, *extra, "--resume", "auto", data=data) == [0, 0], logs(run)
+    a, p = losses(run_a), losses(run)
+    assert sorted(p) == list(range(1, 9)) and all(abs(a[s] - p[s]) <= 1e-6 for s in a)
+
+
 def test_ctrl_c_under_train_local_saves_and_exits_75(run_a: Path, tmp_path: Path, data: Path) -> None:
     """Ctrl-C reaches the whole foreground process group (bash, torchrun, ranks) as SIGINT: every rank
     finishes its step and saves, status.json says preempted, train_local.sh exits 75 (whatever torchrun
