@@ -135,6 +135,19 @@ class ShardTable:
     def sizes(self) -> list[int]:
         return [len(f) for f in self.frames]
 
+    def split(self, held_out: int) -> tuple[ShardTable, ShardTable]:
+        """(the first shards, the last `held_out` shards): a training table and a held-out one."""
+        if not 0 < held_out < len(self.uris):
+            raise DataError(f"cannot hold out {held_out} of {len(self.uris)} shards (need 1 <= N < the shard count)")
+
+        def part(sl: slice) -> ShardTable:
+            return ShardTable(self.uris[sl], self.offsets[sl], self.frames[sl],
+                              None if self.nbytes is None else self.nbytes[sl],
+                              None if self.crc32 is None else self.crc32[sl])
+
+        cut = len(self.uris) - held_out
+        return part(slice(0, cut)), part(slice(cut, None))
+
     def fingerprint(self) -> str:
         """A short digest of what the dataset holds (per shard: sample count, frames, bytes, CRCs), not
         where it lives: the same shards copied to S3 keep it, a different dataset of the same size does not."""

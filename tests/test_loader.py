@@ -375,3 +375,19 @@ def test_unreachable_s3_is_a_network_error_never_replaced_by_other_samples(
         assert sum("(attempt 2 of 3), retrying in" in m for m in messages) >= 1  # retried before giving up
     finally:
         proc.kill()
+
+
+def test_held_out_shards_are_never_trained_on(dataset) -> None:  # noqa: ANN001
+    from data_pipeline.loader import load_table
+
+    root, _ = dataset
+    table = load_table(root)
+    train, held = table.split(2)  # the last two shards: part-004 (5 clips) and part-005 (2 clips)
+    assert [Path(u).name for u in held.uris] == ["part-004.tar", "part-005.tar"] and sum(held.sizes) == 7
+    seen = {k for b in epoch(LatentLoader(cfg(root, batch_size=1), table=train)) for k in b["keys"]}
+    assert len(seen) == 23 and not any(k.startswith(("s4-", "s5-")) for k in seen)
+    held_keys = {k for b in epoch(LatentLoader(cfg(root, batch_size=1), table=held)) for k in b["keys"]}
+    assert held_keys == {f"s4-{i}" for i in range(5)} | {"s5-0", "s5-1"}
+    assert train.fingerprint() != table.fingerprint()
+    with pytest.raises(DataError, match="cannot hold out 6 of 6 shards"):
+        table.split(6)

@@ -253,7 +253,11 @@ class EvalSection:
     interval: int = 0
     """Validation every this many optimizer steps, and once before the first step; 0 disables it."""
     data: str = ""
-    """Held-out latent dataset (as data.path); empty: data.path itself (a check of the fit, not held out)."""
+    """Held-out latent dataset (as data.path); empty: the held-out shards of data.path (holdout_shards),
+    else data.path itself (a check of the fit, not held out)."""
+    holdout_shards: int = 0
+    """With eval.data empty: the last N shards of data.path (in index order) are not trained on, and are
+    the validation set."""
     batches: int = 4
     """Validation batches per rank (data.batch_size clips each, data.num_frames frames)."""
     seed: int = 0
@@ -278,8 +282,11 @@ class EvalSection:
         if self.interval < 0:
             raise ConfigError(f"eval.interval: must be >= 0, got {self.interval}")
         _positive(self, "eval", "batches", "sample_prompt_frames", "sample_multiples", "sample_steps")
-        if self.samples < 0:
-            raise ConfigError(f"eval.samples: must be >= 0, got {self.samples}")
+        if self.samples < 0 or self.holdout_shards < 0:
+            raise ConfigError(f"eval.samples and eval.holdout_shards: must be >= 0, got {self.samples}, "
+                              f"{self.holdout_shards}")
+        if self.holdout_shards and self.data:
+            raise ConfigError("eval.holdout_shards: set either it (held-out shards of data.path) or eval.data, not both")
         if self.samples and not self.interval:
             raise ConfigError("eval.samples: needs eval.interval > 0 (samples are made at every evaluation)")
         if self.synthetic_seed < 0:

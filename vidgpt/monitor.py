@@ -53,12 +53,14 @@ class Prompts:
     """The synthetic scenes (object metrics), or None."""
 
 
-def dataset_prompts(source: str, prompt_frames: int, count: int, seed: int, use_text: bool) -> Prompts:
-    """The first `prompt_frames` frames of the first `count` clips of a latent dataset (rank-independent)."""
+def dataset_prompts(source: str, prompt_frames: int, count: int, seed: int, use_text: bool,
+                    table: Any | None = None) -> Prompts:
+    """The first `prompt_frames` frames of the first `count` clips of a latent dataset (rank-independent);
+    table: its shards (a `data_pipeline.loader.ShardTable`, e.g. the held-out part), None: all of source."""
     from data_pipeline.loader import DataError, LatentLoader, LoaderConfig
 
     loader = LatentLoader(LoaderConfig(source, num_frames=prompt_frames, batch_size=count, crop="whole", seed=seed,
-                                       shuffle_buffer=max(count, 1)))
+                                       shuffle_buffer=max(count, 1)), table=table)
     batch = next(iter(loader), None)
     if batch is None:
         raise DataError(f"{source}: fewer than {count} clips for eval.samples")

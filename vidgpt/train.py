@@ -208,6 +208,9 @@ class Trainer:
 
         # a missing or empty dataset stops here, before any process group starts or any file is written
         self.table = load_table(cfg.data.path)
+        self.eval_table = None
+        if cfg.eval.holdout_shards and self.table.uris:  # the last shards validate, the rest train
+            self.table, self.eval_table = self.table.split(cfg.eval.holdout_shards)
         if not self.table.uris:
             raise DataError(f"{cfg.data.path}: the dataset has no samples")
         lengths = [f for shard in self.table.frames for f in shard]  # frames of every clip
@@ -304,7 +307,7 @@ class Trainer:
                              batch_size=cfg.data.batch_size, crop=cfg.data.crop, shuffle_buffer=cfg.data.shuffle_buffer,
                              seed=cfg.eval.seed, num_workers=0, max_bad_fraction=cfg.data.max_bad_fraction,
                              read_retries=cfg.data.read_retries),
-                env.rank, env.world,
+                env.rank, env.world, table=self.eval_table,
             )
         # per-rank streams: noise and timesteps (on the device), prompt lengths (CPU)
         self.noise_gen = torch.Generator(self.device).manual_seed(cfg.training.seed * 1_000_003 + 7919 * env.rank + 1)
@@ -343,7 +346,9 @@ class Trainer:
             f"text {m.text_dim or 'off'})\n"
             f"data: {cfg.data.path}: {self.loader.num_samples} clips in {len(self.loader.table.uris)} shards; "
             f"{cfg.data.num_frames}-frame clips, {samples} per optimizer step ({cfg.data.batch_size} x "
-            f"{cfg.optimizer.grad_accum} accumulation x {self.env.world} ranks), {len(self.loader)} steps per epoch\n"
+            f"{cfg.optimizer.grad_accum} accumulation x {self.env.world} ranks), {len(self.loader)} steps per epoch"
+            + (f"; the last {len(self.eval_table.uris)} shards ({sum(self.eval_table.sizes)} clips) are held out for "
+               "validation" if self.eval_table is not None else "") + "\n"
             f"ranks: {self.env.world} ({self.env.source}) on {self.device.type}, {self.precision}, ZeRO stage "
             f"{cfg.training.zero_stage}; {cfg.training.steps} steps from step {self.step}\n"
             f"outputs: {self.run_dir}/checkpoints (every {cfg.checkpoint.interval} steps), "
@@ -516,7 +521,7 @@ class Trainer:
             prompts = monitor.synthetic_prompts(spec, codec, encoder, self.model_cfg.text_len)
         else:
             prompts = monitor.dataset_prompts(e.data or cfg.data.path, e.sample_prompt_frames, e.samples, e.seed,
-                                              use_text=bool(self.model_cfg.text_dim))
+                                              use_text=bool(self.model_cfg.text_dim), table=self.eval_table)
         return monitor.SampleMonitor(
             prompts=prompts, spec=spec, decode=codec.decode if (codec is not None and self.env.is_main) else None,
             fps=fps, run_dir=self.run_dir, writer=self.metrics.writer,
