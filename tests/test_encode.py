@@ -292,6 +292,11 @@ def test_bad_arguments_and_unreachable_s3(videos: Path, tmp_path: Path, monkeypa
     assert "--codec sd-vae needs --vae" in capsys.readouterr().err
     assert encode_main([str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
     assert "not a directory, nor a .jsonl/.csv manifest" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("data\n")
+    with pytest.raises(SystemExit) as exc:  # an OUTPUT that is a file is a bad argument, as README says
+        encode_main([str(videos), str(tmp_path / "a_file")])
+    assert exc.value.code == 2 and "OUTPUT" in capsys.readouterr().err
+    assert (tmp_path / "a_file").read_text() == "data\n"
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
