@@ -1,0 +1,36 @@
+"""The motion bound's posterior sampler on cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data_pipeline.synthetic import MovingShape
+from vidgpt.benchmarks.motion_bound import centres, posterior, shape_masks
+
+SIZE = 32
+SHAPE = MovingShape(kind="circle", colour="red", radius=5.0, x=15.3, y=14.1, vx=0.9, vy=-0.4)
+
+
+def test_one_frame_says_nothing_about_the_velocity() -> None:
+    draws = posterior(SHAPE, 1, SIZE, np.random.default_rng(0), want=4000, proposals=4000)
+    speed = np.hypot(draws[:, 2], draws[:, 3])
+    assert len(draws) >= 4000 and abs(speed.mean() - 0.025 * SIZE) < 0.03  # the prior's mean speed
+    assert abs(draws[:, 2].mean()) < 0.05 and abs(draws[:, 3].mean()) < 0.05  # any direction
+    assert np.abs(draws[:, 0] - SHAPE.x).max() < 1.0 and np.abs(draws[:, 1] - SHAPE.y).max() < 1.0
+
+
+def test_a_second_frame_pins_the_velocity_and_every_draw_reproduces_the_masks() -> None:
+    rng = np.random.default_rng(1)
+    true_v = np.array([SHAPE.vx, SHAPE.vy])
+    one = posterior(SHAPE, 1, SIZE, rng, want=500, proposals=4000)
+    two = posterior(SHAPE, 2, SIZE, rng, want=8, proposals=4000, rounds=100)
+    assert len(two) >= 8
+    err1 = np.linalg.norm(one[:, 2:] - true_v, axis=1).mean()
+    err2 = np.linalg.norm(two[:, 2:] - true_v, axis=1).mean()
+    assert err2 < 0.3 < 0.5 < err1  # the hard edges of two frames nearly fix a 1 px/frame motion
+    t = np.arange(2, dtype=float)
+    tx, ty = centres(np.array([SHAPE.x]), np.array([SHAPE.y]), np.array([SHAPE.vx]), np.array([SHAPE.vy]),
+                     SHAPE.radius, t, SIZE)
+    observed = shape_masks(SHAPE, tx[0], ty[0], SIZE)  # (2, S, S)
+    cx, cy = centres(*two.T, SHAPE.radius, t, SIZE)
+    assert (shape_masks(SHAPE, cx, cy, SIZE) == observed[None]).all()
