@@ -161,7 +161,7 @@ def test_flow_options_targets_and_time_sampling() -> None:
     assert isinstance(built, RectifiedFlow) and (built.prediction, built.time_sampling) == ("x0", "logit_normal")
     with pytest.raises(ValueError, match="process='flow' only"):
         DiffusionConfig(process="ddpm", prediction="x0")
-    with pytest.raises(ValueError, match="'velocity' or 'x0'"):
+    with pytest.raises(ValueError, match="'velocity', 'x0' or 'x0_skip'"):
         RectifiedFlow(prediction="eps")  # type: ignore[arg-type]
 
 
@@ -337,3 +337,22 @@ def test_prompt_limit_keeps_a_real_noisy_frame_and_changes_nothing_it_does_not_c
     chunked = PromptSampling("chunked", chunk=8)
     assert {chunked.sample(33, torch.Generator().manual_seed(s), limit=12) for s in range(50)} == {1, 9}
     assert PromptSampling("uniform", min_len=4).sample(8, limit=2) == 2  # below the rule's minimum: the limit
+
+
+def test_x0_skip_preconditioning_recovers_x0_and_has_unit_variance_targets() -> None:
+    flow = RectifiedFlow("x0_skip", data_std=0.5)
+    g = torch.Generator().manual_seed(3)
+    x0 = 0.5 * torch.randn(4, 3, 2, 16, 16, generator=g, dtype=torch.float64)  # data of std 0.5
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    for t in (0.05, 0.3, 0.6, 0.95):
+        tt = torch.full((4, 3), t, dtype=torch.float64)
+        target = flow.target(x0, noise, tt)
+        assert abs(float(target.std()) - 1.0) < 0.05, (t, float(target.std()))  # EDM: unit variance at every t
+        x_t = flow.add_noise(x0, noise, tt)
+        c_skip, c_out = (float(c) for c in flow.skip_scales(t))
+        torch.testing.assert_close(c_skip * x_t + c_out * target, x0)  # a perfect F gives x0 back
+        # one deterministic step from t to 0 with the perfect F lands on x0 (the "x0" update's last step)
+        torch.testing.assert_close(flow.step(target, x_t, t, 0.0), x0)
+    assert torch.equal(flow.target(x0, noise, torch.zeros(4, 3, dtype=torch.float64)), torch.zeros_like(x0))
+    c_skip, c_out = flow.skip_scales(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert c_skip.tolist() == [1.0, 0.0] and c_out.tolist() == [0.0, 0.5]  # input at t = 0, network at t = 1

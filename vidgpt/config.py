@@ -77,9 +77,13 @@ class ModelSection:
 class DiffusionSection:
     process: Literal["ddpm", "flow"] = "ddpm"
     """ddpm: the paper's epsilon-prediction DDPM; flow: rectified flow."""
-    prediction: Literal["velocity", "x0"] = "velocity"
-    """flow: what the network predicts, the velocity eps - x0 or the clean frames x0. x0 cannot leave
-    noise behind when the network is imperfect (blur instead of speckle); see vidgpt.diffusion.RectifiedFlow."""
+    prediction: Literal["velocity", "x0", "x0_skip"] = "velocity"
+    """flow: what the network predicts, the velocity eps - x0 or the clean frames x0 (x0 cannot leave
+    noise behind when the network is imperfect: blur instead of speckle), or x0_skip: x0 through EDM's
+    skip preconditioning (at low noise the estimate is mostly the input, which keeps detail); see
+    vidgpt.diffusion.RectifiedFlow."""
+    data_std: float = 0.5
+    """flow x0_skip: the data's standard deviation in the preconditioning (EDM's sigma_data)."""
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     """flow: distribution of training timesteps (logit_normal: SD3's sigmoid of a standard normal)."""
     ddim_eta: float = 0.0
@@ -113,6 +117,7 @@ class DiffusionSection:
             return DiffusionConfig(
                 process=self.process, prediction=self.prediction, time_sampling=self.time_sampling,
                 num_steps=self.num_steps, beta_start=self.beta_start, beta_end=self.beta_end, ddim_eta=self.ddim_eta,
+                data_std=self.data_std,
                 prompt_noise=(self.prompt_noise[0], self.prompt_noise[1]), text_drop_prob=self.text_drop_prob,
                 prompt=PromptSampling(self.prompt_rule, self.prompt_min_len, self.prompt_chunk),
             )

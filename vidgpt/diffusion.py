@@ -226,7 +226,14 @@ class RectifiedFlow(Diffusion):
     - "x0": the clean frames. Each Euler step moves x_t toward the estimate along the straight line,
       x_{t'} = x_t + (t' - t) (x_t - x0_hat) / t, so whatever the network's error, the noise in x_t is
       removed in proportion t'/t and the last step returns x0_hat itself: errors show up as blur, not
-      as noise. The loss is plain MSE on x0.
+      as noise. The loss is plain MSE on x0. But the network must rebuild every detail of x0 from its
+      own features, even at t ~ 0 where x_t already is x0: a small one returns patch-sized blocks.
+    - "x0_skip": x0 with EDM's preconditioning (Karras et al. 2022) on the straight path:
+      x0_hat = c_skip(t) x_t + c_out(t) F, c_skip = (1-t) s^2 / ((1-t)^2 s^2 + t^2), c_out = t s /
+      sqrt((1-t)^2 s^2 + t^2), s = `data_std`. At low noise x0_hat is mostly x_t itself (a skip
+      connection that carries the detail), at high noise mostly the network's F (no noise to cancel,
+      as with x0); the training target of F, (x0 - c_skip x_t) / c_out, has unit variance at every t.
+      Sampling converts F to x0_hat and steps as for "x0".
     time_sampling: training timesteps uniform in [0, 1] or logit-normal (SD3: sigmoid of N(0, 1), which
     concentrates training on the middle of the path).
     eta: stochastic sampling. Each step re-noises the clean estimate to the next level with a noise made of
@@ -236,12 +243,16 @@ class RectifiedFlow(Diffusion):
 
     def __init__(
         self,
-        prediction: Literal["velocity", "x0"] = "velocity",
+        prediction: Literal["velocity", "x0", "x0_skip"] = "velocity",
         time_sampling: Literal["uniform", "logit_normal"] = "uniform",
         eta: float = 0.0,
+        data_std: float = 0.5,
     ) -> None:
-        if prediction not in ("velocity", "x0"):
-            raise ValueError(f"flow prediction must be 'velocity' or 'x0', got {prediction!r}")
+        if prediction not in ("velocity", "x0", "x0_skip"):
+            raise ValueError(f"flow prediction must be 'velocity', 'x0' or 'x0_skip', got {prediction!r}")
+        if not data_std > 0:
+            raise ValueError(f"flow data_std must be > 0, got {data_std}")
+        self.data_std = data_std
         if time_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"flow time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
         if not 0 <= eta <= 1:
@@ -262,7 +273,18 @@ class RectifiedFlow(Diffusion):
         tt = t.to(x0.dtype)[:, :, None, None, None]
         return (1 - tt) * x0 + tt * noise
 
+    def skip_scales(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
+        """(c_skip, c_out) of the "x0_skip" preconditioning at times t (any shape, or a float)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        s2 = self.data_std**2
+        norm = (1 - t) ** 2 * s2 + t**2
+        return (1 - t) * s2 / norm, t * self.data_std / norm.sqrt()
+
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        if self.prediction == "x0_skip":  # F's target; 0 at t = 0 (prompt frames, which carry no loss)
+            c_skip, c_out = (c.to(x0.dtype)[:, :, None, None, None] for c in self.skip_scales(t))
+            x_t = self.add_noise(x0, noise, t)
+            return torch.where(c_out > 0, (x0 - c_skip * x_t) / c_out.clamp_min(1e-12), torch.zeros_like(x0))
         return x0 if self.prediction == "x0" else noise - x0
 
     def model_time(self, t: Tensor) -> Tensor:
@@ -275,11 +297,14 @@ class RectifiedFlow(Diffusion):
         return list(zip(ts[:-1], ts[1:]))
 
     def step(self, pred: Tensor, x: Tensor, t: float, t_next: float, noise: Tensor | None = None) -> Tensor:
+        if self.prediction == "x0_skip":  # F -> x0_hat, then as "x0"
+            c_skip, c_out = (float(c) for c in self.skip_scales(t))
+            pred = c_skip * x + c_out * pred
         if noise is not None and t_next > 0:  # stochastic: re-noise the clean estimate
-            x0 = pred if self.prediction == "x0" else x - t * pred
+            x0 = pred if self.prediction != "velocity" else x - t * pred
             eps = (x - (1 - t) * x0) / t  # t > 0 at every step of the schedule
             return (1 - t_next) * x0 + t_next * (math.sqrt(1 - self.eta**2) * eps + self.eta * noise)
-        if self.prediction == "x0":  # velocity (x_t - x0_hat) / t
+        if self.prediction != "velocity":  # velocity (x_t - x0_hat) / t
             return x + (t_next - t) / t * (x - pred)
         return x + (t_next - t) * pred
 
@@ -318,8 +343,11 @@ class DiffusionConfig:
 
     process: Literal["ddpm", "flow"] = "ddpm"
     """ddpm: the paper's epsilon-prediction DDPM; flow: rectified flow."""
-    prediction: Literal["velocity", "x0"] = "velocity"
-    """flow only: the network predicts the velocity eps - x0 or the clean frames x0 (see RectifiedFlow)."""
+    prediction: Literal["velocity", "x0", "x0_skip"] = "velocity"
+    """flow only: the network predicts the velocity eps - x0, the clean frames x0, or x0 through EDM's
+    skip preconditioning (see RectifiedFlow)."""
+    data_std: float = 0.5
+    """flow x0_skip only: the data's standard deviation in the preconditioning (EDM's sigma_data)."""
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     """flow only: training timesteps uniform or logit-normal."""
     num_steps: int = 1000
@@ -353,5 +381,5 @@ def build_diffusion(cfg: DiffusionConfig) -> Diffusion:
     if cfg.process == "ddpm":
         return GaussianDiffusion(cfg.num_steps, cfg.beta_start, cfg.beta_end, cfg.ddim_eta)
     if cfg.process == "flow":
-        return RectifiedFlow(cfg.prediction, cfg.time_sampling, cfg.ddim_eta)
+        return RectifiedFlow(cfg.prediction, cfg.time_sampling, cfg.ddim_eta, cfg.data_std)
     raise ValueError(f"diffusion process must be 'ddpm' or 'flow', got {cfg.process!r}")

@@ -169,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clip-len", type=int, default=8, help="training clip length L (default: 8)")
     ap.add_argument("--batch", type=int, default=8, help="clips per step (default: 8)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
-    ap.add_argument("--prediction", choices=("x0", "velocity"), default="x0",
+    ap.add_argument("--prediction", choices=("x0", "x0_skip", "velocity"), default="x0",
                     help="what the network predicts (default: x0)")
     ap.add_argument("--prompt-noise", type=float, default=0.1,
                     help="prompt frames noised up to this flow time while labelled clean (default: 0.1)")
