@@ -80,8 +80,8 @@ class DiffusionSection:
     prediction: Literal["velocity", "x0", "x0_skip"] = "velocity"
     """flow: what the network predicts, the velocity eps - x0 or the clean frames x0 (x0 cannot leave
     noise behind when the network is imperfect: blur instead of speckle), or x0_skip: x0 through EDM's
-    skip preconditioning (at low noise the estimate is mostly the input, which keeps detail); see
-    vidgpt.diffusion.RectifiedFlow."""
+    skip preconditioning (at low noise the estimate is mostly the input, which keeps detail, and the
+    noise left in it: on the CPU demo it measured worse than x0); see vidgpt.diffusion.RectifiedFlow."""
     data_std: float = 0.5
     """flow x0_skip: the data's standard deviation in the preconditioning (EDM's sigma_data)."""
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
