@@ -391,3 +391,20 @@ def test_held_out_shards_are_never_trained_on(dataset) -> None:  # noqa: ANN001
     assert train.fingerprint() != table.fingerprint()
     with pytest.raises(DataError, match="cannot hold out 6 of 6 shards"):
         table.split(6)
+
+
+def test_an_error_from_a_dataloader_worker_is_one_line() -> None:
+    """torch re-raises a worker's exception with the worker's whole traceback in its message."""
+    from torch._utils import ExceptionWrapper
+
+    from data_pipeline.loader import error_line
+
+    try:
+        raise DataError("s3://b/shards/x.tar: no such object: a shard listed in the dataset index is gone")
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as exc:
+        wrapped.reraise()
+    assert "Traceback" in str(exc.value)  # what a plain print would show
+    assert error_line(exc.value) == "s3://b/shards/x.tar: no such object: a shard listed in the dataset index is gone"
+    assert error_line(DataError("plain: message")) == "plain: message"
