@@ -168,8 +168,16 @@ def expand_braces(pattern: str) -> list[str]:
     return out
 
 
-def load_table(source: str) -> ShardTable:
+def index_location(source: str) -> str | None:
+    """Where the index.json of a `LoaderConfig.source` is; None for shard lists and brace patterns."""
     if source.endswith(".tar") or "," in source or "{" in source:
+        return None
+    return source if source.endswith(".json") else storage.join(source, INDEX)
+
+
+def load_table(source: str) -> ShardTable:
+    index_uri = index_location(source)
+    if index_uri is None:
         uris = [u for part in source.split(",") if part.strip() for u in expand_braces(part.strip())]
         offsets, frames = [], []
         log.warning("no index.json given: scanning %d shard(s) once to find their samples", len(uris))
@@ -178,7 +186,6 @@ def load_table(source: str) -> ShardTable:
             offsets.append(o)
             frames.append(f)
         return ShardTable(uris, offsets, frames)
-    index_uri = source if source.endswith(".json") else storage.join(source, INDEX)
     root = index_uri.rsplit("/", 1)[0] if storage.is_s3(index_uri) else os.path.dirname(os.path.abspath(index_uri))
     try:
         index = read_json(index_uri)

@@ -29,6 +29,10 @@ class MissingError(StorageError):
     """The file or object does not exist (permanent, unlike an unreachable endpoint)."""
 
 
+class ExistsError(StorageError):
+    """A conditional create found the file or object already there."""
+
+
 class OutOfRangeError(StorageError):
     """A ranged read starts beyond the end of the file or object (it is shorter than expected)."""
 
@@ -122,6 +126,8 @@ def _s3_error(uri: str, exc: BaseException) -> StorageError:
         err = exc.response.get("Error", {})
         if err.get("Code") in ("NoSuchKey", "404", "NotFound"):
             return MissingError(f"{uri}: no such object")
+        if err.get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            return ExistsError(f"{uri}: already exists")
         if err.get("Code") in ("InvalidRange", "416"):
             return OutOfRangeError(f"{uri}: the requested bytes lie beyond the end of the object")
         return StorageError(f"{uri}: S3 error {err.get('Code', '?')}: {err.get('Message', '')}".rstrip(": "))
@@ -203,18 +209,12 @@ def create_exclusive(uri: str, data: bytes) -> bool:
     False if it already existed. Local: O_CREAT | O_EXCL. S3: a conditional PUT (If-None-Match: *),
     which AWS S3, MinIO and moto honour (an endpoint that ignores the condition makes this a plain put)."""
     if is_s3(uri):
-        from botocore.exceptions import BotoCoreError, ClientError
-
         bucket, key = split_s3(uri)
         try:
-            s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
-            raise _s3_error(uri, exc) from exc
-        except BotoCoreError as exc:
-            raise _s3_error(uri, exc) from exc
+            _s3_call(uri, s3_client().put_object, Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ExistsError:
+            return False
+        return True
     path = Path(uri)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

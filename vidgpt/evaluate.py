@@ -188,11 +188,17 @@ class DatasetTruth:
 
 def dataset_codec(path: str, vae: str | None = None) -> Codec:
     """The codec that decodes the latents of the dataset at `path` (its index.json "codec")."""
-    from data_pipeline.codecs import build_codec
     from data_pipeline.index import read_json
     from data_pipeline.storage import join
 
-    info = read_json(join(path, "index.json"))["codec"]
+    return index_codec(read_json(join(path, "index.json")), vae)
+
+
+def index_codec(index: Mapping[str, Any], vae: str | None = None) -> Codec:
+    """The codec a dataset index (index.json, read) records; vae: another VAE location for sd-vae."""
+    from data_pipeline.codecs import build_codec
+
+    info = index["codec"]
     return build_codec(info["name"], vae=(vae or info.get("vae")) if info["name"] == "sd-vae" else None)
 
 

@@ -496,17 +496,21 @@ class Trainer:
     def _sample_monitor(self) -> Any:
         """Fixed held-out prompts for samples at every evaluation (vidgpt.monitor), the same on every rank."""
         from data_pipeline.index import read_json
-        from data_pipeline.storage import join
+        from data_pipeline.loader import index_location
         from vidgpt import monitor
-        from vidgpt.evaluate import EvalSpec, dataset_codec
+        from vidgpt.evaluate import EvalSpec, index_codec
 
         cfg, e = self.cfg, self.cfg.eval
-        index = read_json(join(cfg.data.path, "index.json")) if not cfg.data.path.endswith((".tar", ".json")) else {}
+        location = index_location(cfg.data.path)
+        if location is None:
+            raise ConfigError(f"eval.samples: needs a dataset with an index.json (its codec, frame size and fps); "
+                              f"data.path {cfg.data.path} lists shards")
+        index = read_json(location)
         size = int((index.get("size") or [32])[0])
         fps = float(index.get("fps") or 8.0)
         spec = EvalSpec(prompt_frames=e.sample_prompt_frames, clip_len=cfg.data.num_frames, multiples=e.sample_multiples,
                         steps=e.sample_steps, num_clips=e.samples, synthetic_seed=e.synthetic_seed, size=size, fps=fps)
-        codec = dataset_codec(cfg.data.path) if (self.env.is_main or e.synthetic) else None
+        codec = index_codec(index) if (self.env.is_main or e.synthetic) else None
         if e.synthetic:
             assert codec is not None
             if codec.describe()["name"] != "identity":
