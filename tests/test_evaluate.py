@@ -206,7 +206,7 @@ def test_evaluate_model_in_process(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the command line
 
 
-def _export(tmp_path: Path, clip_len: int = 4, text_dim: int = 0) -> Path:
+def _export(tmp_path: Path, clip_len: int = 4, text_dim: int = 0, prompt_min_len: int = 1) -> Path:
     """A tiny random 3-channel (identity codec) model, without text unless text_dim, exported as
     vidgpt-export does."""
     from safetensors.torch import save_file
@@ -215,10 +215,10 @@ def _export(tmp_path: Path, clip_len: int = 4, text_dim: int = 0) -> Path:
     torch.manual_seed(0)
     model = randomize_weights_(VidGPT(cfg), seed=0)
     out = tmp_path / "export"
-    out.mkdir()
+    out.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
     info = {"model": dataclasses.asdict(cfg), "weights": "model", "step": 0, "source": "test",
-            "data": {"num_frames": clip_len}, "diffusion": {"process": "flow"}}
+            "data": {"num_frames": clip_len}, "diffusion": {"process": "flow", "prompt_min_len": prompt_min_len}}
     (out / CONFIG).write_text(json.dumps(info))
     return out
 
@@ -254,6 +254,27 @@ def test_cli_end_to_end_on_synthetic_truth(tmp_path: Path, capsys: pytest.Captur
     printed = capsys.readouterr().out
     assert "presence F1" in printed and "centroid error, first clip length" in printed
     assert str(out / "report.json") in printed
+
+
+def test_cli_context_guidance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--context-scale reaches the sampler (the videos change, the report records it) for a model trained
+    with 0-frame prompts, and is refused in one line for one that was not."""
+    export = _export(tmp_path, prompt_min_len=0)
+    for scale in ("1", "3"):
+        assert main([str(export), "--out", str(tmp_path / scale), *FAST, "--context-scale", scale]) == 0
+    plain, guided = (json.loads((tmp_path / s / "report.json").read_text()) for s in ("1", "3"))
+    assert (plain["spec"]["context_scale"], guided["spec"]["context_scale"]) == (1.0, 3.0)
+    assert "context guidance 3" in capsys.readouterr().out
+    assert plain["methods"]["model"]["per_frame"]["mse"] != guided["methods"]["model"]["per_frame"]["mse"]
+    assert plain["methods"]["copy_last"] == guided["methods"]["copy_last"]
+    with pytest.raises(SystemExit) as exc:
+        main([str(_export(tmp_path / "prompted")), "--out", str(tmp_path / "no"), *FAST, "--context-scale", "2"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "needs a model trained with 0-frame prompts" in err and "prompt_min_len = 0" in err
+    with pytest.raises(SystemExit) as exc:
+        main([str(export), "--out", str(tmp_path / "no"), *FAST, "--context-scale", "0"])
+    assert exc.value.code == 2 and "context_scale must be a number > 0" in capsys.readouterr().err
 
 
 def _latent_dataset(root: Path, frames: int, clips: int = 2, text_dim: int = 0) -> Path:

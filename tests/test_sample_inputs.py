@@ -99,6 +99,8 @@ def test_animate_an_image_and_a_list_of_prompts(files: dict[str, Path], tmp_path
     (["--prompt", "nowhere.mp4"], "nowhere.mp4: no such file"),
     (["--prompt", "TEXT"], "not a readable video or image"),
     (["--caption", "only words"], "needs a model trained with 0-frame prompts"),
+    (["--prompt", "VIDEO", "--context-scale", "2"], "--context-scale 2 needs a model trained with 0-frame prompts"),
+    (["--prompt", "VIDEO", "--context-scale", "-1"], "--context-scale must be a number > 0"),
     (["--prompt", "VIDEO", "--frames", "-1"], "--frames must be >= 0"),
 ])
 def test_bad_inputs_get_one_line(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],

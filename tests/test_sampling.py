@@ -103,6 +103,45 @@ def test_cfg_combines_two_separately_run_branches() -> None:
     _assert_roundoff(out[:, 2:], diffusion.step(v, x, 1.0, 0.0))
 
 
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+def test_context_guidance_with_cache_equals_without_and_does_something(diffusion) -> None:  # noqa: ANN001
+    model = tiny_model(text=True)
+    prompt, text = _prompt(2), torch.randn(B, 6, 16)
+    kw = dict(chunk=2, window=8, steps=4, text=text, cfg_scale=3.0, context_scale=2.5)
+    guided = _gen(model, diffusion, prompt, 6, use_cache=True, **kw)
+    _assert_roundoff(guided, _gen(model, diffusion, prompt, 6, use_cache=False, **kw))
+    plain = _gen(model, diffusion, prompt, 6, **{**kw, "context_scale": 1.0})
+    assert (guided - plain).abs().max() > 1e-3 * plain.abs().max()
+    assert torch.equal(plain, _gen(model, diffusion, prompt, 6, **{k: v for k, v in kw.items() if k != "context_scale"}))
+
+
+def test_context_guidance_combines_the_chunk_with_and_without_earlier_frames() -> None:
+    """One denoising step of context guidance, rebuilt by hand from two separate calls: the chunk after
+    the prompt (cached) and the chunk alone at the same positions; with text guidance applied after it
+    on each text branch."""
+    model = tiny_model(text=True)
+    diffusion = RectifiedFlow()
+    prompt, text, s, g = _prompt(3), torch.randn(B, 4, 16), 2.0, 3.0
+    out = _gen(model, diffusion, prompt, 2, chunk=2, window=4, steps=1, text=text, cfg_scale=g, context_scale=s)
+    x = torch.randn(B, 2, C, H, W, generator=torch.Generator().manual_seed(11))
+    t = diffusion.model_time(torch.full((B, 2), 1.0))
+    with torch.no_grad():
+        branch = {}
+        for name, txt in (("cond", text), ("null", None)):
+            cache = TemporalKVCache(4)
+            model(prompt, torch.zeros(B, 3), text=txt, cache=cache, write_cache=True)
+            with_context = model(x, t, text=txt, cache=cache)
+            alone = model(x, t, text=txt, frame_offset=3)
+            branch[name] = alone + s * (with_context - alone)
+    v = branch["null"] + g * (branch["cond"] - branch["null"])
+    _assert_roundoff(out[:, 3:], diffusion.step(v, x, 1.0, 0.0))
+    # text to video: the first chunk has no earlier frame, so guidance on them changes nothing there
+    empty = _prompt(0)
+    a = _gen(model, diffusion, empty, 4, chunk=2, window=4, steps=2, text=text, context_scale=s)
+    b = _gen(model, diffusion, empty, 4, chunk=2, window=4, steps=2, text=text)
+    assert torch.equal(a[:, :2], b[:, :2]) and not torch.equal(a[:, 2:], b[:, 2:])
+
+
 def test_eviction_makes_the_two_differ_and_bounds_the_cache() -> None:
     model = tiny_model(text=False)
     diffusion = RectifiedFlow()
@@ -170,14 +209,18 @@ def test_model_calls_and_flops_match_what_generate_runs() -> None:
             cache = kwargs.get("cache")
             seen.append((args[0].shape[1], 0 if cache is None else cache.length))
 
-        handle = model.register_forward_pre_hook(hook, with_kwargs=True)
-        kw = dict(chunk=2, window=4, steps=3, use_cache=use_cache)
-        with use_backend(Backend.MATH), FlopCounterMode(display=False) as counter:
-            _gen(model, RectifiedFlow(), prompt, 7, text=text, cfg_scale=2.0, **kw)
-        handle.remove()
-        plan = model_calls(2, 7, chunk=2, window=4, steps=3, use_cache=use_cache)
-        assert seen == [(c.new_frames, c.cached_frames) for c in plan]
-        assert counter.get_total_flops() == generation_flops(model, prompt, 7, guided=True, **kw)
+        for context_scale in (1.0, 2.0):
+            seen.clear()
+            handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+            kw = dict(chunk=3, window=4, steps=3, use_cache=use_cache)  # chunks of 3, 3, 2 frames
+            with use_backend(Backend.MATH), FlopCounterMode(display=False) as counter:
+                _gen(model, RectifiedFlow(), prompt, 8, text=text, cfg_scale=2.0, context_scale=context_scale, **kw)
+            handle.remove()
+            guided = context_scale != 1.0
+            plan = model_calls(2, 8, chunk=3, window=4, steps=3, use_cache=use_cache, context_guided=guided)
+            assert seen == [(c.new_frames, c.cached_frames) for c in plan]
+            # (a 1-frame chunk alone would be off: the counter does not see einsum's singleton products)
+            assert counter.get_total_flops() == generation_flops(model, prompt, 8, guided=True, context_guided=guided, **kw)
     assert model_calls(1, 4, chunk=2, window=8, steps=2, use_cache=True) == [
         ModelCall(1, 0), ModelCall(2, 1), ModelCall(2, 1), ModelCall(2, 1), ModelCall(2, 3), ModelCall(2, 3),
     ]
@@ -191,6 +234,9 @@ def test_generate_refuses_bad_arguments() -> None:
         generate(model, RectifiedFlow(), _prompt(1), 3, chunk=0, window=2, steps=1)
     with pytest.raises(ValueError, match="needs text"):
         generate(model, RectifiedFlow(), _prompt(1), 3, chunk=1, window=2, steps=1, cfg_scale=2.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="context_scale must be"):
+            generate(model, RectifiedFlow(), _prompt(1), 3, chunk=1, window=2, steps=1, context_scale=bad)
 
 
 def test_kvcache_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,8 @@
    configs/demo_cpu.toml; on a GPU host with --device auto or cuda: one process per GPU, at most 2),
    preempts it halfway with SIGUSR1 (checkpoint, exit 75) and resumes it (--resume auto);
 4. exports the EMA weights (vidgpt-export) and samples long videos, several times the training clip
-   length, with the kv-cache (vidgpt-sample) into mp4 and GIF files;
+   length, with the kv-cache and guidance on the earlier frames (vidgpt-sample --context-scale 2) into
+   mp4 and GIF files;
 5. measures the model on held-out scenes (vidgpt-eval): continued from 2 prompt frames for 4x the
    training clip, against the true continuation and the copy-the-last-frame baseline; prints the
    three goal figures (colour-presence F1 >= 0.9, garbage pixels <= 5%, centroid error over the first
@@ -29,10 +30,13 @@ import time
 from pathlib import Path
 
 from vidgpt.distributed import free_port
+from vidgpt.export import without_prompt_frames
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
 STEPS = 600
 VIDEOS = 512
+CONTEXT_SCALE = 2.0
+"""Guidance on the earlier frames when sampling and evaluating (vidgpt-sample --context-scale)."""
 
 
 def _run(cmd: list[str], **kw: object) -> None:
@@ -94,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     _run([*train], env=env)
 
     _run([py, "-m", "vidgpt.export", str(run), str(run / "export"), "--weights", "ema"], env=after)
+    # context guidance where the model learned to generate without earlier frames (configs/demo_cpu.toml)
+    info = json.loads((run / "export" / "config.json").read_text())
+    guidance = str(CONTEXT_SCALE) if without_prompt_frames(info, str(run / "export")) is None else "1"
     _run([py, "-m", "vidgpt.sample", str(run / "export"), "--data", str(data / "latents"), "--out",
           str(run / "samples"), "--num", "2", "--prompt-frames", "2", "--frames", "46", "--chunk", "4",
-          "--steps", "20"], env=after)
+          "--steps", "20", "--context-scale", guidance], env=after)
     _run([py, "-m", "vidgpt.evaluate", str(run / "export"), "--out", str(run / "eval"), "--prompt-frames", "2",
-          "--multiples", "4", "--clips", "8", "--steps", "20"], env=after)
+          "--multiples", "4", "--clips", "8", "--steps", "20", "--context-scale", guidance], env=after)
     report = json.loads((run / "eval" / "report.json").read_text())
     losses = [json.loads(line)["loss"] for line in (run / "losses.jsonl").read_text().splitlines()]
     print(

@@ -93,6 +93,8 @@ class EvalSpec:
     """Finished frames a chunk attends to (kv-cache size); None: clip_len - chunk (at least 1)."""
     steps: int = 25
     """Denoising steps per chunk."""
+    context_scale: float = 1.0
+    """Guidance on the earlier frames (`generate`'s context_scale; 1 = none)."""
     num_clips: int = 8
     """Held-out clips (the Fréchet distances fit Gaussians over them)."""
     synthetic_seed: int = 1000
@@ -118,6 +120,8 @@ class EvalSpec:
         if not problems and self.prompt_frames >= self.clip_len:
             problems.append(f"prompt_frames ({self.prompt_frames}) must be < the training clip length "
                             f"({self.clip_len}): the model never saw longer prompts")
+        if not (math.isfinite(self.context_scale) and self.context_scale > 0):
+            problems.append(f"context_scale must be a number > 0 (got {self.context_scale})")
         if self.size < 8 or self.size % 2:
             problems.append(f"size must be an even number >= 8 (got {self.size})")
         if not (math.isfinite(self.fps) and self.fps > 0):
@@ -300,6 +304,7 @@ def continue_videos(
             steps=spec.steps, use_cache=use_cache, generator=generator, progress=report,
             text=None if text is None else text[lo:hi].to(device),
             text_mask=None if text_mask is None else text_mask[lo:hi].to(device), autocast=autocast,
+            context_scale=spec.context_scale,
         )  # (B, P + k*L, C, h, w)
         out += [codec.decode(z.float().cpu()) for z in latents]  # each (T, H, W, 3) uint8
     return np.stack(out)
@@ -683,6 +688,8 @@ def _parser() -> OneLineParser:
     ap.add_argument("--chunk", type=int, default=None, help="frames per autoregressive chunk (default: min(8, L/2))")
     ap.add_argument("--window", type=int, default=None, help="kv-cache window (default: L - chunk)")
     ap.add_argument("--steps", type=int, default=25, help="denoising steps per chunk (default: 25)")
+    ap.add_argument("--context-scale", type=float, default=1.0,
+                    help="guidance on the earlier frames (vidgpt-sample --context-scale; default: 1 = none)")
     ap.add_argument("--no-cache", action="store_true", help="recompute the window every step (reference)")
     source = ap.add_mutually_exclusive_group()
     source.add_argument("--synthetic-seed", type=int, default=None,
@@ -724,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_pipeline.index import DatasetIndexError
     from data_pipeline.loader import DataError
     from data_pipeline.storage import StorageError
-    from vidgpt.export import CONFIG, WEIGHTS, exported_diffusion, load_exported
+    from vidgpt.export import CONFIG, WEIGHTS, exported_diffusion, load_exported, without_prompt_frames
 
     export: Path = args.export
     if not (export / CONFIG).is_file() or not (export / WEIGHTS).is_file():
@@ -738,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         model, info = load_exported(export, device)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         ap.error(f"{export}: cannot load the exported model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    if args.context_scale != 1.0 and (unguided := without_prompt_frames(info, str(export))):
+        ap.error(f"--context-scale {args.context_scale:g} needs a model trained with 0-frame prompts; {unguided}")
     clip_len = args.clip_len or info.get("data", {}).get("num_frames")
     if not clip_len:
         ap.error(f"{export / CONFIG} names no data.num_frames (the training clip length); pass --clip-len")
@@ -746,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = EvalSpec(prompt_frames=args.prompt_frames, clip_len=clip_len, multiples=args.multiples,
                         chunk=args.chunk, window=args.window, steps=args.steps, num_clips=args.clips,
+                        context_scale=args.context_scale,
                         synthetic_seed=1000 if args.synthetic_seed is None else args.synthetic_seed,
                         size=size, tolerance=args.tolerance)
     except ValueError as exc:
@@ -796,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
     use_cache = not args.no_cache and model.cfg.causal
     print(f"continuing {spec.num_clips} clips from {spec.prompt_frames} prompt frames for {spec.multiples} x "
           f"{spec.clip_len} frames (chunk {spec.chunk}, window {spec.window}, {spec.steps} steps, "
+          f"{f'context guidance {spec.context_scale:g}, ' if spec.context_scale != 1.0 else ''}"
           f"{'kv-cache' if use_cache else 'no cache'}, {conditioning})", flush=True)
     try:
         autocast = sampling_autocast(args.precision, device)

@@ -90,6 +90,18 @@ def exported_diffusion(info: dict[str, Any]) -> Diffusion:
         raise CheckpointError(f"export config.json: bad diffusion section ({exc})") from exc
 
 
+def without_prompt_frames(info: dict[str, Any], model: str) -> str | None:
+    """None when the export was trained with some 0-frame prompts (diffusion.prompt_rule 'uniform',
+    prompt_min_len 0): it can generate a chunk with no earlier frame, which text to video and context
+    guidance need; otherwise the reason it cannot, naming `model`."""
+    section = info.get("diffusion") or {}
+    rule, min_len = section.get("prompt_rule", "uniform"), section.get("prompt_min_len", 1)
+    if rule == "uniform" and min_len == 0:
+        return None
+    return (f"{model} was trained with {rule!r} prompts of at least {1 if rule != 'uniform' else min_len} frame(s), "
+            f"never without earlier frames (that needs diffusion.prompt_rule = 'uniform', prompt_min_len = 0)")
+
+
 def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[VidGPT, dict[str, Any]]:
     """The model (eval mode) and config.json of an exported directory."""
     from safetensors.torch import load_file

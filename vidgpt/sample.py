@@ -20,6 +20,7 @@ video: the first chunk starts from noise, which needs a model trained with 0-fra
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from vidgpt.cli import OneLineParser
-from vidgpt.export import exported_diffusion, load_exported
+from vidgpt.export import exported_diffusion, load_exported, without_prompt_frames
 from vidgpt.sampling import PRECISIONS, generate, sampling_autocast
 
 
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=None, help="kv-cache window (default: training clip length - chunk)")
     ap.add_argument("--steps", type=int, default=25, help="denoising steps per chunk (default: 25)")
     ap.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
+    ap.add_argument("--context-scale", type=float, default=1.0,
+                    help="guidance on the earlier frames: each step also predicts the chunk without them and "
+                    "moves away from that by this factor (default: 1 = none; models trained with "
+                    "diffusion.prompt_min_len = 0; 2 network calls per step)")
     ap.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default: 8)")
     ap.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     ap.add_argument("--vae", help="sd-vae datasets: VAE to decode with (default: the one in the dataset index)")
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.frames < 0:
         ap.error(f"--frames must be >= 0, got {args.frames}")
+    if not (math.isfinite(args.context_scale) and args.context_scale > 0):
+        ap.error(f"--context-scale must be a number > 0 (1 = no guidance), got {args.context_scale}")
     if not (Path(args.model) / "config.json").is_file():
         ap.error(f"{args.model}: not an export directory (no config.json; write one with vidgpt-export)")
     if args.caption is not None and args.prompts is not None:
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_exported(Path(args.model), device)
+    if args.context_scale != 1.0 and (unguided := without_prompt_frames(info, args.model)):
+        ap.error(f"--context-scale {args.context_scale:g} needs a model trained with 0-frame prompts; {unguided}")
     if args.compile:
         model.compile_blocks()
     data_path = args.data or info.get("data", {}).get("path")
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     video = generate(
         model, diffusion, prompt.to(device), args.frames, chunk=args.chunk, window=window, steps=args.steps,
         text=text, text_mask=text_mask, cfg_scale=args.cfg_scale if text is not None else 1.0,
-        use_cache=not args.no_cache, generator=torch.Generator(device).manual_seed(args.seed),
+        use_cache=not args.no_cache, context_scale=args.context_scale, generator=torch.Generator(device).manual_seed(args.seed),
         autocast=sampling_autocast(args.precision, device),
     )  # (B, P + N, C, H, W)
     out = Path(args.out)
@@ -173,13 +182,13 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
                   for it in items]
     except PromptError as exc:
         ap.error(str(exc))
+    unguided = without_prompt_frames(info, args.model)
+    if any(it.path is None for it in items) and unguided:
+        ap.error(f"text to video (a caption without a prompt file) needs a model trained with 0-frame prompts; "
+                 f"{unguided}: give it a --prompt")
+    if args.context_scale != 1.0 and unguided:
+        ap.error(f"--context-scale {args.context_scale:g} needs a model trained with 0-frame prompts; {unguided}")
     if any(it.path is None for it in items):
-        min_len = (info.get("diffusion") or {}).get("prompt_min_len", 1)
-        rule = (info.get("diffusion") or {}).get("prompt_rule", "uniform")
-        if rule != "uniform" or min_len != 0:
-            ap.error(f"text to video (a caption without a prompt file) needs a model trained with 0-frame prompts "
-                     f"(diffusion.prompt_rule = 'uniform', prompt_min_len = 0); {args.model} was trained with "
-                     f"{rule!r} prompts of at least {1 if rule != 'uniform' else min_len} frame(s): give it a --prompt")
         if not model.cfg.text_dim:
             ap.error(f"text to video needs a text-conditioned model; {args.model} has text_dim 0")
     encoder = args.text_encoder or sampling.get("text_encoder")
@@ -209,6 +218,7 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
             model, diffusion, prompt, args.frames, chunk=args.chunk, window=window, steps=args.steps,
             text=None if text is None else text.to(device), text_mask=None if text_mask is None else text_mask.to(device),
             cfg_scale=args.cfg_scale if text is not None else 1.0, use_cache=not args.no_cache and model.cfg.causal,
+            context_scale=args.context_scale,
             generator=torch.Generator(device).manual_seed(args.seed + i), progress=progress,
             autocast=sampling_autocast(args.precision, device),
         )  # (1, P + N, C, h, w)

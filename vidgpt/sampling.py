@@ -13,10 +13,19 @@ deeper blocks remember evicted frames).
 Classifier-free guidance batches the conditional and the null-text branch together: rows [0, B) of
 every call (and of the cache) are the conditional branch, rows [B, 2B) the null-text branch, so the
 null-text branch has its own cache entries.
+
+Context guidance (`context_scale` s != 1) is classifier-free guidance on the earlier frames instead of
+the caption: every denoising step also runs the network on the chunk alone, without any earlier frame
+(no cache, no window), and moves the prediction to u + s (c - u), c with the context, u without. It
+needs a model trained with some 0-frame prompts (`PromptSampling.min_len` 0), which has learned u.
+Measured on the CPU demo's model (16 held-out scenes, 4x the clip): s = 2 keeps more of the prompt's
+shapes and colours (presence F1 0.739 -> 0.805; the demo's own export 0.703 -> 0.788) at 2x the
+network calls.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -43,36 +52,40 @@ class ModelCall:
 
 
 def model_calls(
-    prompt_frames: int, num_frames: int, *, chunk: int, window: int, steps: int, use_cache: bool
+    prompt_frames: int, num_frames: int, *, chunk: int, window: int, steps: int, use_cache: bool,
+    context_guided: bool = False,
 ) -> list[ModelCall]:
-    """Every network call `generate` makes, in order (for FLOP accounting)."""
+    """Every network call `generate` makes, in order (for FLOP accounting); context_guided: with
+    context_scale != 1 (one more call on the chunk alone per step of every chunk after frame 0)."""
     calls: list[ModelCall] = []
     if use_cache and prompt_frames:
         calls.append(ModelCall(prompt_frames, 0))
     plan = list(chunks(prompt_frames, num_frames, chunk))
     for i, (start, size) in enumerate(plan):
         context = min(start, window)  # finished frames visible to this chunk
-        if use_cache:
-            calls += [ModelCall(size, context)] * steps
-            if i + 1 < len(plan):
-                calls.append(ModelCall(size, context))  # write the finished chunk
-        else:
-            calls += [ModelCall(context + size, 0)] * steps
+        step = [ModelCall(size, context) if use_cache else ModelCall(context + size, 0)]
+        if context_guided and start > 0:
+            step.append(ModelCall(size, 0))  # the chunk without earlier frames
+        calls += step * steps
+        if use_cache and i + 1 < len(plan):
+            calls.append(ModelCall(size, context))  # write the finished chunk
     return calls
 
 
 def generation_flops(
     model: VidGPT, prompt: Tensor, num_frames: int, *, chunk: int, window: int, steps: int,
-    use_cache: bool, guided: bool = False,
+    use_cache: bool, guided: bool = False, context_guided: bool = False,
 ) -> int:
-    """Analytic forward FLOPs of one `generate` call."""
+    """Analytic forward FLOPs of one `generate` call (guided: cfg_scale != 1; context_guided:
+    context_scale != 1)."""
     B, P, _, H, W = prompt.shape
     return sum(
         model_stats(
             model.cfg, c.new_frames, H, W, batch=B * (2 if guided else 1),
             cached_frames=c.cached_frames,
         ).flops
-        for c in model_calls(P, num_frames, chunk=chunk, window=window, steps=steps, use_cache=use_cache)
+        for c in model_calls(P, num_frames, chunk=chunk, window=window, steps=steps, use_cache=use_cache,
+                             context_guided=context_guided)
     )
 
 
@@ -93,6 +106,7 @@ def generate(
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
     autocast: torch.dtype | None = None,
+    context_scale: float = 1.0,
 ) -> Tensor:
     """Generate `num_frames` frames after `prompt` (B, P, C, H, W); returns (B, P + num_frames, C, H, W).
     P may be 0 (text to video, for models trained with 0-frame prompts: `PromptSampling.min_len` 0).
@@ -103,6 +117,8 @@ def generate(
     autocast: run the network under torch.autocast in this dtype (bf16 on GPUs); the sampler's state,
     the noise and the update stay in float32 whatever the network computes in, so rounding does not
     accumulate over the steps. The result is float32 (float64 for a float64 prompt).
+    context_scale: guidance on the earlier frames (see the module docstring); 1 = none. A chunk with no
+    earlier frame (the first one of text to video) is not guided: there is nothing to guide on.
     """
     if prompt.ndim != 5:
         raise ValueError(f"prompt must be (B, P, C, H, W) latents, got {tuple(prompt.shape)}")
@@ -113,6 +129,8 @@ def generate(
             "use_cache=True needs a causal model; this one has temporal='bidirectional', whose every frame "
             "sees later ones, so sample it with use_cache=False (the window is recomputed at every step)"
         )
+    if not (math.isfinite(context_scale) and context_scale > 0):
+        raise ValueError(f"context_scale must be a finite number > 0 (1 = no context guidance), got {context_scale}")
     guided = cfg_scale != 1.0
     if guided and text is None:
         raise ValueError("classifier-free guidance (cfg_scale != 1) needs text")
@@ -167,6 +185,9 @@ def generate(
                 n_ctx = context.shape[1]
                 t_all = torch.cat([zeros(n_ctx), t_model], dim=1)
                 out = net(torch.cat([context, x], dim=1), t_all, frame_offset=start - n_ctx)[:, n_ctx:]
+            if context_scale != 1.0 and (start > 0):  # the same chunk without any earlier frame
+                free = net(x, t_model, frame_offset=start)
+                out = free + context_scale * (out - free)
             noise = None
             if diffusion.needs_step_noise():
                 noise = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)
