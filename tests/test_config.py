@@ -44,6 +44,7 @@ def test_overrides_are_typed() -> None:
         ("--model.in_channels=none", r"model\.in_channels: expected int \| None"),
         ("--diffusion.prompt_noise=[0.2, 0.1]", r"diffusion: prompt_noise must satisfy"),
         ("--model.text_len=0", r"model: invalid ModelConfig"),
+        ("--eval.sample_context_scale=0", r"eval\.sample_context_scale: must be a number > 0"),
         ("optimizer.lr", r"overrides look like --section.key=value"),
     ],
 )
@@ -51,6 +52,13 @@ def test_bad_configs_name_the_key(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as exc:
         load_config(DEMO, [override])
     assert "\n" not in str(exc.value)
+
+
+def test_context_guidance_of_samples_needs_zero_frame_prompts() -> None:
+    cfg = load_config(DEMO, ["--eval.sample_context_scale=2"])  # the demo trains with prompt_min_len 0
+    assert cfg.eval.sample_context_scale == 2.0 and cfg.diffusion.prompt_min_len == 0
+    with pytest.raises(ConfigError, match=r"eval\.sample_context_scale: .*prompt_min_len = 0"):
+        load_config(DEMO, ["--eval.sample_context_scale=2", "--diffusion.prompt_min_len=1"])
 
 
 def test_bad_files(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -277,6 +278,8 @@ class EvalSection:
     """Frames generated after the prompt, in multiples of data.num_frames."""
     sample_steps: int = 20
     """Denoising steps per chunk."""
+    sample_context_scale: float = 1.0
+    """Guidance on the earlier frames (vidgpt-sample --context-scale); != 1 needs diffusion.prompt_min_len = 0."""
     synthetic: bool = False
     """The prompts are the built-in synthetic scenes of seed synthetic_seed (a dataset made by vidgpt-make-
     synthetic, encoded with the identity codec): also log vidgpt-eval's quality figures under eval/."""
@@ -296,6 +299,9 @@ class EvalSection:
             raise ConfigError("eval.samples: needs eval.interval > 0 (samples are made at every evaluation)")
         if self.synthetic_seed < 0:
             raise ConfigError(f"eval.synthetic_seed: must be >= 0, got {self.synthetic_seed}")
+        if not (math.isfinite(self.sample_context_scale) and self.sample_context_scale > 0):
+            raise ConfigError(f"eval.sample_context_scale: must be a number > 0 (1 = no guidance), got "
+                              f"{self.sample_context_scale}")
 
 
 @dataclass
@@ -321,6 +327,10 @@ class Config:
         if self.eval.samples and self.eval.sample_prompt_frames >= self.data.num_frames:
             raise ConfigError(f"eval.sample_prompt_frames: must be < data.num_frames ({self.data.num_frames}): the model "
                               f"never sees longer prompts, got {self.eval.sample_prompt_frames}")
+        d = self.diffusion
+        if self.eval.sample_context_scale != 1.0 and (d.prompt_rule, d.prompt_min_len) != ("uniform", 0):
+            raise ConfigError("eval.sample_context_scale: guidance on the earlier frames needs a model trained with "
+                              "0-frame prompts (diffusion.prompt_rule = 'uniform', prompt_min_len = 0)")
         return self
 
 

@@ -7,7 +7,7 @@ At every `eval.interval` steps (and before the first), when `eval.samples` > 0, 
   the built-in synthetic scenes of seed `eval.synthetic_seed` (rendered, mp4 round-tripped and encoded
   with the dataset's identity codec, as vidgpt-eval does), with their captions when the model has text;
 - the model is continued for `eval.sample_multiples` x data.num_frames frames with the kv-cache and
-  `eval.sample_steps` denoising steps per chunk, from a fixed seed, in eval mode and with the EMA
+  `eval.sample_steps` denoising steps per chunk (context guidance `eval.sample_context_scale`), from a fixed seed, in eval mode and with the EMA
   weights swapped in when the run keeps an EMA (`ShardedEMA.swapped_in`: under ZeRO-3 each rank swaps
   only its own partitions, and every rank runs the same generation, so the parameters are gathered
   layer by layer as in training, never the whole model on one rank);
@@ -129,6 +129,7 @@ class SampleMonitor:
                 generator=torch.Generator(device).manual_seed(seed),
                 text=None if prompts.text is None else prompts.text.to(device),
                 text_mask=None if prompts.text_mask is None else prompts.text_mask.to(device), autocast=self.autocast,
+                context_scale=spec.context_scale,
             )  # (N, P + k*L, C, h, w)
         values = {"sample_seconds": time.perf_counter() - start}
         if self.decode is None:  # not rank 0

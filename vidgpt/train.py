@@ -509,7 +509,8 @@ class Trainer:
         size = int((index.get("size") or [32])[0])
         fps = float(index.get("fps") or 8.0)
         spec = EvalSpec(prompt_frames=e.sample_prompt_frames, clip_len=cfg.data.num_frames, multiples=e.sample_multiples,
-                        steps=e.sample_steps, num_clips=e.samples, synthetic_seed=e.synthetic_seed, size=size, fps=fps)
+                        steps=e.sample_steps, num_clips=e.samples, synthetic_seed=e.synthetic_seed, size=size, fps=fps,
+                        context_scale=e.sample_context_scale)
         codec = index_codec(index) if (self.env.is_main or e.synthetic) else None
         if e.synthetic:
             assert codec is not None
