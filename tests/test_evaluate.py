@@ -90,6 +90,28 @@ def test_a_missing_colour_lowers_f1_not_centroids() -> None:
     assert metrics.centroid_error(got, want)[0] == pytest.approx(0.0)
 
 
+def test_largest_part_tells_a_shape_from_its_fragments() -> None:
+    labels = np.zeros((3, 16, 16), dtype=np.int8)
+    labels[0, 2:6, 2:6] = 1  # one solid square
+    for y, x in ((1, 1), (1, 10), (10, 1), (10, 10)):  # the same colour in 4 separate 2x2 pieces
+        labels[1, y : y + 2, x : x + 2] = 1
+    labels[1, 5:9, 5] = 2  # a bar and a pixel touching it diagonally: one 8-connected part
+    labels[1, 9, 6] = 2
+    labels[2, 0:3, 0:3] = 3  # 9 + 3 pixels in two parts; a colour below min_pixels is absent (NaN)
+    labels[2, 8, 8:11] = 3
+    labels[2, 14, 14] = 4
+    parts = metrics.largest_part(labels, min_pixels=3)
+    assert parts.shape == (3, len(metrics.COLOURS))
+    assert parts[0, 0] == 1.0 and parts[1, 0] == 0.25 and parts[1, 1] == 1.0 and parts[2, 2] == 0.75
+    assert np.isnan(parts[0, 1]) and np.isnan(parts[2, 3])
+    # a snake-shaped component needs many propagation rounds: still one part
+    snake = np.zeros((1, 9, 9), dtype=bool)
+    snake[0, ::2, :] = True
+    snake[0, 1::4, -1] = snake[0, 3::4, 0] = True
+    comp = metrics.component_labels(snake)
+    assert len(np.unique(comp[comp >= 0])) == 1 and (comp[~snake] == -1).all()
+
+
 def test_random_noise_is_mostly_garbage() -> None:
     scene = synthetic_scene(0, size=SIZE, seed=1000)
     noise = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
@@ -244,7 +266,7 @@ def test_cli_end_to_end_on_synthetic_truth(tmp_path: Path, capsys: pytest.Captur
     assert report["frames"] == 2 + 2 * 4 and report["clips"] == 2 and report["frame_size"] == [16, 16]
     assert report["object_metrics"] is True and report["frechet_metrics"] == ["frechet_pixstat"]
     model = report["methods"]["model"]
-    assert set(model["per_frame"]) == {"mse", "psnr", "garbage", "presence_f1", "centroid_error"}
+    assert set(model["per_frame"]) == {"mse", "psnr", "garbage", "presence_f1", "centroid_error", "largest_part"}
     assert len(model["per_chunk"]) == 2 and len(model["by_multiple"]) == 2
     assert model["per_frame"]["mse"][:2] == [0, 0]  # identity codec: the prompt frames come back exactly
     summary = report["summary"]["methods"]["model"]

@@ -158,7 +158,10 @@ def goal_lines(report: dict) -> str:
         f"  garbage pixels:      {num(row['garbage'], '.2f', 100)}%  (goal <= 5%: {mark[row['meets']['garbage']]}; "
         f"copy-last {num(base['garbage'], '.2f', 100)}%, truth {num(s['truth_garbage'], '.2f', 100)}%)\n"
         f"  centroid error, first {L} frames: {num(row['centroid_error_first_clip'], '.2f')} px  (goal <= half of "
-        f"copy-last's {num(base['centroid_error_first_clip'], '.2f')} px: {mark[row['meets']['centroid']]})"
+        f"copy-last's {num(base['centroid_error_first_clip'], '.2f')} px: {mark[row['meets']['centroid']]})\n"
+        f"  (no goal) largest part per colour: {num(row.get('largest_part'), '.3f')}  (1 = solid shapes, low = "
+        f"fragments of the right colour, which F1 cannot see; copy-last {num(base.get('largest_part'), '.3f')}, "
+        f"truth {num(s.get('truth_largest_part'), '.3f')})"
     )
 
 

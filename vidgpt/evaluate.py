@@ -13,8 +13,10 @@ L (k*L generated frames), then compared with the true continuation:
 - per frame: MSE and PSNR (on [0, 1] pixels, PSNR capped at 100 dB); on synthetic scenes also the
   object metrics: every pixel is classified to the scene background or a palette colour, or is
   "garbage" when it is near none of them; colour-presence F1 against the truth frame's colours,
-  centroid error in pixels for colours present in both, and the garbage fraction (the truth's own,
-  from mp4 chroma bleeding at shape edges, is reported as the floor);
+  centroid error in pixels for colours present in both, the garbage fraction (the truth's own,
+  from mp4 chroma bleeding at shape edges, is reported as the floor), and `largest_part`: per colour
+  present, the share of its pixels in its largest connected part (1 for solid shapes, low when a
+  shape breaks into fragments of its colour, which presence F1 cannot see; the truth's is reported);
 - per chunk of L generated frames (Step-metrics, like the paper's Step-FVD): the frame metrics, and
   the Fréchet distance over the clips between the generated chunk and the truth's same chunk, on
   `frechet_pixstat` features (pooled colour and motion statistics: cheap, built in, NOT FVD) and,
@@ -64,7 +66,7 @@ GOALS: dict[str, float] = {"presence_f1_min": 0.9, "garbage_max": 0.05, "centroi
 """The demo's goals: presence F1 and garbage over the whole continuation; centroid error over the
 first clip length as a fraction of copy_last's."""
 
-FRAME_METRICS: tuple[str, ...] = ("mse", "psnr", "garbage", "presence_f1", "centroid_error")
+FRAME_METRICS: tuple[str, ...] = ("mse", "psnr", "garbage", "presence_f1", "centroid_error", "largest_part")
 """Per-frame curves of every method (the last three only on synthetic scenes)."""
 
 
@@ -331,6 +333,17 @@ class _PerFrame:
     fp: np.ndarray | None = None
     fn: np.ndarray | None = None
     centroid: np.ndarray | None = None
+    part: np.ndarray | None = None
+
+
+def _largest_part(videos: np.ndarray, scenes: Sequence[Scene], spec: EvalSpec) -> np.ndarray:
+    """(N, T): per frame, the mean over the colours present of the share of a colour's pixels in its
+    largest connected part (1: solid shapes; NaN: no colour present)."""
+    parts = np.stack([metrics.largest_part(metrics.classify(v, s.background, spec.tolerance), spec.min_pixels)
+                      for v, s in zip(videos, scenes, strict=True)])  # (N, T, K)
+    count = np.isfinite(parts).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.nansum(parts, axis=-1) / np.maximum(count, 1), np.nan)
 
 
 def _object_stats(videos: np.ndarray, scenes: Sequence[Scene], spec: EvalSpec) -> list[metrics.ObjectStats]:
@@ -348,6 +361,7 @@ def _per_frame(truth: np.ndarray, video: np.ndarray, truth_stats: list[metrics.O
         counts = [metrics.presence_counts(s.presence, t.presence) for s, t in zip(stats, truth_stats)]
         values.tp, values.fp, values.fn = (np.stack([c[i] for c in counts]) for i in range(3))
         values.centroid = np.stack([metrics.centroid_error(s, t) for s, t in zip(stats, truth_stats)])
+        values.part = _largest_part(video, scenes, spec)
     return values
 
 
@@ -365,6 +379,7 @@ def _curves(v: _PerFrame) -> dict[str, list[float]]:
         tp, fp, fn = v.tp.sum(axis=0), v.fp.sum(axis=0), v.fn.sum(axis=0)  # (T,)
         curves["presence_f1"] = [metrics.f1_from_counts(*c) for c in zip(tp, fp, fn)]
         curves["centroid_error"] = [_nanmean(v.centroid[:, t]) for t in range(v.centroid.shape[1])]
+        curves["largest_part"] = [_nanmean(v.part[:, t]) for t in range(v.part.shape[1])]
     return curves
 
 
@@ -377,6 +392,7 @@ def _over(v: _PerFrame, start: int, end: int) -> dict[str, float]:
         out["presence_f1"] = metrics.f1_from_counts(
             float(v.tp[:, start:end].sum()), float(v.fp[:, start:end].sum()), float(v.fn[:, start:end].sum()))
         out["centroid_error"] = _nanmean(v.centroid[:, start:end])
+        out["largest_part"] = _nanmean(v.part[:, start:end])
     return out
 
 
@@ -438,6 +454,7 @@ def evaluate_videos(
             "per_chunk": [{"frames": list(spec.chunk_range(j)),
                            "garbage": float(garbage[:, slice(*spec.chunk_range(j))].mean())} for j in range(k)],
             "garbage": float(garbage[:, P:].mean()),
+            "largest_part": _nanmean(_largest_part(truth, scenes, spec)[:, P:]),
         }
     for name, video in methods.items():
         values = _per_frame(truth, video, truth_stats, scenes, spec)
@@ -468,6 +485,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "whole": [report["prompt_frames"], report["frames"]],
         "first_clip": [report["prompt_frames"], report["prompt_frames"] + report["clip_len"]],
         "truth_garbage": report["truth"]["garbage"] if "truth" in report else None,
+        "truth_largest_part": report["truth"]["largest_part"] if "truth" in report else None,
         "methods": {},
     }
     for name, method in report["methods"].items():
@@ -481,6 +499,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
             ratio = centroid / base_centroid if base_centroid > 0 else math.nan
             row |= {
                 "presence_f1": f1, "garbage": garbage, "centroid_error_first_clip": centroid,
+                "largest_part": whole["largest_part"],
                 "copy_last_centroid_error_first_clip": base_centroid, "centroid_ratio_first_clip": ratio,
                 "meets": {
                     "presence_f1": f1 >= GOALS["presence_f1_min"],
@@ -639,6 +658,8 @@ def format_summary(report: dict[str, Any]) -> str:
             f"  centroid error, first clip length: {row['centroid_error_first_clip']:.2f} px (copy_last "
             f"{row['copy_last_centroid_error_first_clip']:.2f} px; goal <= {GOALS['centroid_ratio_max']}x) "
             f"{ok[row['meets']['centroid']]}",
+            f"  largest part per colour, whole continuation: {row['largest_part']:.3f} (copy_last "
+            f"{base['largest_part']:.3f}, truth {s['truth_largest_part']:.3f}; 1 = solid shapes, low = fragments)",
         ]
     return "\n".join(lines)
 

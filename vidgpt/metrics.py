@@ -247,6 +247,47 @@ def object_stats(labels: np.ndarray, min_pixels: int | None = None) -> ObjectSta
     return ObjectStats(presence=counts >= min_pixels, centroids=centroids, garbage=garbage)
 
 
+def component_labels(masks: np.ndarray) -> np.ndarray:
+    """8-connected components of bool masks (..., H, W): int64 labels, -1 outside the masks, and inside
+    the smallest flat index (within its own mask) of the component's pixels. Numpy only: every pixel
+    takes the minimum label of its 3x3 neighbourhood inside the mask until nothing changes."""
+    h, w = masks.shape[-2:]
+    big = np.iinfo(np.int64).max
+    labels = np.where(masks, np.arange(h * w, dtype=np.int64).reshape(h, w), big)
+    while True:
+        padded = np.pad(labels, [(0, 0)] * (labels.ndim - 2) + [(1, 1), (1, 1)], constant_values=big)
+        best = labels.copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                np.minimum(best, padded[..., dy : dy + h, dx : dx + w], out=best)
+        best = np.where(masks, best, big)
+        if np.array_equal(best, labels):
+            return np.where(masks, labels, -1)
+        labels = best
+
+
+def largest_part(labels: np.ndarray, min_pixels: int | None = None) -> np.ndarray:
+    """Per colour, the share of its pixels in its largest 8-connected part: float (..., K) from int8
+    labels (..., H, W) of `classify`; 1 for a solid shape, 1/n for one broken into n equal fragments;
+    NaN where the colour covers fewer than min_pixels pixels (None: `default_min_pixels(H, W)`).
+    Presence F1 cannot tell a shape from scattered fragments of its colour; this can."""
+    h, w = labels.shape[-2:]
+    min_pixels = default_min_pixels(h, w) if min_pixels is None else min_pixels
+    flat = labels.reshape(-1, h, w)
+    out = np.full((flat.shape[0], len(COLOURS)), np.nan)
+    for k in range(len(COLOURS)):
+        masks = flat == k + 1  # (F, H, W)
+        counts = masks.sum(axis=(1, 2))
+        present = np.flatnonzero(counts >= min_pixels)
+        if present.size == 0:
+            continue
+        comp = component_labels(masks[present]).reshape(present.size, -1)
+        for row, i in enumerate(present):
+            _, sizes = np.unique(comp[row][comp[row] >= 0], return_counts=True)
+            out[i, k] = sizes.max() / counts[i]
+    return out.reshape(*labels.shape[:-2], len(COLOURS))
+
+
 def presence_counts(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """True positives, false positives, false negatives of bool presence (..., K), summed over K."""
     if pred.shape != true.shape:
