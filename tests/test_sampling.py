@@ -91,16 +91,26 @@ def test_cfg_combines_two_separately_run_branches() -> None:
     diffusion = RectifiedFlow()
     prompt, text, s = _prompt(2), torch.randn(B, 4, 16), 3.0
     out = _gen(model, diffusion, prompt, 2, chunk=2, window=4, steps=1, text=text, cfg_scale=s)
-    x = torch.randn(B, 2, C, H, W, generator=torch.Generator().manual_seed(11))
+    _assert_roundoff(out[:, 2:], _one_step_by_hand(model, diffusion, prompt, text, cfg_scale=s))
+
+
+def _one_step_by_hand(model, diffusion, prompt, text, *, cfg_scale, context_scale=1.0):  # noqa: ANN001, ANN202
+    """The first 2-frame chunk after `prompt` of a 1-step sampler, from separate model calls: each text
+    branch with its own cache; with context_scale != 1 also the chunk alone at the same positions."""
+    P = prompt.shape[1]
+    x = torch.randn(B, 2, C, H, W, generator=torch.Generator().manual_seed(11))  # _gen's seed: the same noise
     t = diffusion.model_time(torch.full((B, 2), 1.0))
     with torch.no_grad():
         branch = {}
         for name, txt in (("cond", text), ("null", None)):
             cache = TemporalKVCache(4)
-            model(prompt, torch.zeros(B, 2), text=txt, cache=cache, write_cache=True)
+            model(prompt, torch.zeros(B, P), text=txt, cache=cache, write_cache=True)
             branch[name] = model(x, t, text=txt, cache=cache)
-    v = branch["null"] + s * (branch["cond"] - branch["null"])
-    _assert_roundoff(out[:, 2:], diffusion.step(v, x, 1.0, 0.0))
+            if context_scale != 1.0:
+                alone = model(x, t, text=txt, frame_offset=P)
+                branch[name] = alone + context_scale * (branch[name] - alone)
+    v = branch["null"] + cfg_scale * (branch["cond"] - branch["null"])
+    return diffusion.step(v, x, 1.0, 0.0)
 
 
 @pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
@@ -123,18 +133,7 @@ def test_context_guidance_combines_the_chunk_with_and_without_earlier_frames() -
     diffusion = RectifiedFlow()
     prompt, text, s, g = _prompt(3), torch.randn(B, 4, 16), 2.0, 3.0
     out = _gen(model, diffusion, prompt, 2, chunk=2, window=4, steps=1, text=text, cfg_scale=g, context_scale=s)
-    x = torch.randn(B, 2, C, H, W, generator=torch.Generator().manual_seed(11))
-    t = diffusion.model_time(torch.full((B, 2), 1.0))
-    with torch.no_grad():
-        branch = {}
-        for name, txt in (("cond", text), ("null", None)):
-            cache = TemporalKVCache(4)
-            model(prompt, torch.zeros(B, 3), text=txt, cache=cache, write_cache=True)
-            with_context = model(x, t, text=txt, cache=cache)
-            alone = model(x, t, text=txt, frame_offset=3)
-            branch[name] = alone + s * (with_context - alone)
-    v = branch["null"] + g * (branch["cond"] - branch["null"])
-    _assert_roundoff(out[:, 3:], diffusion.step(v, x, 1.0, 0.0))
+    _assert_roundoff(out[:, 3:], _one_step_by_hand(model, diffusion, prompt, text, cfg_scale=g, context_scale=s))
     # text to video: the first chunk has no earlier frame, so guidance on them changes nothing there
     empty = _prompt(0)
     a = _gen(model, diffusion, empty, 4, chunk=2, window=4, steps=2, text=text, context_scale=s)

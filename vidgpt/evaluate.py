@@ -336,16 +336,6 @@ class _PerFrame:
     part: np.ndarray | None = None
 
 
-def _largest_part(videos: np.ndarray, scenes: Sequence[Scene], spec: EvalSpec) -> np.ndarray:
-    """(N, T): per frame, the mean over the colours present of the share of a colour's pixels in its
-    largest connected part (1: solid shapes; NaN: no colour present)."""
-    parts = np.stack([metrics.largest_part(metrics.classify(v, s.background, spec.tolerance), spec.min_pixels)
-                      for v, s in zip(videos, scenes, strict=True)])  # (N, T, K)
-    count = np.isfinite(parts).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, np.nansum(parts, axis=-1) / np.maximum(count, 1), np.nan)
-
-
 def _object_stats(videos: np.ndarray, scenes: Sequence[Scene], spec: EvalSpec) -> list[metrics.ObjectStats]:
     """Object statistics of every clip (N, T, H, W, 3), classified against its scene's background."""
     return [metrics.object_stats(metrics.classify(v, s.background, spec.tolerance), spec.min_pixels)
@@ -361,7 +351,7 @@ def _per_frame(truth: np.ndarray, video: np.ndarray, truth_stats: list[metrics.O
         counts = [metrics.presence_counts(s.presence, t.presence) for s, t in zip(stats, truth_stats)]
         values.tp, values.fp, values.fn = (np.stack([c[i] for c in counts]) for i in range(3))
         values.centroid = np.stack([metrics.centroid_error(s, t) for s, t in zip(stats, truth_stats)])
-        values.part = _largest_part(video, scenes, spec)
+        values.part = np.stack([s.mean_largest_part() for s in stats])
     return values
 
 
@@ -454,7 +444,7 @@ def evaluate_videos(
             "per_chunk": [{"frames": list(spec.chunk_range(j)),
                            "garbage": float(garbage[:, slice(*spec.chunk_range(j))].mean())} for j in range(k)],
             "garbage": float(garbage[:, P:].mean()),
-            "largest_part": _nanmean(_largest_part(truth, scenes, spec)[:, P:]),
+            "largest_part": _nanmean(np.stack([s.mean_largest_part() for s in truth_stats])[:, P:]),
         }
     for name, video in methods.items():
         values = _per_frame(truth, video, truth_stats, scenes, spec)
@@ -752,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_pipeline.index import DatasetIndexError
     from data_pipeline.loader import DataError
     from data_pipeline.storage import StorageError
-    from vidgpt.export import CONFIG, WEIGHTS, exported_diffusion, load_exported, without_prompt_frames
+    from vidgpt.export import CONFIG, WEIGHTS, context_guidance_refusal, exported_diffusion, load_exported
 
     export: Path = args.export
     if not (export / CONFIG).is_file() or not (export / WEIGHTS).is_file():
@@ -766,8 +756,8 @@ def main(argv: list[str] | None = None) -> int:
         model, info = load_exported(export, device)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         ap.error(f"{export}: cannot load the exported model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    if args.context_scale != 1.0 and (unguided := without_prompt_frames(info, str(export))):
-        ap.error(f"--context-scale {args.context_scale:g} needs a model trained with 0-frame prompts; {unguided}")
+    if refusal := context_guidance_refusal(args.context_scale, info, str(export)):
+        ap.error(refusal)
     clip_len = args.clip_len or info.get("data", {}).get("num_frames")
     if not clip_len:
         ap.error(f"{export / CONFIG} names no data.num_frames (the training clip length); pass --clip-len")

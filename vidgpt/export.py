@@ -102,6 +102,13 @@ def without_prompt_frames(info: dict[str, Any], model: str) -> str | None:
             f"never without earlier frames (that needs diffusion.prompt_rule = 'uniform', prompt_min_len = 0)")
 
 
+def context_guidance_refusal(scale: float, info: dict[str, Any], model: str) -> str | None:
+    """The one-line refusal of `--context-scale scale` for an export that never learned to generate
+    without earlier frames; None when the scale is 1 (no guidance) or the export has."""
+    reason = None if scale == 1.0 else without_prompt_frames(info, model)
+    return None if reason is None else f"--context-scale {scale:g} needs a model trained with 0-frame prompts; {reason}"
+
+
 def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[VidGPT, dict[str, Any]]:
     """The model (eval mode) and config.json of an exported directory."""
     from safetensors.torch import load_file

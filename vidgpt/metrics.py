@@ -223,10 +223,20 @@ class ObjectStats:
     """float (..., K, 2): mean (x, y) of the colour's pixel centres, in pixels; NaN where it has none."""
     garbage: np.ndarray
     """float (...,): fraction of GARBAGE pixels."""
+    largest_part: np.ndarray
+    """float (..., K): share of the colour's pixels in its largest connected part (`largest_part`); NaN
+    where it is not present."""
+
+    def mean_largest_part(self) -> np.ndarray:
+        """(...,): `largest_part` averaged over the colours present; NaN where none is."""
+        count = self.presence.sum(axis=-1)
+        total = np.where(self.presence, self.largest_part, 0.0).sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def object_stats(labels: np.ndarray, min_pixels: int | None = None) -> ObjectStats:
-    """Presence, centroid and garbage fraction of int8 labels (..., H, W) from `classify`;
+    """Presence, centroid, garbage fraction and largest part of int8 labels (..., H, W) from `classify`;
     min_pixels None is `default_min_pixels(H, W)`."""
     if labels.ndim < 2:
         raise ValueError(f"labels must be (..., H, W), got {labels.shape}")
@@ -244,7 +254,8 @@ def object_stats(labels: np.ndarray, min_pixels: int | None = None) -> ObjectSta
             centroids[..., k, 0] = (mask * xs).sum(axis=(-2, -1)) / n
             centroids[..., k, 1] = (mask * ys).sum(axis=(-2, -1)) / n
     garbage = (labels == GARBAGE).mean(axis=(-2, -1))
-    return ObjectStats(presence=counts >= min_pixels, centroids=centroids, garbage=garbage)
+    return ObjectStats(presence=counts >= min_pixels, centroids=centroids, garbage=garbage,
+                       largest_part=largest_part(labels, min_pixels))
 
 
 def component_labels(masks: np.ndarray) -> np.ndarray:

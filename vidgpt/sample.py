@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from vidgpt.cli import OneLineParser
-from vidgpt.export import exported_diffusion, load_exported, without_prompt_frames
+from vidgpt.export import context_guidance_refusal, exported_diffusion, load_exported, without_prompt_frames
 from vidgpt.sampling import PRECISIONS, generate, sampling_autocast
 
 
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_exported(Path(args.model), device)
-    if args.context_scale != 1.0 and (unguided := without_prompt_frames(info, args.model)):
-        ap.error(f"--context-scale {args.context_scale:g} needs a model trained with 0-frame prompts; {unguided}")
+    if refusal := context_guidance_refusal(args.context_scale, info, args.model):
+        ap.error(refusal)
     if args.compile:
         model.compile_blocks()
     data_path = args.data or info.get("data", {}).get("path")
@@ -186,8 +186,8 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
     if any(it.path is None for it in items) and unguided:
         ap.error(f"text to video (a caption without a prompt file) needs a model trained with 0-frame prompts; "
                  f"{unguided}: give it a --prompt")
-    if args.context_scale != 1.0 and unguided:
-        ap.error(f"--context-scale {args.context_scale:g} needs a model trained with 0-frame prompts; {unguided}")
+    if refusal := context_guidance_refusal(args.context_scale, info, args.model):
+        ap.error(refusal)
     if any(it.path is None for it in items):
         if not model.cfg.text_dim:
             ap.error(f"text to video needs a text-conditioned model; {args.model} has text_dim 0")

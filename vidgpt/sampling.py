@@ -185,7 +185,7 @@ def generate(
                 n_ctx = context.shape[1]
                 t_all = torch.cat([zeros(n_ctx), t_model], dim=1)
                 out = net(torch.cat([context, x], dim=1), t_all, frame_offset=start - n_ctx)[:, n_ctx:]
-            if context_scale != 1.0 and (start > 0):  # the same chunk without any earlier frame
+            if context_scale != 1.0 and start > 0:  # the same chunk without any earlier frame
                 free = net(x, t_model, frame_offset=start)
                 out = free + context_scale * (out - free)
             noise = None
