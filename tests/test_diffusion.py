@@ -356,3 +356,60 @@ def test_x0_skip_preconditioning_recovers_x0_and_has_unit_variance_targets() -> 
     assert torch.equal(flow.target(x0, noise, torch.zeros(4, 3, dtype=torch.float64)), torch.zeros_like(x0))
     c_skip, c_out = flow.skip_scales(torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert c_skip.tolist() == [1.0, 0.0] and c_out.tolist() == [0.0, 0.5]  # input at t = 0, network at t = 1
+
+
+# ----------------------------------------------------------------------------- loss weighting
+
+
+def test_snr_clamp_weights_have_the_known_values() -> None:
+    flow = RectifiedFlow("x0", loss_weighting="snr_clamp", snr_max=5.0)
+    t = torch.tensor([0.0, 0.2, 0.4, 0.5, 0.8, 1.0])
+    # SNR = ((1 - t) / t)^2: inf, 16, 2.25, 1, 1/16, 0 -> clamped to [1, 5]
+    torch.testing.assert_close(flow.loss_weight(t), torch.tensor([5.0, 5.0, 2.25, 1.0, 1.0, 1.0]))
+    torch.testing.assert_close(RectifiedFlow("x0", loss_weighting="snr_clamp", snr_max=20.0).loss_weight(t),
+                               torch.tensor([20.0, 16.0, 2.25, 1.0, 1.0, 1.0]))
+    assert RectifiedFlow("x0").loss_weight(t) is None and GaussianDiffusion().loss_weight(t) is None
+
+
+def test_weighted_training_loss_is_the_hand_weighted_mean() -> None:
+    """A network that predicts zeros has per-sample x0 error mean(x0^2) over the noisy frames; the
+    weighted loss must be the mean of those errors times each sample's weight at its drawn time."""
+    x0 = torch.randn(6, 5, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    zeros = lambda x, t, **kw: torch.zeros_like(x)  # noqa: E731
+    flow = RectifiedFlow("x0", loss_weighting="snr_clamp", snr_max=5.0)
+    got = flow.training_loss(zeros, x0, 2, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # the draws of training_loss: the noise, then the times
+    torch.randn(x0.shape, generator=g)
+    t = torch.rand(6, generator=g)
+    weight = (((1 - t) / t) ** 2).clamp(1, 5)
+    assert weight.min() < 1.5 and weight.max() > 4  # the draw covers both ends of the clamp
+    per_sample = x0[:, 2:].pow(2).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(got, (weight * per_sample).mean())
+    plain = RectifiedFlow("x0").training_loss(zeros, x0, 2, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(plain, per_sample.mean())
+    with pytest.raises(ValueError, match=r"loss weight must be \(B,\)"):
+        frame_prompt_loss(x0, torch.zeros_like(x0), 2, weight=torch.ones(3))
+
+
+def test_loss_weighting_options_are_checked() -> None:
+    import dataclasses
+
+    from vidgpt.config import ConfigError, load_config
+    from vidgpt.export import exported_diffusion
+
+    x0 = ["--diffusion.process=flow", "--diffusion.prediction=x0"]
+    cfg = load_config(None, [*x0, "--diffusion.loss_weighting=snr_clamp", "--diffusion.snr_max=20"])
+    built = build_diffusion(cfg.diffusion.build())
+    assert isinstance(built, RectifiedFlow) and (built.loss_weighting, built.snr_max) == ("snr_clamp", 20.0)
+    again = exported_diffusion({"diffusion": dataclasses.asdict(cfg.diffusion)})
+    assert isinstance(again, RectifiedFlow) and again.loss_weighting == "snr_clamp"
+    for bad, match in [
+        (["--diffusion.process=flow", "--diffusion.loss_weighting=snr_clamp"], "needs prediction 'x0'"),
+        (["--diffusion.loss_weighting=snr_clamp"], "apply to process='flow' only"),
+        ([*x0, "--diffusion.loss_weighting=snr_clamp", "--diffusion.snr_max=0.5"], "snr_max must be a number >= 1"),
+        ([*x0, "--diffusion.loss_weighting=minsnr"], "diffusion.loss_weighting"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, bad)
+    with pytest.raises(ValueError, match="needs prediction 'x0'"):
+        RectifiedFlow("velocity", loss_weighting="snr_clamp")

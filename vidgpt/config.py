@@ -87,6 +87,12 @@ class DiffusionSection:
     """flow x0_skip: the data's standard deviation in the preconditioning (EDM's sigma_data)."""
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     """flow: distribution of training timesteps (logit_normal: SD3's sigmoid of a standard normal)."""
+    loss_weighting: Literal["none", "snr_clamp"] = "none"
+    """flow with prediction x0: snr_clamp weights each sample's x0 error by its signal-to-noise ratio
+    ((1 - t) / t)^2 clamped to [1, snr_max], so the network learns to keep the detail of nearly clean
+    frames (sharper samples; see vidgpt.diffusion.RectifiedFlow). Changes the training loss only."""
+    snr_max: float = 5.0
+    """flow snr_clamp: the largest weight (that of the samples with t <= 1 / (1 + sqrt(snr_max)))."""
     ddim_eta: float = 0.0
     """Sampling stochasticity, 0 = deterministic (ddpm: DDIM's eta; flow: the share of fresh noise in each
     step's re-noising). Used by vidgpt-sample and vidgpt-eval through the export."""
@@ -117,6 +123,7 @@ class DiffusionSection:
         try:
             return DiffusionConfig(
                 process=self.process, prediction=self.prediction, time_sampling=self.time_sampling,
+                loss_weighting=self.loss_weighting, snr_max=self.snr_max,
                 num_steps=self.num_steps, beta_start=self.beta_start, beta_end=self.beta_end, ddim_eta=self.ddim_eta,
                 data_std=self.data_std,
                 prompt_noise=(self.prompt_noise[0], self.prompt_noise[1]), text_drop_prob=self.text_drop_prob,

@@ -171,6 +171,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     ap.add_argument("--prediction", choices=("x0", "x0_skip", "velocity"), default="x0",
                     help="what the network predicts (default: x0)")
+    ap.add_argument("--loss-weighting", choices=("none", "snr_clamp"), default=None,
+                    help="snr_clamp (x0 only): weight each sample's x0 error by its SNR clamped to "
+                         "[1, --snr-max], as the demo (default: snr_clamp for x0, none otherwise)")
+    ap.add_argument("--snr-max", type=float, default=5.0, help="upper clamp of snr_clamp (default: 5)")
     ap.add_argument("--prompt-noise", type=float, default=0.1,
                     help="prompt frames noised up to this flow time while labelled clean (default: 0.1)")
     ap.add_argument("--eta", type=float, default=1.0,
@@ -196,6 +200,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--prompt-noise must be in [0, 1], got {args.prompt_noise}")
     if not 0 <= args.eta <= 1:
         ap.error(f"--eta must be in [0, 1], got {args.eta}")
+    if args.loss_weighting is None:
+        args.loss_weighting = "snr_clamp" if args.prediction == "x0" else "none"
+    if args.loss_weighting == "snr_clamp" and args.prediction != "x0":
+        ap.error(f"--loss-weighting snr_clamp weights the x0 error: it needs --prediction x0, got {args.prediction}")
+    if not args.snr_max >= 1:
+        ap.error(f"--snr-max must be >= 1, got {args.snr_max}")
     return args
 
 
@@ -215,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     causal_cfg = dataclasses.replace(FLAVORS[args.flavor], in_channels=3, text_dim=0)
     bidir_cfg = dataclasses.replace(causal_cfg, temporal="bidirectional")
     diffusion_cfg = DiffusionConfig(process="flow", prediction=args.prediction, ddim_eta=args.eta,
+                                    loss_weighting=args.loss_weighting, snr_max=args.snr_max,
                                     prompt_noise=(0.0, args.prompt_noise), prompt=PromptSampling("uniform"))
     diffusion = build_diffusion(diffusion_cfg)
     eval_spec = EvalSpec(prompt_frames=args.prompt_frames, clip_len=args.clip_len, multiples=args.multiples,
@@ -280,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"flavor": args.flavor, "params": count_params(causal_cfg),
                   "params_bidirectional": count_params(bidir_cfg), **dataclasses.asdict(causal_cfg)},
         "diffusion": {"process": "flow", "prediction": args.prediction, "prompt_noise": args.prompt_noise,
-                      "eta": args.eta},
+                      "eta": args.eta, "loss_weighting": args.loss_weighting, "snr_max": args.snr_max},
         "train": {**dataclasses.asdict(spec), "causal": causal_stats, "bidirectional": bidir_stats},
         "eval": {"prompt_frames": eval_spec.prompt_frames, "clip_len": eval_spec.clip_len,
                  "multiples": eval_spec.multiples, "chunk": eval_spec.chunk, "window": eval_spec.window,
