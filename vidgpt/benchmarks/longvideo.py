@@ -173,7 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="what the network predicts (default: x0)")
     ap.add_argument("--loss-weighting", choices=("none", "snr_clamp"), default=None,
                     help="snr_clamp (x0 only): weight each sample's x0 error by its SNR clamped to "
-                         "[1, --snr-max], as the demo (default: snr_clamp for x0, none otherwise)")
+                         "[1, --snr-max] (default: snr_clamp for x0, none otherwise)")
     ap.add_argument("--snr-max", type=float, default=5.0, help="upper clamp of snr_clamp (default: 5)")
     ap.add_argument("--prompt-noise", type=float, default=0.1,
                     help="prompt frames noised up to this flow time while labelled clean (default: 0.1)")
