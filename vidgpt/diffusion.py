@@ -421,11 +421,7 @@ class DiffusionConfig:
                 "velocity", "uniform", "none"):
             raise ValueError("prediction, time_sampling and loss_weighting apply to process='flow' only "
                              "(ddpm predicts the noise)")
-        if self.loss_weighting == "snr_clamp" and self.prediction != "x0":
-            raise ValueError(f"loss_weighting 'snr_clamp' weights the x0 error: it needs prediction 'x0', "
-                             f"got {self.prediction!r}")
-        if not (math.isfinite(self.snr_max) and self.snr_max >= 1):
-            raise ValueError(f"snr_max must be a number >= 1, got {self.snr_max}")
+        build_diffusion(self)  # the process's own checks (prediction, time sampling, weighting, snr_max, ...)
 
 
 def build_diffusion(cfg: DiffusionConfig) -> Diffusion:

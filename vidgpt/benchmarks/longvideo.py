@@ -202,11 +202,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--eta must be in [0, 1], got {args.eta}")
     if args.loss_weighting is None:
         args.loss_weighting = "snr_clamp" if args.prediction == "x0" else "none"
-    if args.loss_weighting == "snr_clamp" and args.prediction != "x0":
-        ap.error(f"--loss-weighting snr_clamp weights the x0 error: it needs --prediction x0, got {args.prediction}")
-    if not args.snr_max >= 1:
-        ap.error(f"--snr-max must be >= 1, got {args.snr_max}")
+    try:
+        diffusion_config(args)  # the process's own checks: snr_clamp needs x0, snr_max >= 1
+    except ValueError as exc:
+        ap.error(str(exc))
     return args
+
+
+def diffusion_config(args: argparse.Namespace) -> DiffusionConfig:
+    return DiffusionConfig(process="flow", prediction=args.prediction, ddim_eta=args.eta,
+                           loss_weighting=args.loss_weighting, snr_max=args.snr_max,
+                           prompt_noise=(0.0, args.prompt_noise), prompt=PromptSampling("uniform"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                      size=args.size)
     causal_cfg = dataclasses.replace(FLAVORS[args.flavor], in_channels=3, text_dim=0)
     bidir_cfg = dataclasses.replace(causal_cfg, temporal="bidirectional")
-    diffusion_cfg = DiffusionConfig(process="flow", prediction=args.prediction, ddim_eta=args.eta,
-                                    loss_weighting=args.loss_weighting, snr_max=args.snr_max,
-                                    prompt_noise=(0.0, args.prompt_noise), prompt=PromptSampling("uniform"))
+    diffusion_cfg = diffusion_config(args)
     diffusion = build_diffusion(diffusion_cfg)
     eval_spec = EvalSpec(prompt_frames=args.prompt_frames, clip_len=args.clip_len, multiples=args.multiples,
                          chunk=args.chunk, window=args.window, steps=args.sample_steps, num_clips=args.clips,
