@@ -239,7 +239,9 @@ def test_resume_on_one_rank_from_a_two_rank_checkpoint(run_a: Path, tmp_path: Pa
     assert "universal format" in logs(run) and "at step 4" in logs(run)
     got, a = losses(run), losses(run_a)
     assert sorted(got) == [5, 6, 7, 8]
-    assert all(abs(got[s] - a[s]) < 0.25 for s in got)  # the trained weights came along (fresh: ~1.0)
+    # the trained weights came along: within a quarter of a fresh model's loss (step 1's) of the 2-rank run's,
+    # relative so that the check holds whatever the loss's scale (weighted or not)
+    assert all(abs(got[s] - a[s]) < 0.25 * a[1] for s in got), (got, a)
 
 
 def test_conversion_killed_partway_is_redone_by_the_next_resume(run_a: Path, tmp_path: Path, data: Path) -> None:
