@@ -21,8 +21,11 @@ pytestmark = pytest.mark.distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo_cpu.toml"
+# the unweighted loss: with snr_clamp (the demo's) a 2-clip step's loss varies ~3x with its timestep draws, which
+# differ between 1 and 2 ranks, so the loose loss check of a resume on another number of ranks would be a coin
+# toss; the exact-resume checks hold either way, and tests/test_slurm.py runs them with the demo's weighting
 BASE = ["--model.flavor=tiny", "--training.steps=8", "--checkpoint.interval=4", "--logging.interval=2", "--optimizer.schedule=constant",
-        "--optimizer.warmup_steps=0", "--training.ema_decay=1e-6", "--data.batch_size=2"]
+        "--optimizer.warmup_steps=0", "--training.ema_decay=1e-6", "--data.batch_size=2", "--diffusion.loss_weighting=none"]
 
 
 def launch(run_dir: Path, world: int, *extra: str, data: Path) -> list[subprocess.Popen]:
@@ -239,9 +242,7 @@ def test_resume_on_one_rank_from_a_two_rank_checkpoint(run_a: Path, tmp_path: Pa
     assert "universal format" in logs(run) and "at step 4" in logs(run)
     got, a = losses(run), losses(run_a)
     assert sorted(got) == [5, 6, 7, 8]
-    # the trained weights came along: within a quarter of a fresh model's loss (step 1's) of the 2-rank run's,
-    # relative so that the check holds whatever the loss's scale (weighted or not)
-    assert all(abs(got[s] - a[s]) < 0.25 * a[1] for s in got), (got, a)
+    assert all(abs(got[s] - a[s]) < 0.25 for s in got), (got, a)  # the trained weights came along (fresh: ~1.0)
 
 
 def test_conversion_killed_partway_is_redone_by_the_next_resume(run_a: Path, tmp_path: Path, data: Path) -> None:

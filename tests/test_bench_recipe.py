@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vidgpt.benchmarks import recipe
+
+
+def test_recipe_changes_the_named_fields_with_their_types() -> None:
+    r = recipe.recipe(recipe.BASE, ["loss_weighting=snr_clamp", "snr_max=20"])
+    assert (r.loss_weighting, r.snr_max, r.prediction) == ("snr_clamp", 20.0, "x0")
+    assert recipe.recipe(recipe.BASE, []) == recipe.BASE
+    for bad, match in [(["snr_max"], "expected FIELD=VALUE"), (["steps=3"], "expected FIELD=VALUE"),
+                       (["snr_max=lots"], "'lots' is not a float")]:
+        with pytest.raises(ValueError, match=match):
+            recipe.recipe(recipe.BASE, bad)
+
+
+def test_paired_differences_and_summaries_on_known_rows() -> None:
+    a = [{"presence_f1": 0.7, "garbage": 0.02, "centroid_ratio_first_clip": 1.0, "largest_part": 0.9, "mse": 0.05},
+         {"presence_f1": 0.8, "garbage": 0.01, "centroid_ratio_first_clip": None, "largest_part": 0.9, "mse": 0.05}]
+    b = [{"presence_f1": 0.8, "garbage": 0.03, "centroid_ratio_first_clip": 0.9, "largest_part": 0.9, "mse": 0.04},
+         {"presence_f1": 0.7, "garbage": 0.00, "centroid_ratio_first_clip": 0.8, "largest_part": 0.95, "mse": 0.06}]
+    d = recipe.paired(a, b)
+    assert d["presence_f1"]["diffs"] == [0.1, -0.1] and d["presence_f1"]["mean"] == 0.0
+    assert d["presence_f1"]["std"] == pytest.approx(0.1414, abs=1e-4) and d["presence_f1"]["b_better_on"] == "1/2"
+    assert d["garbage"]["b_better_on"] == "1/2"  # lower is better
+    assert d["centroid_ratio_first_clip"]["diffs"] == [-0.1] and d["centroid_ratio_first_clip"]["std"] is None
+    assert d["largest_part"]["b_better_on"] == "1/2"  # equal is not better
+    s = recipe.summarize(a)
+    assert s["presence_f1"] == {"mean": 0.75, "std": pytest.approx(0.0707, abs=1e-4)}
+    assert s["centroid_ratio_first_clip"] == {"mean": 1.0, "std": None}
+
+
+def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--flavor", "tiny", "--steps", "2", "--seeds", "2", "--pool", "4", "--clips", "2", "--size", "16",
+            "--clip-len", "4", "--multiples", "1", "--sample-steps", "2", "--batch", "2",
+            "--b", "loss_weighting=snr_clamp", "--out", str(tmp_path / "r")]
+    assert recipe.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    result = json.loads(out[0])
+    assert result["recipes"]["a"]["loss_weighting"] == "none" and result["recipes"]["b"]["loss_weighting"] == "snr_clamp"
+    assert len(result["per_seed"]["a"]) == len(result["per_seed"]["b"]) == 2
+    assert all(len(v["diffs"]) <= 2 for v in result["b_minus_a"].values())
+    assert len(result["b_minus_a"]["mse"]["diffs"]) == 2
+    assert [s["steps"] for s in result["train"]["b"]] == [2, 2]
+    assert (tmp_path / "r" / "b_seed1" / "sheet.png").is_file()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--b"], "--b changes nothing"),
+    (["--b", "loss_weighting=snr_clamp", "prediction=velocity"], "needs prediction 'x0'"),
+    (["--b", "colour=red"], "expected FIELD=VALUE"),
+    (["--seeds", "0", "--b", "snr_max=3"], "--seeds must be > 0"),
+])
+def test_recipe_benchmark_refuses_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        recipe.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
