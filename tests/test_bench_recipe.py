@@ -12,8 +12,10 @@ def test_recipe_changes_the_named_fields_with_their_types() -> None:
     r = recipe.recipe(recipe.BASE, ["loss_weighting=snr_clamp", "snr_max=20"])
     assert (r.loss_weighting, r.snr_max, r.prediction) == ("snr_clamp", 20.0, "x0")
     assert recipe.recipe(recipe.BASE, []) == recipe.BASE
+    assert recipe.recipe(recipe.BASE, ["per_frame_noise=true"]).per_frame_noise is True
+    assert recipe.recipe(recipe.BASE, ["per_frame_noise=False"]).per_frame_noise is False
     for bad, match in [(["snr_max"], "expected FIELD=VALUE"), (["steps=3"], "expected FIELD=VALUE"),
-                       (["snr_max=lots"], "'lots' is not a float")]:
+                       (["snr_max=lots"], "'lots' is not a float"), (["per_frame_noise=1"], "not true or false")]:
         with pytest.raises(ValueError, match=match):
             recipe.recipe(recipe.BASE, bad)
 
@@ -37,7 +39,7 @@ def test_paired_differences_and_summaries_on_known_rows() -> None:
 def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--flavor", "tiny", "--steps", "2", "--seeds", "2", "--pool", "4", "--clips", "2", "--size", "16",
             "--clip-len", "4", "--multiples", "1", "--sample-steps", "2", "--batch", "2",
-            "--b", "loss_weighting=snr_clamp", "--out", str(tmp_path / "r")]
+            "--b", "loss_weighting=snr_clamp", "--context-scale", "2", "--out", str(tmp_path / "r")]
     assert recipe.main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
@@ -46,7 +48,7 @@ def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.
     assert len(result["per_seed"]["a"]) == len(result["per_seed"]["b"]) == 2
     assert all(len(v["diffs"]) <= 2 for v in result["b_minus_a"].values())
     assert len(result["b_minus_a"]["mse"]["diffs"]) == 2
-    assert [s["steps"] for s in result["train"]["b"]] == [2, 2]
+    assert [s["steps"] for s in result["train"]["b"]] == [2, 2] and result["eval"]["context_scale"] == 2.0
     assert (tmp_path / "r" / "b_seed1" / "sheet.png").is_file()
 
 

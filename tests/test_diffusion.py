@@ -391,6 +391,35 @@ def test_weighted_training_loss_is_the_hand_weighted_mean() -> None:
         frame_prompt_loss(x0, torch.zeros_like(x0), 2, weight=torch.ones(3))
 
 
+def test_per_frame_noise_draws_a_timestep_and_a_weight_per_frame() -> None:
+    """Diffusion Forcing's training: each noisy frame its own time; rebuilt by hand from the same draws."""
+    x0 = torch.randn(4, 5, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    seen: list[torch.Tensor] = []
+
+    def zeros(x: torch.Tensor, t: torch.Tensor, **kw: object) -> torch.Tensor:
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    flow = RectifiedFlow("x0", loss_weighting="snr_clamp", snr_max=5.0)
+    got = flow.training_loss(zeros, x0, 2, generator=torch.Generator().manual_seed(7), per_frame_noise=True)
+    g = torch.Generator().manual_seed(7)  # the draws: the noise, then one time per frame
+    torch.randn(x0.shape, generator=g)
+    t = torch.rand(4 * 5, generator=g).view(4, 5)
+    torch.testing.assert_close(seen[0], torch.where(torch.arange(5) < 2, 0.0, t) * 1000)  # prompts stay at 0
+    assert (seen[0][:, 2:].std(dim=1) > 0).all()  # the frames of one clip differ
+    weight = (((1 - t) / t) ** 2).clamp(1, 5)[:, 2:]  # (4, 3): per frame
+    per_frame = x0[:, 2:].pow(2).mean(dim=(2, 3, 4))  # (4, 3)
+    torch.testing.assert_close(got, (weight * per_frame).mean())
+    shared = flow.training_loss(zeros, x0, 2, generator=torch.Generator().manual_seed(7))
+    assert (seen[1][:, 2:].std(dim=1) == 0).all() and not torch.isclose(shared, got)  # the default: one per clip
+    with pytest.raises(ValueError, match=r"\(B, L\)"):
+        frame_prompt_loss(x0, torch.zeros_like(x0), 2, weight=torch.ones(4, 4))
+    from vidgpt.config import load_config
+
+    assert load_config(None, ["--diffusion.per_frame_noise=true"]).diffusion.build().per_frame_noise is True
+    assert load_config(None, []).diffusion.build().per_frame_noise is False
+
+
 def test_loss_weighting_options_are_checked() -> None:
     import dataclasses
 

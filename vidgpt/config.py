@@ -102,6 +102,9 @@ class DiffusionSection:
     """DDPM linear beta schedule start."""
     beta_end: float = 0.02
     """DDPM linear beta schedule end."""
+    per_frame_noise: bool = False
+    """Every noisy training frame draws its own timestep (Diffusion Forcing) instead of one per clip; with
+    snr_clamp each frame carries its own weight. Sampling is unchanged. Changes the training loss only."""
     prompt_noise: list[float] = field(default_factory=lambda: [0.0, 0.0])
     """[lo, hi] fraction of the noise range used to lightly noise prompt frames (paper: [0.05, 0.1])."""
     text_drop_prob: float = 0.1
@@ -127,6 +130,7 @@ class DiffusionSection:
                 num_steps=self.num_steps, beta_start=self.beta_start, beta_end=self.beta_end, ddim_eta=self.ddim_eta,
                 data_std=self.data_std,
                 prompt_noise=(self.prompt_noise[0], self.prompt_noise[1]), text_drop_prob=self.text_drop_prob,
+                per_frame_noise=self.per_frame_noise,
                 prompt=PromptSampling(self.prompt_rule, self.prompt_min_len, self.prompt_chunk),
             )
         except ValueError as exc:

@@ -118,6 +118,7 @@ class Diffusion(ABC):
         text_drop_prob: float = 0.0,
         prompt_noise: tuple[float, float] = (0.0, 0.0),
         input_dtype: torch.dtype | None = None,
+        per_frame_noise: bool = False,
     ) -> Tensor:
         """Frame-as-prompt loss of one batch.
 
@@ -130,6 +131,9 @@ class Diffusion(ABC):
         text_drop_prob: probability that a sample's caption becomes the null embedding (CFG);
         prompt_noise: (lo, hi) fraction of the noise range used to lightly noise prompt frames,
         which still carry timestep 0. (0, 0) keeps them clean.
+        per_frame_noise: every noisy frame draws its own timestep (Diffusion Forcing) instead of one per
+        sample; each frame's error then carries its own loss weight. Sampling is unchanged (a chunk's
+        frames share one level, one of the mixes trained).
         """
         B, L = x0.shape[:2]
         if not 0 <= prompt_len < L:
@@ -138,8 +142,12 @@ class Diffusion(ABC):
         x0 = x0.float()
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32)
         is_prompt = (torch.arange(L, device=device) < prompt_len).expand(B, L)  # (B, L)
-        t_noisy = self.sample_time(B, generator, device)  # (B,)
-        t = torch.where(is_prompt, torch.zeros_like(t_noisy)[:, None], t_noisy[:, None])  # (B, L)
+        if per_frame_noise:
+            t_noisy = t_frames = self.sample_time(B * L, generator, device).view(B, L)  # (B, L)
+        else:
+            t_noisy = self.sample_time(B, generator, device)  # (B,): one level per clip
+            t_frames = t_noisy[:, None].expand(B, L)  # (B, L)
+        t = torch.where(is_prompt, torch.zeros_like(t_frames), t_frames)  # (B, L)
 
         lo, hi = prompt_noise
         if hi > 0:  # noise augmentation of prompt frames, still labelled t = 0
@@ -355,7 +363,8 @@ def frame_prompt_loss(
 
     pred, target: (B, L, C, H, W); frames < prompt_len are prompts and contribute nothing (their
     gradient is exactly zero); valid: (B, L) bool masks padding frames out as well; weight: (B,)
-    multiplies each sample's frame errors (the mean is still over the frames counted, not the weights).
+    multiplies each sample's frame errors, (B, L) each frame's (the mean is still over the frames
+    counted, not the weights).
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
@@ -367,9 +376,9 @@ def frame_prompt_loss(
             raise ValueError(f"valid mask must be (B, L)={(B, L)}, got {tuple(valid.shape)}")
         keep = keep & valid.bool()
     if weight is not None:
-        if weight.shape != (B,):
-            raise ValueError(f"loss weight must be (B,)={(B,)}, got {tuple(weight.shape)}")
-        per_frame = per_frame * weight.to(per_frame.dtype)[:, None]
+        if weight.shape not in ((B,), (B, L)):
+            raise ValueError(f"loss weight must be (B,)={(B,)} or (B, L)={(B, L)}, got {tuple(weight.shape)}")
+        per_frame = per_frame * (weight[:, None] if weight.ndim == 1 else weight).to(per_frame.dtype)
     count = keep.sum()
     return torch.where(keep, per_frame, torch.zeros_like(per_frame)).sum() / count.clamp_min(1)
 
@@ -404,6 +413,8 @@ class DiffusionConfig:
     """Sampling stochasticity, 0 = deterministic (ddpm: DDIM's eta; flow: the share of fresh noise per step)."""
     prompt_noise: tuple[float, float] = (0.0, 0.0)
     """Light noise on prompt frames as a (lo, hi) fraction of the noise range; paper: (0.05, 0.1)."""
+    per_frame_noise: bool = False
+    """Every noisy training frame draws its own timestep (Diffusion Forcing) instead of one per clip."""
     text_drop_prob: float = 0.1
     """Probability of replacing a caption by the null embedding in training (CFG)."""
     prompt: PromptSampling = PromptSampling()

@@ -435,6 +435,7 @@ class Trainer:
             self.engine, x0, prompt_len, generator=self.noise_gen,
             valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
             text_drop_prob=self.diffusion_cfg.text_drop_prob, prompt_noise=self.diffusion_cfg.prompt_noise,
+            per_frame_noise=self.diffusion_cfg.per_frame_noise,
             input_dtype=self.dtype,
         )
         flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
@@ -476,7 +477,8 @@ class Trainer:
                 self.engine, x0, self.diffusion_cfg.prompt.sample(x0.shape[1], prompts, limit=self._prompt_limit(batch)),
                 generator=noise,
                 valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
-                prompt_noise=self.diffusion_cfg.prompt_noise, input_dtype=self.dtype,
+                prompt_noise=self.diffusion_cfg.prompt_noise,
+                per_frame_noise=self.diffusion_cfg.per_frame_noise, input_dtype=self.dtype,
             ).float()
             count += 1
         summed = distributed.all_reduce(torch.stack([total, torch.tensor(float(count), device=self.device)]), "sum")

@@ -114,7 +114,8 @@ def train(
             group["lr"] = spec.lr * factor
         x0 = next(data)
         prompt_len = diffusion_cfg.prompt.sample(spec.clip_len, gen)
-        loss = diffusion.training_loss(model, x0, prompt_len, generator=gen, prompt_noise=diffusion_cfg.prompt_noise)
+        loss = diffusion.training_loss(model, x0, prompt_len, generator=gen, prompt_noise=diffusion_cfg.prompt_noise,
+                                       per_frame_noise=diffusion_cfg.per_frame_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -40,7 +40,7 @@ FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part"
 BASE = DiffusionConfig(process="flow", prediction="x0", ddim_eta=1.0, loss_weighting="none",
                        prompt_noise=(0.0, 0.1), prompt=PromptSampling("uniform", 0))
 """Recipe A unless --a changes it: the demo's diffusion settings (configs/demo_cpu.toml) before --a/--b."""
-SETTABLE = ("prediction", "time_sampling", "loss_weighting", "snr_max", "ddim_eta", "data_std")
+SETTABLE = ("prediction", "time_sampling", "loss_weighting", "snr_max", "ddim_eta", "data_std", "per_frame_noise")
 
 
 def recipe(base: DiffusionConfig, pairs: list[str]) -> DiffusionConfig:
@@ -52,6 +52,11 @@ def recipe(base: DiffusionConfig, pairs: list[str]) -> DiffusionConfig:
         if not sep or name not in SETTABLE:
             raise ValueError(f"{pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}")
         kind = type(getattr(base, name))
+        if kind is bool:  # bool("false") is True: spell it out
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"{pair!r}: {value!r} is not true or false")
+            changes[name] = value.lower() == "true"
+            continue
         try:
             changes[name] = kind(value)
         except ValueError:
@@ -108,10 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompt-frames", type=int, default=2, help="prompt frames P (default: 2)")
     ap.add_argument("--multiples", type=int, default=4, help="continue for k clip lengths (default: 4)")
     ap.add_argument("--sample-steps", type=int, default=20, help="denoising steps per chunk (default: 20)")
+    ap.add_argument("--context-scale", type=float, default=1.0,
+                    help="guidance on the earlier frames when sampling (the demo's: 2; default: 1, none)")
     ap.add_argument("--out", type=Path, default=None, help="also write each model's report, plot and sheet here")
     args = ap.parse_args(argv)
     for name in ("seeds", "steps", "batch", "lr", "clip_len", "pool", "size", "clips", "multiples", "sample_steps",
-                 "prompt_frames"):
+                 "prompt_frames", "context_scale"):
         if not getattr(args, name) > 0:
             ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.prompt_frames >= args.clip_len:
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(FLAVORS[args.flavor], in_channels=3, text_dim=0)
     spec = TrainSpec(clip_len=args.clip_len, batch=args.batch, lr=args.lr, pool=args.pool, size=args.size)
     eval_spec = EvalSpec(prompt_frames=args.prompt_frames, clip_len=args.clip_len, multiples=args.multiples,
-                         steps=args.sample_steps, num_clips=args.clips, size=args.size)
+                         steps=args.sample_steps, num_clips=args.clips, size=args.size,
+                         context_scale=args.context_scale)
     log(f"rendering {spec.pool} training videos and {args.clips} held-out scenes")
     pool = training_videos(spec)
     truth, scenes = synthetic_truth(eval_spec)
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                   "size": args.size, "seeds": args.seeds, "a": trained["a"], "b": trained["b"]},
         "eval": {"clips": args.clips, "prompt_frames": args.prompt_frames, "multiples": args.multiples,
                  "sample_steps": args.sample_steps, "chunk": eval_spec.chunk, "window": eval_spec.window,
+                 "context_scale": args.context_scale,
                  "synthetic_seed": eval_spec.synthetic_seed},
         "per_seed": rows,
         "summary": {"a": summarize(rows["a"]), "b": summarize(rows["b"])},
