@@ -39,7 +39,8 @@ def test_paired_differences_and_summaries_on_known_rows() -> None:
 def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--flavor", "tiny", "--steps", "2", "--seeds", "2", "--pool", "4", "--clips", "2", "--size", "16",
             "--clip-len", "4", "--multiples", "1", "--sample-steps", "2", "--batch", "2",
-            "--b", "loss_weighting=snr_clamp", "--context-scale", "2", "--out", str(tmp_path / "r")]
+            "--a", "loss_weighting=none", "--b", "loss_weighting=snr_clamp", "--context-scale", "2",
+            "--out", str(tmp_path / "r")]
     assert recipe.main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1

@@ -142,11 +142,8 @@ class Diffusion(ABC):
         x0 = x0.float()
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32)
         is_prompt = (torch.arange(L, device=device) < prompt_len).expand(B, L)  # (B, L)
-        if per_frame_noise:
-            t_noisy = t_frames = self.sample_time(B * L, generator, device).view(B, L)  # (B, L)
-        else:
-            t_noisy = self.sample_time(B, generator, device)  # (B,): one level per clip
-            t_frames = t_noisy[:, None].expand(B, L)  # (B, L)
+        levels = L if per_frame_noise else 1  # noise levels per clip: one per frame, or one shared
+        t_frames = self.sample_time(B * levels, generator, device).view(B, levels).expand(B, L)  # (B, L)
         t = torch.where(is_prompt, torch.zeros_like(t_frames), t_frames)  # (B, L)
 
         lo, hi = prompt_noise
@@ -167,7 +164,7 @@ class Diffusion(ABC):
             x_in = x_in.to(input_dtype)
             text = None if text is None else text.to(input_dtype)
         pred = model(x_in, self.model_time(t), text=text, text_mask=text_mask, drop_text=drop)
-        return frame_prompt_loss(pred, self.target(x0, noise, t), prompt_len, valid, self.loss_weight(t_noisy))
+        return frame_prompt_loss(pred, self.target(x0, noise, t), prompt_len, valid, self.loss_weight(t_frames))
 
 
 class GaussianDiffusion(Diffusion):

@@ -1,6 +1,7 @@
 """Is a training change really better? Two recipes, several training seeds, paired; prints one JSON object.
 
     vidgpt-bench-recipe --a loss_weighting=none --b loss_weighting=snr_clamp --seeds 3
+    vidgpt-bench-recipe --b per_frame_noise=true --context-scale 2
     python tools/bench_recipe.py --help
 
 The demo's quality figures move a lot from one training seed to the next with everything else fixed:
@@ -33,13 +34,14 @@ import numpy as np
 import torch
 
 from vidgpt.benchmarks.longvideo import TrainSpec, train, training_videos
-from vidgpt.diffusion import DiffusionConfig, PromptSampling, build_diffusion
+from vidgpt.config import load_config
+from vidgpt.demo import CONFIG as DEMO_CONFIG
+from vidgpt.diffusion import DiffusionConfig, build_diffusion
 from vidgpt.model import FLAVORS, count_params
 
 FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part", "mse")
-BASE = DiffusionConfig(process="flow", prediction="x0", ddim_eta=1.0, loss_weighting="none",
-                       prompt_noise=(0.0, 0.1), prompt=PromptSampling("uniform", 0))
-"""Recipe A unless --a changes it: the demo's diffusion settings (configs/demo_cpu.toml) before --a/--b."""
+BASE: DiffusionConfig = load_config(DEMO_CONFIG).diffusion.build()
+"""Recipe A unless --a changes it: the demo's diffusion settings, read from configs/demo_cpu.toml."""
 SETTABLE = ("prediction", "time_sampling", "loss_weighting", "snr_max", "ddim_eta", "data_std", "per_frame_noise")
 
 
@@ -123,11 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.prompt_frames >= args.clip_len:
         ap.error(f"--prompt-frames {args.prompt_frames} must be < --clip-len {args.clip_len}")
-    try:
+    try:  # DiffusionConfig runs the process's own checks (snr_clamp needs x0, ...)
         args.recipe_a = recipe(BASE, args.a)
         args.recipe_b = recipe(args.recipe_a, args.b)
-        for r in (args.recipe_a, args.recipe_b):
-            build_diffusion(r)  # the process's own checks (snr_clamp needs x0, ...)
     except ValueError as exc:
         ap.error(str(exc))
     if args.recipe_a == args.recipe_b:
