@@ -47,7 +47,7 @@ from vidgpt.checkpoint import (
 from data_pipeline.loader import DataError, error_line
 from data_pipeline.storage import StorageError
 from vidgpt.config import Config, ConfigError, dumps, load_config
-from vidgpt.model import text_mask_or_none
+from vidgpt.model import ModelConfig, text_mask_or_none
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run again with --resume auto
 
@@ -125,6 +125,34 @@ def deepspeed_config(cfg: Config, precision: str, load_universal: bool) -> dict[
     if load_universal:
         ds["checkpoint"] = {"load_universal": True}
     return _merge(ds, cfg.training.deepspeed)
+
+
+def build_engine(cfg: Config, model_cfg: ModelConfig, ds_config: dict[str, Any]) -> tuple[Any, Any]:
+    """The network (initial weights from training.seed, the same on every rank), AdamW and the lr schedule
+    wrapped by DeepSpeed as `ds_config` says: (engine, scheduler). Needs torch.distributed initialised.
+
+    tests/dp_step.py trains through this on several ranks and checks the weights against one process
+    with plain torch (AdamW, clip_grad_norm_, LambdaLR(lr_factor)) on the whole batch."""
+    import deepspeed
+
+    from vidgpt.model import VidGPT
+
+    torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
+    zero3 = cfg.training.zero_stage == 3
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero3):
+        model = VidGPT(model_cfg, init_weights=False)
+    gather = (lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=0)) if zero3 else None
+    model.initialize_weights(gather=gather)
+    model.activation_checkpointing = cfg.model.activation_checkpointing
+    if cfg.training.compile:
+        model.compile_blocks()
+    o = cfg.optimizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                  weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                   config=ds_config)
+    return engine, scheduler
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -239,12 +267,9 @@ class Trainer:
     # -- set-up ---------------------------------------------------------------
 
     def setup(self) -> None:
-        import deepspeed
-
         from data_pipeline.loader import LatentLoader, LoaderConfig
         from vidgpt.diffusion import build_diffusion
         from vidgpt.ema import ShardedEMA
-        from vidgpt.model import VidGPT
 
         cfg, env = self.cfg, self.env
         # DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates
@@ -274,23 +299,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
         ds_config = deepspeed_config(cfg, self.precision, universal_tag is not None)
-
-        torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
-        zero3 = cfg.training.zero_stage == 3
-        with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero3):
-            model = VidGPT(self.model_cfg, init_weights=False)
-        gather = (lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=0)) if zero3 else None
-        model.initialize_weights(gather=gather)
-        model.activation_checkpointing = cfg.model.activation_checkpointing
-        if cfg.training.compile:
-            model.compile_blocks()
-        o = cfg.optimizer
-        optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                      weight_decay=o.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-        )
+        self.engine, self.scheduler = build_engine(cfg, self.model_cfg, ds_config)
         self.diffusion_cfg = cfg.diffusion.build()
         self.diffusion = build_diffusion(self.diffusion_cfg)
         self.loader = LatentLoader(
