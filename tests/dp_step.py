@@ -24,6 +24,7 @@ from vidgpt.model import VidGPT
 from vidgpt.train import build_engine, deepspeed_config, lr_factor
 
 STEPS = 3
+FLOW = build_diffusion(DiffusionConfig(process="flow", prediction="x0"))
 
 
 def batches(cfg: Config, world: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -43,9 +44,7 @@ def batches(cfg: Config, world: int) -> list[tuple[torch.Tensor, torch.Tensor, t
 
 def clip_losses(model: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The x0 error of each clip's noisy frames: (B,)."""
-    diffusion = build_diffusion(DiffusionConfig(process="flow", prediction="x0"))
-    xt = diffusion.add_noise(x0, noise, t)
-    pred = model(xt, diffusion.model_time(t))
+    pred = model(FLOW.add_noise(x0, noise, t), FLOW.model_time(t))
     return (pred - x0).pow(2)[:, 1:].mean(dim=(1, 2, 3, 4))
 
 

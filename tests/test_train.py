@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import dp_step  # tests/ is on sys.path (pytest's prepend import mode)
 import pytest
 import torch
 
@@ -120,9 +121,6 @@ def test_two_ranks_with_half_the_batch_each_train_as_one_process(tmp_path: Path,
     (ZeRO-3, and plain data parallel), each with half of every batch, give the weights of one process of plain
     torch (AdamW, clip_grad_norm_, the trainer's lr schedule) on the whole batches. The clipping threshold is
     low enough to clip every step and the warm-up short, so the global gradient norm and the schedule count."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import dp_step
-
     out = tmp_path / "weights.pt"
     overrides = ["--model.flavor=tiny", "--data.batch_size=2", "--data.num_frames=4", "--optimizer.lr=3e-3",
                  "--optimizer.grad_clip=0.05", "--optimizer.warmup_steps=2", "--optimizer.weight_decay=0.01",
@@ -133,9 +131,11 @@ def test_two_ranks_with_half_the_batch_each_train_as_one_process(tmp_path: Path,
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = torch.load(out, weights_only=True)
-    want = dp_step.reference(load_config(None, overrides), world=2)
+    cfg = load_config(None, overrides)
+    want = dp_step.reference(cfg, world=2)
     assert got.keys() == want.keys()
-    moved = max((want[k] - dp_step.initial(load_config(None, overrides))[k]).abs().max().item() for k in want)
+    start = dp_step.initial(cfg)
+    moved = max((want[k] - start[k]).abs().max().item() for k in want)
     assert moved > 1e-3  # the steps did change the weights
     worst = max((got[k] - want[k]).abs().max().item() for k in want)
     assert worst < 1e-5, f"2-rank weights differ from the 1-process reference by up to {worst:.2e}"
