@@ -54,6 +54,46 @@ def test_prompt_sampling_is_seeded() -> None:
     assert a == b
 
 
+def test_per_clip_prompt_lengths_mix_within_a_batch() -> None:
+    per_clip = PromptSampling("uniform", min_len=0, per_clip=True)
+    lens = per_clip.draw(8, 4000, torch.Generator().manual_seed(0))
+    assert lens.shape == (4000,) and lens.dtype == torch.long
+    counts = Counter(lens.tolist())
+    assert set(counts) == set(range(8)) and min(counts.values()) > 4000 / 8 * 0.8
+    assert len(set(per_clip.draw(8, 16, torch.Generator().manual_seed(1)).tolist())) > 1
+    assert int(per_clip.draw(8, 500, torch.Generator().manual_seed(2), limit=3).max()) == 3
+    # one per batch: sample's own draw repeated, from the same random stream
+    shared = PromptSampling("uniform", min_len=0)
+    got = [shared.draw(8, 5, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(len(set(g.tolist())) == 1 for g in got)
+    assert [int(g[0]) for g in got] == [shared.sample(8, torch.Generator().manual_seed(s)) for s in range(20)]
+
+
+def test_loss_with_per_clip_prompt_lengths() -> None:
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(3, 6, 2, 4, 4, generator=g, requires_grad=True)
+    target = torch.randn(3, 6, 2, 4, 4, generator=g)
+    lens = torch.tensor([0, 2, 5])
+    loss = frame_prompt_loss(pred, target, lens)
+    loss.backward()
+    per_frame = (pred - target).pow(2).mean(dim=(2, 3, 4))
+    torch.testing.assert_close(loss, torch.cat([per_frame[0], per_frame[1, 2:], per_frame[2, 5:]]).mean())
+    assert pred.grad[1, :2].abs().max() == 0 and pred.grad[2, :5].abs().max() == 0
+    assert pred.grad[0].abs().min() > 0 and pred.grad[1, 2:].abs().min() > 0
+    # the model sees each clip's own prompt frames clean at t = 0, its other frames noised
+    model = Recorder()
+    x0 = torch.randn(3, 6, 4, 8, 8, generator=g)
+    RectifiedFlow("x0").training_loss(model, x0, lens, generator=torch.Generator().manual_seed(1))
+    t, x = model.calls[0]["t"], model.calls[0]["x"]
+    for b, p in enumerate(lens.tolist()):
+        assert torch.equal(t[b, :p], torch.zeros(p)) and (t[b, p:] > 0).all()
+        assert torch.equal(x[b, :p], x0[b, :p]) and (x[b, p:] - x0[b, p:]).abs().mean() > 0.1
+    with pytest.raises(ValueError, match=r"prompt_len must be in \[0, 5\].*\[0, 6, 1\]"):
+        frame_prompt_loss(pred, target, torch.tensor([0, 6, 1]))
+    with pytest.raises(ValueError, match=r"one per clip \(3\)"):
+        frame_prompt_loss(pred, target, torch.tensor([0, 1]))
+
+
 # ----------------------------------------------------------------------------- processes
 
 

@@ -116,6 +116,8 @@ class DiffusionSection:
     caption alone), which text to video (vidgpt-sample --caption without --prompt) needs."""
     prompt_chunk: int = 8
     """Chunk c of the chunked rule."""
+    prompt_per_clip: bool = False
+    """false: one prompt length per batch (the paper's code); true: one per clip, so every step mixes them."""
 
     def validate(self) -> None:
         if len(self.prompt_noise) != 2:
@@ -131,7 +133,7 @@ class DiffusionSection:
                 data_std=self.data_std,
                 prompt_noise=(self.prompt_noise[0], self.prompt_noise[1]), text_drop_prob=self.text_drop_prob,
                 per_frame_noise=self.per_frame_noise,
-                prompt=PromptSampling(self.prompt_rule, self.prompt_min_len, self.prompt_chunk),
+                prompt=PromptSampling(self.prompt_rule, self.prompt_min_len, self.prompt_chunk, self.prompt_per_clip),
             )
         except ValueError as exc:
             raise ConfigError(f"diffusion: {exc}") from exc

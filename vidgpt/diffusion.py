@@ -28,7 +28,7 @@ Predictor = Callable[..., Tensor]
 
 @dataclass(frozen=True)
 class PromptSampling:
-    """How many clean prompt frames a training clip gets; drawn once per batch."""
+    """How many clean prompt frames a training clip gets; drawn once per batch, or once per clip."""
 
     rule: Literal["uniform", "chunked"] = "uniform"
     """uniform: P in [min_len, L-1]; chunked: P in {1, 1+chunk, 1+2*chunk, ...} below L."""
@@ -37,6 +37,9 @@ class PromptSampling:
     from the caption alone (what text to video, `vidgpt-sample --caption` without `--prompt`, needs)."""
     chunk: int = 8
     """Step of the chunked rule (the paper: 8, giving {1, 9, 17, 25} for L = 33)."""
+    per_clip: bool = False
+    """False: one length for the whole batch (the paper's code); True: each clip of a batch draws its own,
+    so every optimizer step mixes prompt lengths."""
 
     def __post_init__(self) -> None:
         if self.rule not in ("uniform", "chunked"):
@@ -58,10 +61,23 @@ class PromptSampling:
         """A prompt length for clips of `clip_len` frames; limit: the most it may be (a batch whose shortest
         clip has v real frames passes v - 1, so that every clip keeps a real noisy frame; padding frames
         carry no loss). The draw is the same as without a limit whenever the limit cuts nothing."""
+        options = self._allowed(clip_len, limit)
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+    def draw(self, clip_len: int, batch: int, generator: torch.Generator | None = None,
+             limit: int | None = None) -> Tensor:
+        """Prompt lengths of a batch, (batch,) int64 on the CPU: `sample`'s one draw repeated (the same
+        random stream as `sample`), or with per_clip one draw per clip from the same choices."""
+        if not self.per_clip:
+            return torch.full((batch,), self.sample(clip_len, generator, limit), dtype=torch.long)
+        options = torch.tensor(self._allowed(clip_len, limit), dtype=torch.long)
+        return options[torch.randint(len(options), (batch,), generator=generator)]
+
+    def _allowed(self, clip_len: int, limit: int | None) -> list[int]:
         options = self.choices(clip_len)
         if limit is not None and limit < options[-1]:
             options = [p for p in options if p <= limit] or [max(min(1, self.min_len), limit)]
-        return options[int(torch.randint(len(options), (1,), generator=generator))]
+        return options
 
 
 # ----------------------------------------------------------------------------- processes
@@ -109,7 +125,7 @@ class Diffusion(ABC):
         self,
         model: Predictor,
         x0: Tensor,
-        prompt_len: int,
+        prompt_len: int | Tensor,
         *,
         generator: torch.Generator | None = None,
         valid: Tensor | None = None,
@@ -126,7 +142,8 @@ class Diffusion(ABC):
         computed in float32, and only the network's input is cast to `input_dtype` (the training
         precision; None keeps float32). Noising in bf16 would round x_t as if t were another time than
         the one the network is told.
-        prompt_len: P clean prompt frames (0 <= P < L; 0: the whole clip is generated, text to video);
+        prompt_len: P clean prompt frames (0 <= P < L; 0: the whole clip is generated, text to video),
+        one for the batch or (B,) one per clip (`PromptSampling.draw`);
         valid: (B, L) bool, False for padding frames (excluded from the loss);
         text_drop_prob: probability that a sample's caption becomes the null embedding (CFG);
         prompt_noise: (lo, hi) fraction of the noise range used to lightly noise prompt frames,
@@ -136,12 +153,11 @@ class Diffusion(ABC):
         frames share one level, one of the mixes trained).
         """
         B, L = x0.shape[:2]
-        if not 0 <= prompt_len < L:
-            raise ValueError(f"prompt_len must be in [0, {L - 1}] for clips of {L} frames, got {prompt_len}")
         device = x0.device
+        lens = prompt_lengths(prompt_len, B, L).to(device, non_blocking=True)  # (B,)
         x0 = x0.float()
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32)
-        is_prompt = (torch.arange(L, device=device) < prompt_len).expand(B, L)  # (B, L)
+        is_prompt = torch.arange(L, device=device)[None, :] < lens[:, None]  # (B, L)
         levels = L if per_frame_noise else 1  # noise levels per clip: one per frame, or one shared
         t_frames = self.sample_time(B * levels, generator, device).view(B, levels).expand(B, L)  # (B, L)
         t = torch.where(is_prompt, torch.zeros_like(t_frames), t_frames)  # (B, L)
@@ -164,7 +180,7 @@ class Diffusion(ABC):
             x_in = x_in.to(input_dtype)
             text = None if text is None else text.to(input_dtype)
         pred = model(x_in, self.model_time(t), text=text, text_mask=text_mask, drop_text=drop)
-        return frame_prompt_loss(pred, self.target(x0, noise, t), prompt_len, valid, self.loss_weight(t_frames))
+        return frame_prompt_loss(pred, self.target(x0, noise, t), lens, valid, self.loss_weight(t_frames))
 
 
 class GaussianDiffusion(Diffusion):
@@ -353,13 +369,27 @@ class RectifiedFlow(Diffusion):
 # ----------------------------------------------------------------------------- loss
 
 
+def prompt_lengths(prompt_len: int | Tensor, batch: int, clip_len: int) -> Tensor:
+    """prompt_len as (batch,) int64, on the device it came on (a CPU int: the CPU); ValueError unless
+    every length is in [0, clip_len - 1]. Check a tensor while it is on the CPU: on a GPU this syncs."""
+    lens = torch.as_tensor(prompt_len, dtype=torch.long).reshape(-1)
+    if lens.numel() == 1:
+        lens = lens.expand(batch)
+    if lens.shape != (batch,):
+        raise ValueError(f"prompt_len must be one length or one per clip ({batch}), got shape {tuple(lens.shape)}")
+    if lens.device.type == "cpu" and not bool(((lens >= 0) & (lens < clip_len)).all()):
+        raise ValueError(f"prompt_len must be in [0, {clip_len - 1}] for clips of {clip_len} frames, "
+                         f"got {lens.tolist() if batch > 1 else int(lens[0])}")
+    return lens
+
+
 def frame_prompt_loss(
-    pred: Tensor, target: Tensor, prompt_len: int, valid: Tensor | None = None, weight: Tensor | None = None,
+    pred: Tensor, target: Tensor, prompt_len: int | Tensor, valid: Tensor | None = None, weight: Tensor | None = None,
 ) -> Tensor:
     """Mean squared error over noisy frames only.
 
-    pred, target: (B, L, C, H, W); frames < prompt_len are prompts and contribute nothing (their
-    gradient is exactly zero); valid: (B, L) bool masks padding frames out as well; weight: (B,)
+    pred, target: (B, L, C, H, W); frames < prompt_len (one for the batch, or (B,) one per clip) are
+    prompts and contribute nothing (their gradient is exactly zero); valid: (B, L) bool masks padding frames out as well; weight: (B,)
     multiplies each sample's frame errors, (B, L) each frame's (the mean is still over the frames
     counted, not the weights).
     """
@@ -367,7 +397,8 @@ def frame_prompt_loss(
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     B, L = pred.shape[:2]
     per_frame = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, L)
-    keep = (torch.arange(L, device=pred.device) >= prompt_len).expand(B, L)
+    lens = prompt_lengths(prompt_len, B, L).to(pred.device)
+    keep = torch.arange(L, device=pred.device)[None, :] >= lens[:, None]  # (B, L)
     if valid is not None:
         if valid.shape != (B, L):
             raise ValueError(f"valid mask must be (B, L)={(B, L)}, got {tuple(valid.shape)}")

@@ -439,7 +439,7 @@ class Trainer:
         # latents arrive as stored (fp16): copied as they are, noised in fp32 on the device, and only
         # the network's input is cast to the training dtype (Diffusion.training_loss)
         x0, text, text_mask = self._inputs(batch)
-        prompt_len = self.diffusion_cfg.prompt.sample(x0.shape[1], self.prompt_gen, limit=self._prompt_limit(batch))
+        prompt_len = self.diffusion_cfg.prompt.draw(x0.shape[1], x0.shape[0], self.prompt_gen, limit=self._prompt_limit(batch))
         loss = self.diffusion.training_loss(
             self.engine, x0, prompt_len, generator=self.noise_gen,
             valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
@@ -483,7 +483,7 @@ class Trainer:
                 break
             x0, text, text_mask = self._inputs(batch)
             total += self.diffusion.training_loss(
-                self.engine, x0, self.diffusion_cfg.prompt.sample(x0.shape[1], prompts, limit=self._prompt_limit(batch)),
+                self.engine, x0, self.diffusion_cfg.prompt.draw(x0.shape[1], x0.shape[0], prompts, limit=self._prompt_limit(batch)),
                 generator=noise,
                 valid=batch["valid"].to(self.device, non_blocking=True), text=text, text_mask=text_mask,
                 prompt_noise=self.diffusion_cfg.prompt_noise,

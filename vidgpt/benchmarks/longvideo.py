@@ -113,7 +113,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = spec.lr * factor
         x0 = next(data)
-        prompt_len = diffusion_cfg.prompt.sample(spec.clip_len, gen)
+        prompt_len = diffusion_cfg.prompt.draw(spec.clip_len, x0.shape[0], gen)
         loss = diffusion.training_loss(model, x0, prompt_len, generator=gen, prompt_noise=diffusion_cfg.prompt_noise,
                                        per_frame_noise=diffusion_cfg.per_frame_noise)
         opt.zero_grad(set_to_none=True)

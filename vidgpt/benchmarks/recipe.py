@@ -42,7 +42,10 @@ from vidgpt.model import FLAVORS, count_params
 FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part", "mse")
 BASE: DiffusionConfig = load_config(DEMO_CONFIG).diffusion.build()
 """Recipe A unless --a changes it: the demo's diffusion settings, read from configs/demo_cpu.toml."""
-SETTABLE = ("prediction", "time_sampling", "loss_weighting", "snr_max", "ddim_eta", "data_std", "per_frame_noise")
+SETTABLE = ("prediction", "time_sampling", "loss_weighting", "snr_max", "ddim_eta", "data_std", "per_frame_noise",
+            "prompt_per_clip")
+PROMPT_FIELDS = {"prompt_per_clip": "per_clip"}
+"""SETTABLE names of `DiffusionConfig.prompt` fields (a PromptSampling), as in the run config's [diffusion]."""
 
 
 def recipe(base: DiffusionConfig, pairs: list[str]) -> DiffusionConfig:
@@ -53,7 +56,8 @@ def recipe(base: DiffusionConfig, pairs: list[str]) -> DiffusionConfig:
         name, sep, value = pair.partition("=")
         if not sep or name not in SETTABLE:
             raise ValueError(f"{pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}")
-        kind = type(getattr(base, name))
+        current = getattr(base.prompt, PROMPT_FIELDS[name]) if name in PROMPT_FIELDS else getattr(base, name)
+        kind = type(current)
         if kind is bool:  # bool("false") is True: spell it out
             if value.lower() not in ("true", "false"):
                 raise ValueError(f"{pair!r}: {value!r} is not true or false")
@@ -63,6 +67,9 @@ def recipe(base: DiffusionConfig, pairs: list[str]) -> DiffusionConfig:
             changes[name] = kind(value)
         except ValueError:
             raise ValueError(f"{pair!r}: {value!r} is not a {kind.__name__}") from None
+    prompt = {PROMPT_FIELDS[k]: changes.pop(k) for k in list(changes) if k in PROMPT_FIELDS}
+    if prompt:
+        changes["prompt"] = dataclasses.replace(base.prompt, **prompt)
     try:
         return dataclasses.replace(base, **changes)
     except ValueError as exc:
