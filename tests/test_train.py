@@ -14,6 +14,7 @@ from pathlib import Path
 import dp_step  # tests/ is on sys.path (pytest's prepend import mode)
 import pytest
 import torch
+import trainer_replay
 
 from vidgpt.config import load_config
 from vidgpt.distributed import free_port
@@ -139,6 +140,32 @@ def test_two_ranks_with_half_the_batch_each_train_as_one_process(tmp_path: Path,
     assert moved > 1e-3  # the steps did change the weights
     worst = max((got[k] - want[k]).abs().max().item() for k in want)
     assert worst < 1e-5, f"2-rank weights differ from the 1-process reference by up to {worst:.2e}"
+
+
+def test_the_trainer_step_is_the_plain_torch_step(tmp_path: Path, data: Path) -> None:
+    """Everything the trainer does around DeepSpeed (prompt lengths, noise, captions, the valid mask, the
+    EMA) is the plain training step: its own run of 6 steps, recorded (batches and generator states) and
+    replayed in one process of plain torch, gives the same weights and EMA. Prompt lengths per clip,
+    caption dropout, prompt noise and snr_clamp (the demo's diffusion) are all on."""
+    out = tmp_path / "run.pt"
+    overrides = ["--model.flavor=tiny", f"--run_dir={tmp_path / 'run'}", f"--data.path={data}", "--training.steps=6",
+                 "--data.batch_size=3", "--checkpoint.interval=100", "--optimizer.warmup_steps=2",
+                 "--optimizer.weight_decay=0.01", "--optimizer.grad_clip=0.05", "--training.ema_decay=0.5",
+                 "--diffusion.prompt_per_clip=true", "--diffusion.text_drop_prob=0.5"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
+                           str(free_port()), str(ROOT / "tests" / "trainer_replay.py"), str(out), "--config", str(DEMO),
+                           *overrides], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = torch.load(out, weights_only=False)
+    assert len(got["records"]) == 6 and got["records"][0]["batch"]["text"] is not None
+    weights, ema = trainer_replay.replay(load_config(DEMO, overrides), got["records"])
+    start = dp_step.initial(load_config(DEMO, overrides))
+    assert max((weights[k] - start[k]).abs().max().item() for k in weights) > 1e-3  # the steps moved the weights
+    assert max((ema[k] - weights[k]).abs().max().item() for k in ema) > 1e-4  # and the EMA lags them
+    for name, want, have in (("weights", weights, got["weights"]), ("EMA", ema, got["ema"])):
+        worst = max((have[k] - want[k]).abs().max().item() for k in want)
+        assert worst < 1e-5, f"the trainer's {name} differ from the replayed plain-torch step by up to {worst:.2e}"
 
 
 def test_resume_reproduces_the_uninterrupted_run(run_a: Path, tmp_path: Path, data: Path) -> None:
