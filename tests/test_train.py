@@ -159,8 +159,9 @@ def test_the_trainer_step_is_the_plain_torch_step(tmp_path: Path, data: Path) ->
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = torch.load(out, weights_only=False)
     assert len(got["records"]) == 6 and got["records"][0]["batch"]["text"] is not None
-    weights, ema = trainer_replay.replay(load_config(DEMO, overrides), got["records"])
-    start = dp_step.initial(load_config(DEMO, overrides))
+    cfg = load_config(DEMO, overrides)
+    weights, ema = trainer_replay.replay(cfg, got["records"])
+    start = dp_step.initial(cfg)
     assert max((weights[k] - start[k]).abs().max().item() for k in weights) > 1e-3  # the steps moved the weights
     assert max((ema[k] - weights[k]).abs().max().item() for k in ema) > 1e-4  # and the EMA lags them
     for name, want, have in (("weights", weights, got["weights"]), ("EMA", ema, got["ema"])):

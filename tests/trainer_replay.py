@@ -37,9 +37,9 @@ class RecordingTrainer(Trainer):
 
 def replay(cfg: Config, records: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(weights, EMA) of one process of plain torch after the recorded steps (one micro-batch per step)."""
-    o, d = cfg.optimizer, cfg.diffusion.build()
+    o, d, model_cfg = cfg.optimizer, cfg.diffusion.build(), cfg.model.build()
     torch.manual_seed(cfg.training.seed)
-    model = VidGPT(cfg.model.build())
+    model = VidGPT(model_cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
     diffusion = build_diffusion(d)
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
@@ -51,7 +51,7 @@ def replay(cfg: Config, records: list[dict[str, Any]]) -> tuple[dict[str, torch.
         prompt_gen.set_state(r["prompt_gen"])
         x0 = b["latents"]
         limit = int(b["valid"].sum(dim=1).min()) - 1
-        text = b.get("text") if cfg.model.build().text_dim else None
+        text = b.get("text") if model_cfg.text_dim else None
         loss = diffusion.training_loss(
             model, x0, d.prompt.draw(x0.shape[1], x0.shape[0], prompt_gen, limit=limit), generator=noise_gen,
             valid=b["valid"], text=text, text_mask=None if text is None else text_mask_or_none(b.get("text_mask")),

@@ -389,9 +389,9 @@ def frame_prompt_loss(
     """Mean squared error over noisy frames only.
 
     pred, target: (B, L, C, H, W); frames < prompt_len (one for the batch, or (B,) one per clip) are
-    prompts and contribute nothing (their gradient is exactly zero); valid: (B, L) bool masks padding frames out as well; weight: (B,)
-    multiplies each sample's frame errors, (B, L) each frame's (the mean is still over the frames
-    counted, not the weights).
+    prompts and contribute nothing (their gradient is exactly zero); valid: (B, L) bool masks padding
+    frames out as well; weight: (B,) multiplies each sample's frame errors, (B, L) each frame's (the
+    mean is still over the frames counted, not the weights).
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
