@@ -90,6 +90,7 @@ def main(argv: list[str]) -> int:
     with deepspeed.zero.GatheredParameters(params, enabled=cfg.training.zero_stage == 3):
         if env.rank == 0:
             torch.save({k: v.detach().clone() for k, v in engine.module.state_dict().items()}, out)
+    distributed.shutdown()  # a rank that exits with gloo's threads alive can abort (SIGABRT) on the way out
     return 0
 
 

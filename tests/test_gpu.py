@@ -75,6 +75,7 @@ def test_nccl_collectives_take_cpu_tensors_and_the_device_follows_deepspeed() ->
         assert out.device.type == "cpu" and out.tolist() == [1.5, 2.0], out
         assert distributed.collective_device().type == "cuda"
         print("NCCL OK")
+        distributed.shutdown()
     """)
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "3", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port()), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")}

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from vidgpt import distributed
 from vidgpt.config import Config, load_config
 from vidgpt.diffusion import build_diffusion
 from vidgpt.model import VidGPT, text_mask_or_none
@@ -90,6 +91,7 @@ def main(argv: list[str]) -> int:
         torch.save({"records": trainer.records, "weights": weights, "ema": ema}, out)
     finally:
         trainer.close()
+    distributed.shutdown()
     return 0
 
 

@@ -144,6 +144,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """End the default process group on a normal exit of every rank: a barrier, then
+    `destroy_process_group`. Without it, gloo's worker threads outlive the interpreter and a rank that
+    exits first can abort in its finalization (SIGABRT, "terminate called without an active exception":
+    pytorch/pytorch#179291), which torchrun reports as a failed run. Call it only where every rank gets
+    (after an error the others may be inside a collective, and the barrier would hang them); no-op
+    outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_gather_objects(obj: object) -> list[object]:
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]

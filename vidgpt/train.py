@@ -662,9 +662,11 @@ def run(cfg: Config, resume: str | None) -> int:
     trainer = Trainer(cfg, resume)
     try:
         trainer.setup()
-        return trainer.train()
+        code = trainer.train()  # every rank ends here together (finished or preempted, see _finish)
     finally:
         trainer.close()
+    distributed.shutdown()  # only on that path: after an error another rank may be inside a collective
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

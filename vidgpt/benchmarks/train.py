@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vidgpt import distributed
 from vidgpt.config import load_config
 from vidgpt.model import FLAVORS, model_stats
 
@@ -109,6 +110,8 @@ def worker(args: argparse.Namespace) -> None:
             "peak_flops_per_s": peak, "mfu": flops / step / (peak * args.world),
             "held_bytes_per_rank": [int(h) for h in all_held],
         }))
+    trainer.close()
+    distributed.shutdown()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
