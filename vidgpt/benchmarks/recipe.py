@@ -10,8 +10,10 @@ while the loss curves are indistinguishable, which is as large as most single ch
 issue 8. So one run per recipe cannot tell a gain from luck. This benchmark trains the causal model
 (the demo's recipe: x0 flow, lr 2e-3 cosine, prompt lengths 0..L-1, prompt noise <= 0.1, EMA 0.99, in one
 process on the synthetic scenes, `vidgpt.benchmarks.longvideo.train`) once per seed and per recipe,
-where recipe B differs from recipe A only in the `DiffusionConfig` fields given (`--a`, `--b`), and
-with the same seed both recipes start from the same weights and see the same clips in the same order.
+where recipe B differs from recipe A only in the fields given (`--a`, `--b`): `DiffusionConfig` fields,
+model fields (depth, hidden, heads, mlp_ratio) and the arm's optimizer steps, so that a smaller model
+trained for longer can be compared at equal compute. With the same seed both recipes see the same clips
+in the same order (and start from the same weights when their models are the same).
 Each model continues the same held-out scenes from P frames for k training clips (`vidgpt.evaluate`),
 with the same sampling noise. Reported per seed and as mean, standard deviation over seeds, and the
 paired difference B - A with its mean, standard deviation and how many seeds it has the same sign on:
@@ -37,26 +39,54 @@ from vidgpt.benchmarks.longvideo import TrainSpec, train, training_videos
 from vidgpt.config import load_config
 from vidgpt.demo import CONFIG as DEMO_CONFIG
 from vidgpt.diffusion import DiffusionConfig, build_diffusion
-from vidgpt.model import FLAVORS, count_params
+from vidgpt.model import FLAVORS, ModelConfig, count_params
 
 FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part", "mse")
 BASE: DiffusionConfig = load_config(DEMO_CONFIG).diffusion.build()
-"""Recipe A unless --a changes it: the demo's diffusion settings, read from configs/demo_cpu.toml."""
+"""The demo's diffusion settings, read from configs/demo_cpu.toml."""
+MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio")
+"""Settable `ModelConfig` fields (applied to the --flavor's config)."""
 SETTABLE = ("prediction", "time_sampling", "loss_weighting", "snr_max", "ddim_eta", "data_std", "per_frame_noise",
-            "prompt_per_clip")
+            "prompt_per_clip", *MODEL_FIELDS, "steps")
+"""What a recipe may change: diffusion fields, model fields, and `steps` (this arm's optimizer steps, for
+comparisons at equal compute: a smaller model trained for longer)."""
 PROMPT_FIELDS = {"prompt_per_clip": "per_clip"}
 """SETTABLE names of `DiffusionConfig.prompt` fields (a PromptSampling), as in the run config's [diffusion]."""
 
 
-def recipe(base: DiffusionConfig, pairs: list[str]) -> DiffusionConfig:
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What one arm trains with."""
+
+    diffusion: DiffusionConfig
+    model: tuple[tuple[str, Any], ...] = ()
+    """(field, value) pairs of MODEL_FIELDS applied to the flavor's ModelConfig."""
+    steps: int | None = None
+    """Optimizer steps; None: the benchmark's --steps."""
+
+    def model_config(self, base: ModelConfig) -> ModelConfig:
+        return dataclasses.replace(base, **dict(self.model))
+
+
+def recipe(base: Recipe | DiffusionConfig, pairs: list[str]) -> Recipe:
     """base with FIELD=VALUE pairs applied (fields of SETTABLE, values converted to the field's type);
     ValueError naming the pair for anything else."""
+    start = base if isinstance(base, Recipe) else Recipe(base)
+    d, model, steps = start.diffusion, dict(start.model), start.steps
     changes: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or name not in SETTABLE:
             raise ValueError(f"{pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}")
-        current = getattr(base.prompt, PROMPT_FIELDS[name]) if name in PROMPT_FIELDS else getattr(base, name)
+        if name == "steps":
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{pair!r}: {value!r} is not a whole number >= 1")
+            steps = int(value)
+            continue
+        if name in MODEL_FIELDS:
+            current = model.get(name, getattr(FLAVORS["cpu"], name))
+        else:
+            current = getattr(d.prompt, PROMPT_FIELDS[name]) if name in PROMPT_FIELDS else getattr(d, name)
         kind = type(current)
         if kind is bool:  # bool("false") is True: spell it out
             if value.lower() not in ("true", "false"):
@@ -67,13 +97,15 @@ def recipe(base: DiffusionConfig, pairs: list[str]) -> DiffusionConfig:
             changes[name] = kind(value)
         except ValueError:
             raise ValueError(f"{pair!r}: {value!r} is not a {kind.__name__}") from None
+    model.update({k: changes.pop(k) for k in list(changes) if k in MODEL_FIELDS})
     prompt = {PROMPT_FIELDS[k]: changes.pop(k) for k in list(changes) if k in PROMPT_FIELDS}
     if prompt:
-        changes["prompt"] = dataclasses.replace(base.prompt, **prompt)
+        changes["prompt"] = dataclasses.replace(d.prompt, **prompt)
     try:
-        return dataclasses.replace(base, **changes)
+        d = dataclasses.replace(d, **changes)
     except ValueError as exc:
         raise ValueError(f"{' '.join(pairs)}: {exc}") from None
+    return Recipe(d, tuple(sorted(model.items())), steps)
 
 
 def summarize(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float | None]]:
@@ -107,9 +139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="vidgpt-bench-recipe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help=f"recipe A: the demo's diffusion settings with these changed ({', '.join(SETTABLE)})")
+                    help=f"recipe A: the demo's diffusion settings and the --flavor's model with these changed "
+                         f"({', '.join(SETTABLE)})")
     ap.add_argument("--b", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="recipe B: recipe A with these changed (e.g. loss_weighting=snr_clamp)")
+                    help="recipe B: recipe A with these changed (e.g. loss_weighting=snr_clamp; hidden=96 steps=910)")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds per recipe (default: 3)")
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps per model (default: 600, the demo's)")
     ap.add_argument("--flavor", choices=sorted(FLAVORS), default="cpu", help="model size (default: cpu)")
@@ -135,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:  # DiffusionConfig runs the process's own checks (snr_clamp needs x0, ...)
         args.recipe_a = recipe(BASE, args.a)
         args.recipe_b = recipe(args.recipe_a, args.b)
+        for arm in (args.recipe_a, args.recipe_b):
+            arm.model_config(FLAVORS[args.flavor])  # ModelConfig's own checks (hidden divisible by heads, ...)
     except ValueError as exc:
         ap.error(str(exc))
     if args.recipe_a == args.recipe_b:
@@ -164,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     trained: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
     for seed in range(args.seeds):
         for arm in ("a", "b"):
-            diffusion_cfg = getattr(args, f"recipe_{arm}")
-            model, stats = train(cfg, diffusion_cfg, pool, dataclasses.replace(spec, seed=seed), steps=args.steps,
-                                 log=log)
+            arm_recipe: Recipe = getattr(args, f"recipe_{arm}")
+            diffusion_cfg = arm_recipe.diffusion
+            model, stats = train(arm_recipe.model_config(cfg), diffusion_cfg, pool, dataclasses.replace(spec, seed=seed),
+                                 steps=arm_recipe.steps or args.steps, log=log)
             videos = continue_videos(model, build_diffusion(diffusion_cfg), codec, truth, eval_spec, seed=0)
             report = evaluate_videos(truth, {"model": videos}, eval_spec, scenes)
             summary = report["summary"]["methods"]["model"]
@@ -178,10 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"seed {seed}, recipe {arm.upper()}: {rows[arm][-1]} ({stats['seconds']} s of training)")
     result = {
         "benchmark": "recipe",
-        "recipes": {"a": dataclasses.asdict(args.recipe_a), "b": dataclasses.asdict(args.recipe_b),
+        "recipes": {"a": dataclasses.asdict(args.recipe_a.diffusion), "b": dataclasses.asdict(args.recipe_b.diffusion),
                     "b_changes": args.b, "a_changes": args.a},
-        "model": {"flavor": args.flavor, "params": count_params(cfg)},
-        "train": {"steps": args.steps, "batch": args.batch, "lr": args.lr, "clip_len": args.clip_len, "pool": args.pool,
+        "model": {"flavor": args.flavor, **{arm: {"params": count_params(r.model_config(cfg)), **dict(r.model)}
+                                            for arm, r in (("a", args.recipe_a), ("b", args.recipe_b))}},
+        "train": {"steps": {"a": args.recipe_a.steps or args.steps, "b": args.recipe_b.steps or args.steps},
+                  "batch": args.batch, "lr": args.lr, "clip_len": args.clip_len, "pool": args.pool,
                   "size": args.size, "seeds": args.seeds, "a": trained["a"], "b": trained["b"]},
         "eval": {"clips": args.clips, "prompt_frames": args.prompt_frames, "multiples": args.multiples,
                  "sample_steps": args.sample_steps, "chunk": eval_spec.chunk, "window": eval_spec.window,
