@@ -168,10 +168,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:  # DiffusionConfig runs the process's own checks (snr_clamp needs x0, ...)
         args.recipe_a = recipe(BASE, args.a)
         args.recipe_b = recipe(args.recipe_a, args.b)
-        for arm in (args.recipe_a, args.recipe_b):
-            arm.model_config(FLAVORS[args.flavor])  # ModelConfig's own checks (hidden divisible by heads, ...)
     except ValueError as exc:
         ap.error(str(exc))
+    for flag, arm in (("--a", args.recipe_a), ("--b", args.recipe_b)):
+        try:
+            arm.model_config(FLAVORS[args.flavor])  # ModelConfig's own checks (hidden divisible by heads, ...)
+        except ValueError as exc:
+            ap.error(f"{flag} {' '.join(getattr(args, flag[2:]))} on flavor {args.flavor}: {exc}")
     if args.recipe_a == args.recipe_b:
         ap.error("--b changes nothing: recipes A and B are the same")
     return args
