@@ -51,11 +51,10 @@ from data_pipeline.index import (
     worker_tag,
     write_json,
 )
-from data_pipeline.lock import LockHeld, WorkerLock
 from data_pipeline.inputs import InputError, InputItem, inputs_digest, list_inputs, worker_share
+from data_pipeline.lock import LockHeld, WorkerLock
 from data_pipeline.shards import Sample, ShardBuilder
 from data_pipeline.video import Clip, DecodeOptions, VideoError, decode_clips
-
 
 MAX_PENDING_UPLOADS = 2
 """Finished shards waiting for their S3 upload before encoding pauses."""
@@ -159,7 +158,9 @@ class Encoder:
     """One worker's encoding job."""
 
     def __init__(self, cfg: EncodeConfig) -> None:
-        from data_pipeline.codecs import build_codec
+        # codecs and text import torch: deferred so that the spawned decode workers, which import this module,
+        # start without it (about 1 s and 200 MB each)
+        from data_pipeline.codecs import build_codec  # noqa: PLC0415
 
         self.cfg = cfg
         self.root = cfg.output.rstrip("/") if storage.is_s3(cfg.output) else os.path.abspath(cfg.output)
@@ -172,7 +173,7 @@ class Encoder:
         self.codec = build_codec(cfg.codec, vae=cfg.vae, device=cfg.device, batch_size=cfg.batch_size)
         self.text = None
         if cfg.text_encoder:
-            from data_pipeline.text import TextEncoder
+            from data_pipeline.text import TextEncoder  # noqa: PLC0415 - see build_codec above
 
             self.text = TextEncoder(cfg.text_encoder, device=cfg.device, batch_size=cfg.text_batch_size)
         self._embedded: dict[str, np.ndarray] = {}  # input id -> caption embedding, encoded ahead in batches
@@ -428,8 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fps", type=float, help="resample to this frame rate (default: keep the source rate)")
     ap.add_argument("--frame-stride", type=int, default=1, help="then keep every k-th frame (default: 1)")
     ap.add_argument("--min-frames", type=int, default=8, help="drop clips shorter than this (default: 8)")
-    ap.add_argument("--max-frames", type=int, default=256, help="split videos into clips of at most this many frames (default: 256)")
-    ap.add_argument("--shard-samples", type=int, default=256, help="close a shard at the first video boundary with at least this many clips (default: 256)")
+    ap.add_argument("--max-frames", type=int, default=256,
+                    help="split videos into clips of at most this many frames (default: 256)")
+    ap.add_argument("--shard-samples", type=int, default=256,
+                    help="close a shard at the first video boundary with at least this many clips (default: 256)")
     ap.add_argument("--shard-mb", type=float, default=1024, help="... or once it holds this many MiB (default: 1024)")
     ap.add_argument("--num-workers-total", type=int, default=_env_int("SLURM_ARRAY_TASK_COUNT", 1),
                     help="independent workers splitting the input list (default: $SLURM_ARRAY_TASK_COUNT or 1)")

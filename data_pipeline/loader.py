@@ -87,7 +87,7 @@ class LoaderConfig:
     num_workers: int = 0
     """DataLoader worker processes per rank; 0 reads in the training process, with `read_ahead` blocks
     fetched by a background thread (parsing is cheap; on few cores, worker processes cost more in
-    inter-process copies than they save: see vidgpt-bench-loader)."""
+    inter-process copies than they save: see vidgpt-bench loader)."""
     read_ahead: int = 2
     """Blocks fetched ahead of the one being yielded, by a background I/O thread."""
     max_bad_fraction: float = 0.01
@@ -106,7 +106,8 @@ class LoaderConfig:
     without CUDA the batches are prepared ahead the same way, unpinned)."""
 
     def __post_init__(self) -> None:
-        if self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1 or min(self.num_workers, self.read_ahead) < 0:
+        if (self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1
+                or min(self.num_workers, self.read_ahead) < 0):
             raise ValueError(
                 f"LoaderConfig needs num_frames, batch_size, shuffle_buffer >= 1 and num_workers, read_ahead >= 0; "
                 f"got {self.num_frames}, {self.batch_size}, {self.shuffle_buffer}, {self.num_workers}, {self.read_ahead}"

@@ -1,6 +1,6 @@
 """A built-in synthetic video dataset: coloured shapes bouncing on a dark background, with captions.
 
-    python tools/make_synthetic_videos.py data/synth --num 100      # or: vidgpt-make-synthetic
+    vidgpt-make-synthetic data/synth --num 100 --size 64 --frames 48 --fps 8
 
 Video i of a seed is `synthetic_scene(i, size=..., seed=...)` rendered and written to
 `synth_{i:05d}.mp4`, its caption to `synth_{i:05d}.txt`, and one line {"path", "caption"} per video
@@ -51,8 +51,8 @@ class MovingShape:
         """Centre (x, y) at each frame, each (T,), bouncing off the frame edges."""
         t = np.arange(frames, dtype=np.float64)
         return (
-            _bounce(self.x + self.vx * t, self.radius, size - self.radius),
-            _bounce(self.y + self.vy * t, self.radius, size - self.radius),
+            bounce(self.x + self.vx * t, self.radius, size - self.radius),
+            bounce(self.y + self.vy * t, self.radius, size - self.radius),
         )
 
     def mask(self, frames: int, size: int) -> np.ndarray:
@@ -72,7 +72,7 @@ class MovingShape:
         raise ValueError(f"unknown shape kind {self.kind!r}; expected one of {KINDS}")
 
 
-def _bounce(p: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def bounce(p: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Fold free positions p into [lo, hi] as a ball reflecting off both walls (a triangle wave)."""
     span = hi - lo
     if span <= 0:

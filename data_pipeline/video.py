@@ -21,7 +21,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import BinaryIO
 
-import av
+import av  # noqa: TID253 - this module is the PyAV wrapper: decoding and writing video
 import numpy as np
 
 Source = str | os.PathLike[str] | BinaryIO

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import torch
 
+from data_pipeline.s3_server import S3ServerError, start_moto_server
+from data_pipeline.storage import s3_client
 from vidgpt.model import FLAVORS, ModelConfig, VidGPT
 from vidgpt.testing import randomize_weights_
 
@@ -32,8 +35,6 @@ def _deterministic() -> None:
 def s3_server() -> Iterator[str]:
     """moto_server (a real S3-compatible HTTP server) on 127.0.0.1 with a free port; yields its URL and
     points boto3 at it for the whole session (credentials are dummies moto accepts)."""
-    from data_pipeline.s3_server import S3ServerError, start_moto_server
-
     try:
         proc, url = start_moto_server()
     except S3ServerError as exc:
@@ -57,10 +58,6 @@ def s3_server() -> Iterator[str]:
 @pytest.fixture
 def s3_bucket(s3_server: str) -> str:
     """A fresh, empty bucket on the moto server; yields 's3://NAME'."""
-    import uuid
-
-    from data_pipeline.storage import s3_client
-
     name = f"test-{uuid.uuid4().hex[:12]}"
     s3_client().create_bucket(Bucket=name)
     return f"s3://{name}"

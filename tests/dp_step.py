@@ -4,7 +4,7 @@
 
 Every rank builds the fixed global batches of `batches()` (the same on every rank), keeps its share of
 each (rank r: clips [r*b, (r+1)*b) with b = data.batch_size), and trains through the trainer's own
-`vidgpt.train.build_engine` (DeepSpeed with the trainer's config, ZeRO-3 unless overridden). The loss
+`vidgpt.components.engine.build_engine` (DeepSpeed with the trainer's config, ZeRO-3 unless overridden). The loss
 of a clip is a function of the clip alone (fixed noise and time), so DeepSpeed's average over ranks of
 the per-rank means is the mean over the global batch. Rank 0 writes the gathered weights to OUT, for
 the test to compare with one process of plain torch on the whole batches (`reference()`).
@@ -18,10 +18,10 @@ import warnings
 import torch
 
 from vidgpt import distributed
+from vidgpt.components.engine import build_engine, deepspeed_config, lr_factor
 from vidgpt.config import Config, load_config
 from vidgpt.diffusion import DiffusionConfig, build_diffusion
 from vidgpt.model import VidGPT
-from vidgpt.train import build_engine, deepspeed_config, lr_factor
 
 STEPS = 3
 FLOW = build_diffusion(DiffusionConfig(process="flow", prediction="x0"))
@@ -29,7 +29,7 @@ FLOW = build_diffusion(DiffusionConfig(process="flow", prediction="x0"))
 
 def batches(cfg: Config, world: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """STEPS global batches of (x0, noise, t): (world*b, T, C, H, W) twice and (world*b, T)."""
-    m = cfg.model.build()
+    m = cfg.model
     g = torch.Generator().manual_seed(1234)
     n, T, s = world * cfg.data.batch_size, cfg.data.num_frames, 8 * m.patch
     out = []
@@ -51,16 +51,16 @@ def clip_losses(model: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, t
 def initial(cfg: Config) -> dict[str, torch.Tensor]:
     """The weights before any step (what the trainer starts from)."""
     torch.manual_seed(cfg.training.seed)
-    return {k: v.detach().clone() for k, v in VidGPT(cfg.model.build()).state_dict().items()}
+    return {k: v.detach().clone() for k, v in VidGPT(cfg.model).state_dict().items()}
 
 
 def reference(cfg: Config, world: int) -> dict[str, torch.Tensor]:
     """The weights after STEPS steps of one process on the whole global batches, in plain torch."""
     o = cfg.optimizer
     torch.manual_seed(cfg.training.seed)
-    model = VidGPT(cfg.model.build())
+    model = VidGPT(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o, cfg.training.steps))
     for x0, noise, t in batches(cfg, world):
         opt.zero_grad(set_to_none=True)
         clip_losses(model, x0, noise, t).mean().backward()
@@ -79,11 +79,13 @@ def main(argv: list[str]) -> int:
     env = distributed.detect_env()
     device, backend = distributed.accelerator_device(env.local_rank)
     distributed.init(env, backend)
-    engine, _ = build_engine(cfg, cfg.model.build(), deepspeed_config(cfg, "fp32", False))
+    t = cfg.training
+    engine, _ = build_engine(t, cfg.optimizer, cfg.model,
+                             deepspeed_config(t, cfg.optimizer, cfg.data.batch_size, "fp32", False))
     b = cfg.data.batch_size
-    for x0, noise, t in batches(cfg, env.world):
-        mine = slice(env.rank * b, (env.rank + 1) * b)
-        loss = clip_losses(engine, x0[mine], noise[mine], t[mine]).mean()
+    for x0, noise, times in batches(cfg, env.world):
+        share = slice(env.rank * b, (env.rank + 1) * b)
+        loss = clip_losses(engine, x0[share], noise[share], times[share]).mean()
         engine.backward(loss)
         engine.step()
     params = list(engine.module.parameters())

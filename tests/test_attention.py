@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+import vidgpt.attention as attn
 from vidgpt.attention import (
     Backend,
     attention,
@@ -11,6 +14,7 @@ from vidgpt.attention import (
     reference_attention,
     use_backend,
 )
+from vidgpt.benchmarks.attention import main
 
 
 def _qkv(b: int, lq: int, lk: int, h: int = 2, d: int = 8, dtype: torch.dtype = torch.float32, device: str = "cpu"):
@@ -121,8 +125,6 @@ def test_batches_over_the_kernel_cap_are_split_and_agree(monkeypatch: pytest.Mon
                                                          masked: bool) -> None:
     """The CUDA grid caps a launch's batch at 65535; with the cap lowered to 3, a batch of 8 runs as
     3 + 3 + 2 kernel calls and gives what one call gives."""
-    import vidgpt.attention as attn
-
     q, k, v = _qkv(8, 4, 6)
     key_mask = (torch.arange(6)[None, :] < torch.tensor([6, 5, 4, 3, 6, 2, 6, 1])[:, None]) if masked else None
     with use_backend(backend):
@@ -142,8 +144,6 @@ def test_batches_over_the_kernel_cap_are_split_and_agree(monkeypatch: pytest.Mon
 
 
 def test_backend_choice_is_logged_once_and_described(caplog: pytest.LogCaptureFixture) -> None:
-    import vidgpt.attention as attn
-
     attn._logged.clear()
     q, k, v = _qkv(2, 3, 3)
     with caplog.at_level("INFO", logger="vidgpt.attention"):
@@ -157,10 +157,6 @@ def test_backend_choice_is_logged_once_and_described(caplog: pytest.LogCaptureFi
 
 
 def test_attention_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
-    from vidgpt.benchmarks.attention import main
-
     assert main(["--flavor", "tiny", "--latent-size", "4", "--frames", "3,5", "--repeats", "1", "--device", "cpu",
                  "--dtype", "float32"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vidgpt.benchmarks import longvideo
+from experiments import longvideo
 
 
 def test_longvideo_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,17 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from vidgpt.benchmarks import recipe
+from experiments import recipe
 
 
 def test_recipe_changes_the_named_fields_with_their_types() -> None:
-    r = recipe.recipe(recipe.BASE, ["loss_weighting=snr_clamp", "snr_max=20"]).diffusion
-    assert (r.loss_weighting, r.snr_max, r.prediction) == ("snr_clamp", 20.0, "x0")
-    assert recipe.recipe(recipe.BASE, []) == recipe.Recipe(recipe.BASE)
-    assert recipe.recipe(recipe.BASE, ["per_frame_noise=true"]).diffusion.per_frame_noise is True
-    assert recipe.recipe(recipe.BASE, ["per_frame_noise=False"]).diffusion.per_frame_noise is False
+    r = recipe.recipe(recipe.BASE, ["loss_weighting=snr_clamp", "snr_max=20"])
+    assert (r.objective.loss_weighting, r.objective.snr_max, r.diffusion.prediction) == ("snr_clamp", 20.0, "x0")
+    assert recipe.recipe(recipe.BASE, []) == recipe.BASE
+    assert recipe.recipe(recipe.BASE, ["per_frame_noise=true"]).objective.per_frame_noise is True
+    assert recipe.recipe(recipe.BASE, ["per_frame_noise=False"]).objective.per_frame_noise is False
     small = recipe.recipe(recipe.BASE, ["hidden=96", "steps=910"])  # a smaller model for longer: model and steps
-    assert small.diffusion == recipe.BASE and small.steps == 910
+    assert (small.diffusion, small.objective) == (recipe.BASE.diffusion, recipe.BASE.objective) and small.steps == 910
     assert small.model_config(recipe.FLAVORS["cpu"]).hidden == 96 and small.model_config(recipe.FLAVORS["cpu"]).depth == 4
     assert recipe.recipe(small, ["mlp_ratio=2"]).model == (("hidden", 96), ("mlp_ratio", 2.0))  # B builds on A
     for bad, match in [(["snr_max"], "expected FIELD=VALUE"), (["epochs=3"], "expected FIELD=VALUE"),
@@ -62,7 +62,7 @@ def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.
 
 @pytest.mark.parametrize("argv,message", [
     (["--b"], "--b changes nothing"),
-    (["--b", "loss_weighting=snr_clamp", "prediction=velocity"], "needs prediction 'x0'"),
+    (["--b", "loss_weighting=snr_clamp", "prediction=velocity"], "with prediction 'x0'"),
     (["--b", "colour=red"], "expected FIELD=VALUE"),
     (["--b", "hidden=30"], "not divisible by heads"),
     (["--seeds", "0", "--b", "snr_max=3"], "--seeds must be > 0"),

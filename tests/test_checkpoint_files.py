@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from data_pipeline import storage
+from data_pipeline.encode import main as encode
 from vidgpt import distributed
 from vidgpt.checkpoint import Checkpointer, CheckpointError, resolve, tag_for, trainer_state_name
 
@@ -78,8 +79,6 @@ def test_a_full_disk_during_a_save_says_so_and_leaves_no_half_written_step(tmp_p
 def test_malformed_s3_urls_are_refused_everywhere(bad: str, tmp_path: Path) -> None:
     with pytest.raises(storage.LocationError, match="S3 URL"):
         storage.join(bad, "index.json")
-    from data_pipeline.encode import main as encode
-
     with pytest.raises(SystemExit) as exc:  # an argument error, from argparse
         encode([str(tmp_path), bad])
     assert exc.value.code == 2

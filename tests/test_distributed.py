@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from vidgpt import distributed
+from vidgpt.components.engine import deepspeed_config, resolve_precision
+from vidgpt.components.loss_log import trim_losses
 from vidgpt.config import load_config
-from vidgpt.train import deepspeed_config, resolve_precision, trim_losses
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
 
@@ -45,12 +46,13 @@ def test_all_reduce_outside_a_group_returns_a_copy_on_the_callers_device() -> No
 
 def test_bf16_accumulates_and_reduces_gradients_as_configured() -> None:
     cfg = load_config(DEMO)
-    ds = deepspeed_config(cfg, "bf16", load_universal=False)
+    ds = deepspeed_config(cfg.training, cfg.optimizer, cfg.data.batch_size, "bf16", load_universal=False)
     assert ds["bf16"] == {"enabled": True} and ds["data_types"] == {"grad_accum_dtype": "fp32"}
     assert ds["communication_data_type"] == "fp32"
     cfg = load_config(DEMO, ["--training.grad_reduce_dtype=bf16"])
-    assert deepspeed_config(cfg, "bf16", load_universal=False)["communication_data_type"] == "bf16"
-    fp32 = deepspeed_config(cfg, "fp32", load_universal=False)
+    bf16 = deepspeed_config(cfg.training, cfg.optimizer, cfg.data.batch_size, "bf16", load_universal=False)
+    assert bf16["communication_data_type"] == "bf16"
+    fp32 = deepspeed_config(cfg.training, cfg.optimizer, cfg.data.batch_size, "fp32", load_universal=False)
     assert "data_types" not in fp32 and "communication_data_type" not in fp32
 
 

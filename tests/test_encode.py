@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_pipeline import storage
 from data_pipeline.codecs import IdentityCodec
@@ -21,8 +25,11 @@ from data_pipeline.encode import main as encode_main
 from data_pipeline.encode import parse_config
 from data_pipeline.index import read_json
 from data_pipeline.inputs import InputItem
+from data_pipeline.lock import LockHeld, WorkerLock
+from data_pipeline.s3_server import start_moto_server
 from data_pipeline.shards import read_samples
 from data_pipeline.synthetic import make_synthetic_videos
+from data_pipeline.text import TextEncoder, save_tiny_text_encoder
 from data_pipeline.video import DecodeOptions, decode_clips, write_video
 
 ARGS = ["--size", "32", "--min-frames", "8", "--max-frames", "16", "--shard-samples", "3", "--no-progress"]
@@ -93,8 +100,6 @@ def test_encode_local_index_and_failures(local_dataset: Path) -> None:
 
 
 def test_shards_read_back_with_tarfile_and_webdataset(local_dataset: Path, videos: Path) -> None:
-    import hashlib
-
     import webdataset as wds
 
     index = json.loads((local_dataset / "index.json").read_text())
@@ -129,7 +134,8 @@ def test_rerun_is_idempotent(local_dataset: Path, videos: Path) -> None:
     assert after == before
 
 
-def test_rerun_with_other_parameters_is_refused(local_dataset: Path, videos: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rerun_with_other_parameters_is_refused(local_dataset: Path, videos: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     args = [a if a != "16" else "12" for a in ARGS]
     assert encode([str(videos), str(local_dataset), *args]) != 0
     err = capsys.readouterr().err
@@ -147,7 +153,8 @@ def test_encode_to_s3_matches_local(local_dataset: Path, videos: Path, s3_bucket
     assert f"{out}/failures.jsonl" in names and not any(n.endswith(".partial") for n in names)
 
 
-def test_worker_split_and_merge(videos: Path, local_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_worker_split_and_merge(videos: Path, local_dataset: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "split"
     assert encode([str(videos), str(out), *ARGS, "--num-workers-total", "2", "--worker-index", "1"]) == 0
     assert not (out / "index.json").exists()
@@ -194,8 +201,6 @@ def test_killed_run_resumes_to_the_same_dataset(videos: Path, local_dataset: Pat
 
 
 def test_manifest_with_captions_windows_and_text_embeddings(videos: Path, tmp_path: Path) -> None:
-    from data_pipeline.text import TextEncoder, save_tiny_text_encoder
-
     t5 = tmp_path / "t5"
     save_tiny_text_encoder(t5, dim=16)
     manifest = tmp_path / "list.jsonl"
@@ -228,8 +233,6 @@ def test_manifest_with_captions_windows_and_text_embeddings(videos: Path, tmp_pa
 
 def test_captions_are_embedded_in_batches_ahead_of_their_videos(videos: Path, tmp_path: Path) -> None:
     """5 captioned videos, 2 captions per T5 call: 3 calls, not 5, and the same embeddings as one by one."""
-    from data_pipeline.text import TextEncoder, save_tiny_text_encoder
-
     t5 = tmp_path / "t5"
     save_tiny_text_encoder(t5, dim=16)
     names = [f"synth_{i:05d}.mp4" for i in range(5)]
@@ -265,7 +268,6 @@ def test_captions_are_embedded_in_batches_ahead_of_their_videos(videos: Path, tm
 
 
 def test_sd_vae_codec_through_the_encoder(videos: Path, tmp_path: Path) -> None:
-    import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
@@ -307,8 +309,6 @@ def test_bad_arguments_and_unreachable_s3(videos: Path, tmp_path: Path, monkeypa
 
 
 def test_second_encoder_on_one_output_is_refused(videos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from data_pipeline.lock import WorkerLock
-
     out = tmp_path / "out"
     holder = WorkerLock(str(out / "_progress" / "w00000-of00001.lock"))
     holder.acquire()  # a live encoder (this process) writes worker 0's output
@@ -330,8 +330,6 @@ def test_second_encoder_on_one_output_is_refused(videos: Path, tmp_path: Path, c
 
 
 def test_s3_lock_is_a_conditional_put(s3_bucket: str) -> None:
-    from data_pipeline.lock import LockHeld, WorkerLock
-
     uri = f"{s3_bucket}/out/_progress/w00000-of00001.lock"
     assert storage.create_exclusive(uri, b"first") and not storage.create_exclusive(uri, b"second")
     assert storage.read_bytes(uri) == b"first"
@@ -345,10 +343,6 @@ def test_s3_lock_is_a_conditional_put(s3_bucket: str) -> None:
 def test_encoder_stops_when_s3_goes_away_and_says_what_was_not_written(
     tmp_path: Path, s3_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import threading
-
-    from data_pipeline.s3_server import start_moto_server
-
     many = tmp_path / "many"
     make_synthetic_videos(many, 30, size=16, frames=8, fps=8, seed=5)
     proc, url = start_moto_server()  # a server of its own, stopped once the first shard is uploaded
@@ -379,8 +373,6 @@ def test_encoder_stops_when_s3_goes_away_and_says_what_was_not_written(
 
 def test_merge_refuses_a_record_that_does_not_match_its_shard(local_dataset: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(local_dataset, copy)
     shard = sorted((copy / "shards").glob("*.tar"))[1]

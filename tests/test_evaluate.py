@@ -1,5 +1,6 @@
-"""vidgpt-eval: the metrics on scenes with known answers, the copy_last baseline, and the CLI end to end
-on a tiny random model (synthetic truth and a latent dataset)."""
+"""vidgpt-eval: the metrics on scenes with known answers, the copy_last baseline, the typed report and
+its report.json, the codec and text-encoder chooser, and the CLI end to end on a tiny random model
+(synthetic truth and a latent dataset)."""
 
 from __future__ import annotations
 
@@ -11,23 +12,31 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from data_pipeline.codecs import build_codec
 from data_pipeline.index import write_index
 from data_pipeline.shards import Sample, ShardBuilder
-from data_pipeline.synthetic import PALETTE, MovingShape, Scene, synthetic_scene
+from data_pipeline.synthetic import MovingShape, Scene, synthetic_scene
+from data_pipeline.text import save_tiny_text_encoder
 from vidgpt import metrics
-from vidgpt.evaluate import (
-    COPY_LAST,
-    EvalSpec,
-    evaluate_model,
-    evaluate_videos,
-    main,
-    mp4_round_trip,
-    synthetic_truth,
+from vidgpt.diffusion import RectifiedFlow
+from vidgpt.evaluation import COPY_LAST, EvalSpec, evaluate_model, evaluate_videos, mp4_round_trip, synthetic_truth
+from vidgpt.evaluation.cli import main
+from vidgpt.evaluation.report import (
+    FrameCurves,
+    GoalChecks,
+    MethodFigures,
+    ObjectFigures,
+    RangeFigures,
+    Report,
+    Source,
+    TruthFigures,
 )
 from vidgpt.export import CONFIG, WEIGHTS
+from vidgpt.latent_space import codec_for_export, codec_for_index, text_encoder_for
 from vidgpt.model import FLAVORS, VidGPT
+from vidgpt.sampling import SamplingSpec
 from vidgpt.testing import randomize_weights_
 
 SIZE = 32
@@ -172,8 +181,9 @@ def test_i3d_features_follow_the_torchscript_convention(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the baseline and the report
 
 
-def _spec(**kw: object) -> EvalSpec:
-    return EvalSpec(**{"prompt_frames": 2, "clip_len": 4, "multiples": 2, "num_clips": 2, "size": SIZE, **kw})
+def _spec(steps: int = 25, **kw: object) -> EvalSpec:
+    return EvalSpec(**{"sampling": SamplingSpec(prompt_frames=2, steps=steps), "clip_len": 4, "multiples": 2,
+                       "num_clips": 2, "size": SIZE, **kw})
 
 
 def test_copy_last_is_perfect_on_a_static_scene() -> None:
@@ -181,11 +191,11 @@ def test_copy_last_is_perfect_on_a_static_scene() -> None:
     scenes = [_static_scene(), _static_scene(x=20.0, y=8.0)]
     truth = np.stack([s.render(spec.total_frames) for s in scenes])
     report = evaluate_videos(truth, {}, spec, scenes)
-    base = report["methods"][COPY_LAST]
-    assert base["by_multiple"][-1]["mse"] == 0
-    assert base["by_multiple"][-1]["presence_f1"] == 1
-    assert base["by_multiple"][-1]["centroid_error"] == 0
-    assert base["per_chunk"][-1]["frechet_pixstat"] == pytest.approx(0, abs=1e-9)
+    base = report.methods[COPY_LAST]
+    assert base.by_multiple[-1].mse == 0
+    assert base.by_multiple[-1].objects.presence_f1 == 1
+    assert base.by_multiple[-1].objects.centroid_error == 0
+    assert base.per_chunk[-1].frechet["frechet_pixstat"] == pytest.approx(0, abs=1e-9)
 
 
 def test_copy_last_misses_motion_and_the_report_says_so() -> None:
@@ -193,36 +203,98 @@ def test_copy_last_misses_motion_and_the_report_says_so() -> None:
     scenes = [_static_scene(vx=1.0, vy=0.5), _static_scene(vx=-1.0)]
     truth = np.stack([s.render(spec.total_frames) for s in scenes])
     report = evaluate_videos(truth, {"oracle": truth.copy()}, spec, scenes)
-    base = report["methods"][COPY_LAST]
-    errors = base["per_frame"]["centroid_error"]
-    assert errors[: spec.prompt_frames] == [0, 0]
-    assert all(e > 0 for e in errors[spec.prompt_frames:])
-    assert errors[-1] > errors[spec.prompt_frames]  # it grows as the square moves on
-    assert base["by_multiple"][0]["centroid_error"] > 0
-    summary = report["summary"]["methods"]
-    assert summary["oracle"]["meets"] == {"presence_f1": True, "garbage": True, "centroid": True, "all": True}
-    assert summary["oracle"]["centroid_ratio_first_clip"] == 0
-    assert summary[COPY_LAST]["meets"]["centroid"] is False
-    assert report["chunks"] == [[2, 6], [6, 10]]
-    assert len(base["per_frame"]["psnr"]) == spec.total_frames
+    base = report.methods[COPY_LAST]
+    P = spec.sampling.prompt_frames
+    errors = base.per_frame.centroid_error
+    assert errors[:P] == [0, 0]
+    assert all(e > 0 for e in errors[P:])
+    assert errors[-1] > errors[P]  # it grows as the square moves on
+    assert base.by_multiple[0].objects.centroid_error > 0
+    summary = report.summary.methods
+    assert summary["oracle"].objects.meets == GoalChecks(presence_f1=True, garbage=True, centroid=True)
+    assert summary["oracle"].objects.meets.all is True
+    assert summary["oracle"].objects.centroid_ratio_first_clip == 0
+    assert summary[COPY_LAST].objects.meets.centroid is False
+    assert report.chunks == [(2, 6), (6, 10)]
+    assert len(base.per_frame.psnr) == spec.total_frames
+    as_json = report.to_json()
+    assert as_json["summary"]["methods"]["oracle"]["meets"] == {"presence_f1": True, "garbage": True,
+                                                                 "centroid": True, "all": True}
+    assert as_json["chunks"] == [[2, 6], [6, 10]]
+
+
+def test_report_to_json_has_the_report_json_layout() -> None:
+    """A report built by hand: to_json() is strict JSON with report.json's keys and nesting, NaN as null."""
+    spec = _spec()
+    nan = float("nan")
+
+    def method(mse: float) -> MethodFigures:
+        objects = ObjectFigures(garbage=0.01, presence_f1=0.95, centroid_error=mse, largest_part=1.0)
+        chunks = [RangeFigures(spec.chunk_range(j), mse, 30.0, objects, {"frechet_pixstat": 1.5}) for j in range(2)]
+        by_multiple = [RangeFigures((2, 2 + 4 * m), mse, 30.0, objects, {"frechet_pixstat": 1.5}) for m in (1, 2)]
+        curve = [mse] * spec.total_frames
+        return MethodFigures(FrameCurves(curve, curve, curve, curve, [nan] * spec.total_frames, curve),
+                             chunks, by_multiple)
+
+    truth = TruthFigures(per_frame_garbage=[0.02] * spec.total_frames, per_chunk_garbage=[0.02, 0.03],
+                         garbage=0.025, largest_part=1.0)
+    report = Report(spec=spec, clips=2, frame_size=(SIZE, SIZE), frechet_metrics=["frechet_pixstat"],
+                    methods={"model": method(1.0), COPY_LAST: method(2.0)}, truth=truth)
+    report.source = Source(export="e", step=3, weights="ema", truth="synthetic scenes, seed 1000",
+                           conditioning="unconditional", kv_cache=True, temporal="causal")
+    out = report.to_json()
+    assert json.loads(json.dumps(out, allow_nan=False)) == out
+    assert list(out) == ["spec", "frames", "prompt_frames", "clip_len", "multiples", "clips", "frame_size",
+                         "object_metrics", "frechet_metrics", "chunks", "methods", "truth", "summary", "source"]
+    assert list(out["spec"]) == ["prompt_frames", "clip_len", "multiples", "chunk", "window", "steps",
+                                 "context_scale", "num_clips", "synthetic_seed", "size", "fps", "tolerance",
+                                 "min_pixels"]
+    assert out["spec"]["chunk"] == 2 and out["spec"]["window"] == 2 and out["spec"]["min_pixels"] is None
+    assert (out["frames"], out["prompt_frames"], out["chunks"]) == (10, 2, [[2, 6], [6, 10]])
+    model = out["methods"]["model"]
+    assert list(model) == ["per_frame", "per_chunk", "by_multiple"]
+    assert list(model["per_frame"]) == ["mse", "psnr", "garbage", "presence_f1", "centroid_error", "largest_part"]
+    assert model["per_frame"]["centroid_error"] == [None] * 10  # NaN: undefined
+    assert model["per_chunk"][1] == {"chunk": 1, "frames": [6, 10], "mse": 1.0, "psnr": 30.0, "garbage": 0.01,
+                                     "presence_f1": 0.95, "centroid_error": 1.0, "largest_part": 1.0,
+                                     "frechet_pixstat": 1.5}
+    assert model["by_multiple"][0]["multiple"] == 1 and model["by_multiple"][1]["frames"] == [2, 10]
+    assert out["truth"]["per_chunk"] == [{"frames": [2, 6], "garbage": 0.02}, {"frames": [6, 10], "garbage": 0.03}]
+    summary = out["summary"]
+    assert list(summary) == ["goals", "whole", "first_clip", "truth_garbage", "truth_largest_part", "methods"]
+    row = summary["methods"]["model"]
+    assert list(row) == ["psnr", "mse", "frechet_pixstat_last_chunk", "presence_f1", "garbage",
+                         "centroid_error_first_clip", "largest_part", "copy_last_centroid_error_first_clip",
+                         "centroid_ratio_first_clip", "meets"]
+    assert row["centroid_ratio_first_clip"] == 0.5
+    assert row["meets"] == {"presence_f1": True, "garbage": True, "centroid": True, "all": True}
+    assert out["source"] == {"export": "e", "step": 3, "weights": "ema", "truth": "synthetic scenes, seed 1000",
+                             "conditioning": "unconditional", "kv_cache": True, "temporal": "causal"}
+    plain = Report(spec=spec, clips=2, frame_size=(SIZE, SIZE), frechet_metrics=[],  # dataset truth: no objects
+                   methods={COPY_LAST: MethodFigures(FrameCurves([0.0] * 10, [100.0] * 10),
+                                                     [RangeFigures((2, 6), 0.0, 100.0)] * 2,
+                                                     [RangeFigures((2, 6), 0.0, 100.0)] * 2)}).to_json()
+    assert "truth" not in plain and plain["object_metrics"] is False
+    assert plain["summary"]["truth_garbage"] is None
+    assert plain["summary"]["methods"][COPY_LAST] == {"psnr": 100.0, "mse": 0.0}
 
 
 def test_evaluate_model_in_process(tmp_path: Path) -> None:
     """The API the demo and the benchmark call with a model they hold (no export directory)."""
-    from vidgpt.diffusion import RectifiedFlow
-
     torch.manual_seed(0)
     model = randomize_weights_(VidGPT(dataclasses.replace(FLAVORS["tiny"], in_channels=3, text_dim=0))).eval()
     spec = _spec(size=16, steps=2)
     lines: list[str] = []
     report = evaluate_model(model, RectifiedFlow(), build_codec("identity"), spec, out_dir=tmp_path / "eval",
                             progress=lines.append)
-    assert set(report["files"]) == {"report", "plot", "sheet"}
-    assert all(Path(f).is_file() for f in report["files"].values())
-    assert report["conditioning"] == "unconditional"
+    assert set(report.files) == {"report", "plot", "sheet"}
+    assert all(Path(f).is_file() for f in report.files.values())
+    assert report.conditioning == "unconditional"
     assert lines[-1].endswith(f"{spec.generated_frames}/{spec.generated_frames} frames generated")
-    model_row = report["summary"]["methods"]["model"]
-    assert 0 <= model_row["presence_f1"] <= 1 and 0 <= model_row["garbage"] <= 1
+    model_row = report.summary.methods["model"].objects
+    assert 0 <= model_row.presence_f1 <= 1 and 0 <= model_row.garbage <= 1
+    written = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert written == {k: v for k, v in report.to_json().items() if k != "files"}  # files: known after writing
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -231,8 +303,6 @@ def test_evaluate_model_in_process(tmp_path: Path) -> None:
 def _export(tmp_path: Path, clip_len: int = 4, text_dim: int = 0, prompt_min_len: int = 1) -> Path:
     """A tiny random 3-channel (identity codec) model, without text unless text_dim, exported as
     vidgpt-export does."""
-    from safetensors.torch import save_file
-
     cfg = dataclasses.replace(FLAVORS["tiny"], in_channels=3, text_dim=text_dim)
     torch.manual_seed(0)
     model = randomize_weights_(VidGPT(cfg), seed=0)
@@ -299,6 +369,13 @@ def test_cli_context_guidance(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert exc.value.code == 2 and "context_scale must be a number > 0" in capsys.readouterr().err
 
 
+def test_cli_without_the_kv_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval"
+    assert main([str(_export(tmp_path)), "--out", str(out), *FAST, "--no-kv-cache"]) == 0
+    assert json.loads((out / "report.json").read_text())["source"]["kv_cache"] is False
+    assert "no cache" in capsys.readouterr().out
+
+
 def _latent_dataset(root: Path, frames: int, clips: int = 2, text_dim: int = 0) -> Path:
     """Identity-codec latents of synthetic 16px scenes (with random caption embeddings when
     text_dim), one shard and index.json, as vidgpt-encode writes."""
@@ -314,6 +391,28 @@ def _latent_dataset(root: Path, frames: int, clips: int = 2, text_dim: int = 0) 
     builder.local_path.rename(root / "shards" / "part-000.tar")
     write_index(str(root), [info.to_json()], {"codec": codec.describe(), "size": [16, 16], "num_inputs": clips})
     return root
+
+
+def test_the_codec_of_a_dataset_and_of_an_export(tmp_path: Path) -> None:
+    """One chooser: the dataset index's codec; for an export, its training dataset's when readable, else
+    identity for a pixel model, else a one-line error."""
+    data = _latent_dataset(tmp_path / "ds", frames=4)
+    index = json.loads((data / "index.json").read_text())
+    assert codec_for_index(index).describe()["name"] == "identity"
+    latent_model, pixel_model = FLAVORS["tiny"], dataclasses.replace(FLAVORS["tiny"], in_channels=3)
+    assert codec_for_export({"data": {"path": str(data)}}, latent_model).describe()["name"] == "identity"
+    unreadable = {"data": {"path": str(tmp_path / "gone")}}
+    assert codec_for_export(unreadable, pixel_model).describe()["name"] == "identity"
+    for info in (unreadable, {"data": {}}):
+        with pytest.raises(ValueError) as exc:
+            codec_for_export(info, latent_model)
+        assert len(str(exc.value).splitlines()) == 1 and "cannot tell which codec" in str(exc.value)
+    # the text encoder: none for a model without text or an index that names none; a missing directory is an error
+    assert text_encoder_for(index, latent_model, "cpu") is None
+    assert text_encoder_for({"text_encoder": {"path": str(tmp_path / "gone")}}, latent_model, "cpu") is None
+    assert text_encoder_for(str(tmp_path / "gone"), dataclasses.replace(pixel_model, text_dim=0), "cpu") is None
+    with pytest.raises(ValueError, match="no such directory"):
+        text_encoder_for(str(tmp_path / "gone"), latent_model, "cpu")
 
 
 def test_cli_on_a_latent_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -343,14 +442,16 @@ def test_cli_conditions_on_dataset_captions(tmp_path: Path) -> None:
 @pytest.mark.slow  # loading transformers
 def test_cli_embeds_synthetic_captions_with_a_text_encoder(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    from data_pipeline.text import save_tiny_text_encoder
-
     save_tiny_text_encoder(tmp_path / "t5", dim=FLAVORS["tiny"].text_dim)
     export = _export(tmp_path, text_dim=FLAVORS["tiny"].text_dim)
     out = tmp_path / "eval"
     assert main([str(export), "--out", str(out), "--text-encoder", str(tmp_path / "t5"), *FAST]) == 0
     report = _check_outputs(out, {"model", COPY_LAST})
     assert report["source"]["conditioning"].startswith("captions embedded with")
+    t5 = str(tmp_path / "t5")
+    assert text_encoder_for({"text_encoder": {"path": t5}}, FLAVORS["tiny"], "cpu").dim == FLAVORS["tiny"].text_dim
+    with pytest.raises(ValueError, match="gives 16-wide embeddings; the model takes 8"):
+        text_encoder_for(t5, dataclasses.replace(FLAVORS["tiny"], text_dim=8), "cpu")
 
 
 @pytest.mark.parametrize("args,message", [

@@ -10,16 +10,18 @@ import textwrap
 import pytest
 import torch
 
+from vidgpt.attention import MAX_KERNEL_BATCH, attention, reference_attention
+from vidgpt.diffusion import RectifiedFlow
 from vidgpt.distributed import free_port
+from vidgpt.kv_cache import TemporalKVCache
+from vidgpt.sampling import generate, sampling_autocast
+
+from conftest import tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def test_forward_and_cached_generation_never_sync_with_the_host() -> None:
-    from conftest import tiny_model
-    from vidgpt.diffusion import RectifiedFlow
-    from vidgpt.kv_cache import TemporalKVCache
-
     model = tiny_model(text=True).cuda()
     x = torch.randn(2, 4, 4, 8, 8, device="cuda")
     t = torch.rand(2, 4, device="cuda") * 999
@@ -40,8 +42,6 @@ def test_forward_and_cached_generation_never_sync_with_the_host() -> None:
 
 def test_attention_over_the_cuda_grid_batch_limit() -> None:
     """The temporal attention's batch B x S x CFG passes 65535 for large latents: split, not a crash."""
-    from vidgpt.attention import MAX_KERNEL_BATCH, attention, reference_attention
-
     B = MAX_KERNEL_BATCH + 1000
     q, k, v = (torch.randn(B, 4, 2, 16, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     out = attention(q, k, v, causal=True)
@@ -50,10 +50,6 @@ def test_attention_over_the_cuda_grid_batch_limit() -> None:
 
 
 def test_bf16_sampling_keeps_fp32_state_and_follows_fp32() -> None:
-    from conftest import tiny_model
-    from vidgpt.diffusion import RectifiedFlow
-    from vidgpt.sampling import generate, sampling_autocast
-
     model = tiny_model(text=False).cuda()
     prompt = torch.randn(2, 2, 4, 8, 8, device="cuda")
     kw = dict(chunk=2, window=4, steps=8, use_cache=True)

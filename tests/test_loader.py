@@ -11,11 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch._utils import ExceptionWrapper
 
 from data_pipeline import storage
 from data_pipeline.index import write_index
-from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, expand_braces, split_equal
+from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, error_line, expand_braces, load_table, split_equal
+from data_pipeline.s3_server import start_moto_server
 from data_pipeline.shards import Sample, ShardBuilder
+from vidgpt.distributed import free_port
 
 SIZES = [1, 7, 3, 12, 5, 2]  # deliberately uneven shards: 30 samples
 JOB = {"codec": {"name": "identity", "scale_factor": 1.0}, "size": [4, 4], "num_inputs": 6}
@@ -90,8 +95,6 @@ def test_every_rank_gets_the_same_number_of_batches(dataset, world: int, workers
 
 
 def _distributed_worker(rank: int, world: int, root: str, port: int, result: str) -> None:
-    import torch.distributed as dist
-
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=__import__("datetime").timedelta(seconds=60))
     loader = LatentLoader(cfg(root, num_workers=1, batch_size=3), rank, world)
@@ -106,10 +109,6 @@ def _distributed_worker(rank: int, world: int, root: str, port: int, result: str
 
 
 def test_distributed_ranks_finish_together(dataset, tmp_path: Path) -> None:  # noqa: ANN001
-    import torch.multiprocessing as mp
-
-    from vidgpt.distributed import free_port
-
     root, _ = dataset
     port = free_port()
     mp.spawn(_distributed_worker, args=(3, root, port, str(tmp_path)), nprocs=3, join=True)
@@ -353,8 +352,6 @@ def test_shard_deleted_mid_epoch_stops_with_one_line(dataset) -> None:  # noqa: 
 def test_unreachable_s3_is_a_network_error_never_replaced_by_other_samples(
     s3_server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from data_pipeline.s3_server import start_moto_server
-
     proc, url = start_moto_server()  # a server of its own, to stop mid-epoch
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", url)
@@ -378,8 +375,6 @@ def test_unreachable_s3_is_a_network_error_never_replaced_by_other_samples(
 
 
 def test_held_out_shards_are_never_trained_on(dataset) -> None:  # noqa: ANN001
-    from data_pipeline.loader import load_table
-
     root, _ = dataset
     table = load_table(root)
     train, held = table.split(2)  # the last two shards: part-004 (5 clips) and part-005 (2 clips)
@@ -395,10 +390,6 @@ def test_held_out_shards_are_never_trained_on(dataset) -> None:  # noqa: ANN001
 
 def test_an_error_from_a_dataloader_worker_is_one_line() -> None:
     """torch re-raises a worker's exception with the worker's whole traceback in its message."""
-    from torch._utils import ExceptionWrapper
-
-    from data_pipeline.loader import error_line
-
     try:
         raise DataError("s3://b/shards/x.tar: no such object: a shard listed in the dataset index is gone")
     except DataError:

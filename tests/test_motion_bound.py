@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_pipeline.synthetic import MovingShape
-from vidgpt.benchmarks.motion_bound import centres, posterior, shape_masks
+from experiments.motion_bound import centres, posterior, shape_masks
 
 SIZE = 32
 SHAPE = MovingShape(kind="circle", colour="red", radius=5.0, x=15.3, y=14.1, vx=0.9, vy=-0.4)

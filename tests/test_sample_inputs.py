@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from safetensors.torch import save_file
 
+from data_pipeline.codecs import build_codec
+from data_pipeline.encode import main as encode
+from data_pipeline.synthetic import make_synthetic_videos
+from data_pipeline.text import save_tiny_text_encoder
+from data_pipeline.video import DecodeOptions, decode_clips
+from vidgpt.export import CONFIG, WEIGHTS, sampling_info
+from vidgpt.model import FLAVORS, VidGPT
 from vidgpt.sample import main as sample
+from vidgpt.sample import with_chunk_and_window
+from vidgpt.sampling import SamplingSpec
+from vidgpt.testing import randomize_weights_
+
+from test_codecs import save_tiny_vae
 
 SIZE = 32
 
@@ -18,16 +33,6 @@ SIZE = 32
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A real mp4 (24 frames at 8 fps), a png of another size, the tiny T5, an encoded dataset, and an
     export of a tiny random model whose config.json records the dataset's codec, size, fps and T5."""
-    from PIL import Image
-    from safetensors.torch import save_file
-
-    from data_pipeline.encode import main as encode
-    from data_pipeline.synthetic import make_synthetic_videos
-    from data_pipeline.text import save_tiny_text_encoder
-    from vidgpt.export import CONFIG, WEIGHTS, sampling_info
-    from vidgpt.model import FLAVORS, VidGPT
-    from vidgpt.testing import randomize_weights_
-
     root = tmp_path_factory.mktemp("sample_inputs")
     make_synthetic_videos(root / "videos", 2, size=SIZE, frames=24, fps=8, seed=3)
     save_tiny_text_encoder(root / "t5", dim=16)
@@ -53,8 +58,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def frames_of(path: Path) -> np.ndarray:
-    from data_pipeline.video import DecodeOptions, decode_clips
-
     clips = decode_clips(str(path), DecodeOptions(height=SIZE, width=SIZE, max_frames=1 << 20))
     return np.concatenate([c.frames for c in clips])
 
@@ -100,7 +103,8 @@ def test_animate_an_image_and_a_list_of_prompts(files: dict[str, Path], tmp_path
     (["--prompt", "TEXT"], "not a readable video or image"),
     (["--caption", "only words"], "needs a model trained with 0-frame prompts"),
     (["--prompt", "VIDEO", "--context-scale", "2"], "--context-scale 2 needs a model trained with 0-frame prompts"),
-    (["--prompt", "VIDEO", "--context-scale", "-1"], "--context-scale must be a number > 0"),
+    (["--prompt", "VIDEO", "--context-scale", "-1"], "context_scale must be a number > 0"),
+    (["--prompt", "VIDEO", "--chunk", "0"], "chunk must be >= 1"),
     (["--prompt", "VIDEO", "--frames", "-1"], "--frames must be >= 0"),
 ])
 def test_bad_inputs_get_one_line(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -125,8 +129,6 @@ def test_dataset_prompts_longer_than_the_clips_are_refused(files: dict[str, Path
 
 def test_text_to_video_only_for_models_trained_without_prompts(files: dict[str, Path], tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    import shutil
-
     args = ["--caption", "a blue square bouncing", "--frames", "6", "--chunk", "2", "--steps", "2"]
     with pytest.raises(SystemExit) as exc:  # trained with prompts of >= 1 frame: refused, saying why
         sample([str(files["export"]), *args, "--out", str(tmp_path / "no")])
@@ -151,14 +153,6 @@ def test_text_to_video_only_for_models_trained_without_prompts(files: dict[str, 
 
 def test_continue_a_video_through_an_sd_vae_export(files: dict[str, Path], tmp_path: Path) -> None:
     """A random tiny AutoencoderKL saved to a temp dir: the prompt is encoded with it, the output decoded."""
-    from safetensors.torch import save_file
-
-    from data_pipeline.codecs import build_codec
-    from test_codecs import save_tiny_vae
-    from vidgpt.export import CONFIG, WEIGHTS
-    from vidgpt.model import FLAVORS, VidGPT
-    from vidgpt.testing import randomize_weights_
-
     vae = save_tiny_vae(tmp_path / "vae")
     codec = build_codec("sd-vae", vae=str(vae))
     cfg = dataclasses.replace(FLAVORS["tiny"], in_channels=codec.latent_channels, text_dim=16, text_len=8)
@@ -175,3 +169,16 @@ def test_continue_a_video_through_an_sd_vae_export(files: dict[str, Path], tmp_p
     assert sample([str(export), "--prompt", str(files["video"]), "--caption", "a square", "--prompt-frames", "2",
                    "--frames", "4", "--chunk", "2", "--steps", "2", "--out", str(out)]) == 0
     assert frames_of(out / "sample_000.mp4").shape == (6, SIZE, SIZE, 3)  # 2 prompt frames + 4, at full size
+
+
+def test_chunk_and_window_default_to_the_training_clip_length() -> None:
+    """The sampling flags are SamplingSpec's: chunk min(8, L/2) and window L - chunk unless given; a prompt as
+    long as the clip is not refused here (it is continued); an export without a clip length: 4 and 8."""
+    def filled(spec: SamplingSpec, clip_len: int | None) -> tuple[int | None, int | None]:
+        done = with_chunk_and_window(spec, clip_len)
+        return done.chunk, done.window
+
+    assert filled(SamplingSpec(), 8) == (4, 4) and filled(SamplingSpec(), 33) == (8, 25)
+    assert filled(SamplingSpec(chunk=2), 8) == (2, 6) and filled(SamplingSpec(window=3), 8) == (4, 3)
+    assert filled(SamplingSpec(prompt_frames=30), 8) == (4, 4)
+    assert filled(SamplingSpec(), None) == (4, 8) and filled(SamplingSpec(chunk=2), None) == (2, 8)

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,12 +13,14 @@ from vidgpt.attention import Backend, use_backend
 from vidgpt.benchmarks import kvcache as bench
 from vidgpt.diffusion import GaussianDiffusion, RectifiedFlow
 from vidgpt.kv_cache import TemporalKVCache
+from vidgpt.model import VidGPT
 from vidgpt.sampling import (
     ModelCall,
     frames_before_eviction,
     generate,
     generation_flops,
     model_calls,
+    sampling_autocast,
 )
 
 from conftest import tiny_model
@@ -239,8 +244,8 @@ def test_generate_refuses_bad_arguments() -> None:
 
 
 def test_kvcache_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--flavor", "tiny", "--latent-size", "8", "--frames", "6", "--chunk", "2", "--window", "4", "--steps", "2", "--repeats", "1",
-            "--growth-frames", "8,16"]
+    args = ["--flavor", "tiny", "--latent-size", "8", "--frames", "6", "--chunk", "2", "--window", "4", "--steps", "2",
+            "--repeats", "1", "--growth-frames", "8,16"]
     assert bench.main(args) == 0
     result = json.loads(capsys.readouterr().out)
     growth = result["growth"]
@@ -252,24 +257,17 @@ def test_kvcache_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[
     assert {"speedup", "flop_ratio", "max_abs_diff", "cache_s", "no_cache_s"} <= result.keys()
 
 
-def test_benchmark_script_and_help() -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "tools" / "bench_kvcache.py"
-    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
+def test_benchmark_command_and_help() -> None:
+    command = [sys.executable, "-m", "vidgpt.benchmarks", "kvcache"]  # vidgpt-bench kvcache
+    out = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("usage: vidgpt-bench kvcache")
     for flag in ("--flavor", "--frames", "--prompt-frames", "--chunk", "--window", "--steps", "--seed"):
         assert flag in out
-    bad = subprocess.run([sys.executable, str(script), "--chunk", "0"], capture_output=True, text=True)
+    bad = subprocess.run([*command, "--chunk", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--chunk must be >= 1" in bad.stderr
 
 
 def test_bidirectional_baseline_samples_without_cache_and_refuses_one() -> None:
-    import dataclasses
-
-    from vidgpt.model import VidGPT
-
     causal = tiny_model()
     bidir = VidGPT(dataclasses.replace(causal.cfg, temporal="bidirectional"), init_weights=False)
     bidir.load_state_dict(causal.state_dict())
@@ -287,9 +285,6 @@ def test_bidirectional_baseline_samples_without_cache_and_refuses_one() -> None:
 def test_autocast_sampling_keeps_the_sampler_state_in_fp32() -> None:
     """bf16 autocast (as on GPUs; CPU autocast runs bf16 too): the output is float32, close to the fp32
     run, and not the fp32 run itself (the network really ran in bf16)."""
-    from vidgpt.diffusion import RectifiedFlow
-    from vidgpt.sampling import sampling_autocast
-
     model = tiny_model(text=False).eval()
     prompt = torch.randn(2, 2, 4, 8, 8)
     kw = dict(chunk=2, window=4, steps=4, use_cache=True)

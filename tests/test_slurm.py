@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from data_pipeline.encode import main as encode
+from data_pipeline.synthetic import make_synthetic_videos
+
 from test_encode import samples_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_JOB = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]  # the launcher defaults to 8 GPUs
-TRAIN = ["--model.flavor=tiny", "--training.steps=8", "--checkpoint.interval=100", "--logging.interval=2", "--data.batch_size=2",
-         "--optimizer.schedule=constant", "--optimizer.warmup_steps=0"]
+TRAIN = ["--model.flavor=tiny", "--training.steps=8", "--checkpoint.interval=100", "--logging.interval=2",
+         "--data.batch_size=2", "--optimizer.schedule=constant", "--optimizer.warmup_steps=0"]
 
 
 def _cluster_up() -> str | None:
@@ -61,8 +64,6 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from data_pipeline.synthetic import make_synthetic_videos
-
     root = tmp_path_factory.mktemp("slurm_videos")
     make_synthetic_videos(root, 24, size=32, frames=24, seed=5)
     return root
@@ -70,8 +71,6 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def latents(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from data_pipeline.encode import main as encode
-
     out = tmp_path_factory.mktemp("slurm_latents") / "single"
     args = [str(videos), str(out), "--size", "32", "--min-frames", "8", "--max-frames", "24", "--no-progress",
             "--decode-workers", "0"]
@@ -106,8 +105,8 @@ def test_sbatch_trains_across_two_nodes(uninterrupted: Path) -> None:
 def test_preempted_job_requeues_and_resumes_exactly(uninterrupted: Path, latents: Path, tmp_path: Path) -> None:
     run = tmp_path / "preempted"
     env = {"CONFIG": "configs/demo_cpu.toml", "RUN_DIR": str(run)}
-    job = sbatch(f"--output={tmp_path}/job-%j.out", *CPU_JOB, "launchers/train_multinode.sh", f"--data.path={latents}", *TRAIN,
-                 env=env)
+    job = sbatch(f"--output={tmp_path}/job-%j.out", *CPU_JOB, "launchers/train_multinode.sh", f"--data.path={latents}",
+                 *TRAIN, env=env)
     deadline = time.monotonic() + 240
     while not ((run / "losses.jsonl").exists() and len(losses(run)) >= 2):
         assert job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), job_state(job)

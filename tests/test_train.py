@@ -11,13 +11,26 @@ import sys
 import time
 from pathlib import Path
 
-import dp_step  # tests/ is on sys.path (pytest's prepend import mode)
+import numpy as np
 import pytest
 import torch
-import trainer_replay
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from data_pipeline.encode import main as encode
+from data_pipeline.index import write_index
+from data_pipeline.shards import Sample, ShardBuilder
+from data_pipeline.synthetic import make_synthetic_videos
+from data_pipeline.text import save_tiny_text_encoder
+from data_pipeline.video import DecodeOptions, decode_clips
+from vidgpt.benchmarks.train import main as bench
+from vidgpt.checkpoint import convert_main, read_step_checkpoint, universal_done
 from vidgpt.config import load_config
 from vidgpt.distributed import free_port
+from vidgpt.export import load_exported
+from vidgpt.export import main as export
+
+import dp_step  # tests/ is on sys.path (pytest's prepend import mode)
+import trainer_replay
 
 pytestmark = pytest.mark.distributed
 
@@ -26,8 +39,9 @@ DEMO = ROOT / "configs" / "demo_cpu.toml"
 # the unweighted loss: with snr_clamp (the demo's) a 2-clip step's loss varies ~3x with its timestep draws, which
 # differ between 1 and 2 ranks, so the loose loss check of a resume on another number of ranks would be a coin
 # toss; the exact-resume checks hold either way, and tests/test_slurm.py runs them with the demo's weighting
-BASE = ["--model.flavor=tiny", "--training.steps=8", "--checkpoint.interval=4", "--logging.interval=2", "--optimizer.schedule=constant",
-        "--optimizer.warmup_steps=0", "--training.ema_decay=1e-6", "--data.batch_size=2", "--diffusion.loss_weighting=none"]
+BASE = ["--model.flavor=tiny", "--training.steps=8", "--checkpoint.interval=4", "--logging.interval=2",
+        "--optimizer.schedule=constant", "--optimizer.warmup_steps=0", "--training.ema_decay=1e-6", "--data.batch_size=2",
+        "--objective.loss_weighting=none"]
 
 
 def launch(run_dir: Path, world: int, *extra: str, data: Path) -> list[subprocess.Popen]:
@@ -78,10 +92,6 @@ def logs(run_dir: Path) -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic videos encoded with the identity codec, with tiny-T5 caption embeddings."""
-    from data_pipeline.encode import main as encode
-    from data_pipeline.synthetic import make_synthetic_videos
-    from data_pipeline.text import save_tiny_text_encoder
-
     root = tmp_path_factory.mktemp("train_data")
     make_synthetic_videos(root / "videos", 12, size=32, frames=24, seed=1)
     save_tiny_text_encoder(root / "t5", dim=16)
@@ -151,7 +161,7 @@ def test_the_trainer_step_is_the_plain_torch_step(tmp_path: Path, data: Path) ->
     overrides = ["--model.flavor=tiny", f"--run_dir={tmp_path / 'run'}", f"--data.path={data}", "--training.steps=6",
                  "--data.batch_size=3", "--checkpoint.interval=100", "--optimizer.warmup_steps=2",
                  "--optimizer.weight_decay=0.01", "--optimizer.grad_clip=0.05", "--training.ema_decay=0.5",
-                 "--diffusion.prompt_per_clip=true", "--diffusion.text_drop_prob=0.5"]
+                 "--objective.prompt_per_clip=true", "--objective.text_drop_prob=0.5"]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
                            str(free_port()), str(ROOT / "tests" / "trainer_replay.py"), str(out), "--config", str(DEMO),
@@ -202,7 +212,7 @@ def test_sigusr1_saves_stops_and_resumes_exactly(run_a: Path, tmp_path: Path, da
 def test_preemption_during_evaluation_saves_and_resumes_exactly(run_a: Path, tmp_path: Path, data: Path) -> None:
     run = tmp_path / "P"
     extra = ["--checkpoint.interval=100", "--eval.interval=4", "--eval.samples=2", "--eval.synthetic=true",
-             "--eval.sample_steps=20"]
+             "--eval.sampling.steps=20"]
     procs = launch(run, 2, *extra, data=data)
     deadline = time.monotonic() + 180
     while "outputs: " not in logs(run):  # set-up done: the evaluation before the first step begins now
@@ -244,9 +254,6 @@ def test_ctrl_c_under_train_local_saves_and_exits_75(run_a: Path, tmp_path: Path
 
 
 def _short_clips(root: Path, frames: int) -> Path:
-    from data_pipeline.encode import main as encode
-    from data_pipeline.synthetic import make_synthetic_videos
-
     make_synthetic_videos(root / "videos", 4, size=32, frames=frames, seed=2)
     assert encode([str(root / "videos"), str(root / "latents"), "--size", "32", "--min-frames", "1",
                    "--max-frames", "24", "--no-progress", "--decode-workers", "0"]) == 0
@@ -301,12 +308,10 @@ def test_resume_on_one_rank_from_a_two_rank_checkpoint(run_a: Path, tmp_path: Pa
 
 
 def test_conversion_killed_partway_is_redone_by_the_next_resume(run_a: Path, tmp_path: Path, data: Path) -> None:
-    from vidgpt.checkpoint import convert_main, read_found, universal_done
-
     src = tmp_path / "G"
     shutil.copytree(run_a / "checkpoints", src / "checkpoints")
     step = src / "checkpoints" / "step_0000004"
-    found = read_found(step)
+    found = read_step_checkpoint(step)
     final = step.with_name("step_0000004_universal")
     caught = False
     for _attempt in range(8):
@@ -360,14 +365,11 @@ def test_bf16_zero3_on_two_ranks(tmp_path: Path, data: Path) -> None:
 
 
 def test_validation_is_logged_and_does_not_change_training(run_a: Path, tmp_path: Path, data: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from data_pipeline.video import DecodeOptions, decode_clips
-
     run = tmp_path / "V"
     # validation loss, and 2 samples of the EMA weights with the kv-cache from held-out synthetic scenes
     assert train(run, 2, "--eval.interval=4", "--eval.batches=2", "--eval.seed=5", "--eval.samples=2",
-                 "--eval.synthetic=true", "--eval.sample_multiples=1", "--eval.sample_steps=2", data=data) == [0, 0], logs(run)
+                 "--eval.synthetic=true", "--eval.multiples=1", "--eval.sampling.steps=2",
+                 data=data) == [0, 0], logs(run)
     a, v = losses(run_a), losses(run)
     assert sorted(v) == sorted(a) and all(abs(a[s] - v[s]) <= 1e-6 for s in a), (a, v)  # training unchanged
     acc = EventAccumulator(str(run / "tensorboard"))
@@ -375,7 +377,8 @@ def test_validation_is_logged_and_does_not_change_training(run_a: Path, tmp_path
     evals = acc.Scalars("eval/loss")
     assert [e.step for e in evals] == [0, 4, 8]
     assert all(0 < e.value < 10 for e in evals) and len({round(e.value, 6) for e in evals}) == 3  # it learns
-    for name in ("eval/seconds", "eval/sample_seconds", "eval/presence_f1", "eval/garbage", "eval/centroid_ratio_first_clip"):
+    for name in ("eval/seconds", "eval/sample_seconds", "eval/presence_f1", "eval/garbage",
+                 "eval/centroid_ratio_first_clip"):
         assert [e.step for e in acc.Scalars(name)] == [0, 4, 8], name
     assert all(0 <= e.value <= 1 for e in acc.Scalars("eval/presence_f1"))
     assert [e.step for e in acc.Images("samples/01")] == [0, 4, 8]
@@ -425,9 +428,6 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path: Path, data: Pa
 
 
 def test_damaged_resume_files_and_another_dataset_are_one_line(run_a: Path, tmp_path: Path, data: Path) -> None:
-    from data_pipeline.encode import main as encode
-    from data_pipeline.synthetic import make_synthetic_videos
-
     run = tmp_path / "D"
     shutil.copytree(run_a / "checkpoints", run / "checkpoints")
     step = run / "checkpoints" / "step_0000008"
@@ -453,8 +453,6 @@ def test_damaged_resume_files_and_another_dataset_are_one_line(run_a: Path, tmp_
 
 
 def test_tensorboard_scalars_read_back(run_a: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     acc = EventAccumulator(str(run_a / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -472,9 +470,6 @@ def test_tensorboard_scalars_read_back(run_a: Path) -> None:
 
 
 def test_export_then_sample(run_a: Path, tmp_path: Path, data: Path) -> None:
-    from vidgpt.export import load_exported
-    from vidgpt.export import main as export
-
     assert export([str(run_a), str(tmp_path / "model"), "--weights", "model"]) == 0
     assert export([str(run_a / "checkpoints" / "step_0000008"), str(tmp_path / "ema"), "--weights", "ema"]) == 0
     model, info = load_exported(tmp_path / "model")
@@ -486,7 +481,7 @@ def test_export_then_sample(run_a: Path, tmp_path: Path, data: Path) -> None:
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "final.linear.weight" in n)  # trained
     out = tmp_path / "samples"
     cmd = [sys.executable, "-m", "vidgpt.sample", str(tmp_path / "model"), "--data", str(data), "--out", str(out),
-           "--num", "1", "--frames", "12", "--chunk", "4", "--steps", "3"]
+           "--num", "1", "--prompt-frames", "1", "--frames", "12", "--chunk", "4", "--steps", "3"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     import av
@@ -500,11 +495,6 @@ def test_export_then_sample(run_a: Path, tmp_path: Path, data: Path) -> None:
 @pytest.fixture(scope="module")
 def nan_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Clips of which about a third hold NaN: real non-finite losses, without any fault injection."""
-    import numpy as np
-
-    from data_pipeline.index import write_index
-    from data_pipeline.shards import Sample, ShardBuilder
-
     root = tmp_path_factory.mktemp("nan_data")
     rng = np.random.default_rng(0)
     builder = ShardBuilder(root / "shards" / "a.tar", "shards/a.tar")
@@ -540,8 +530,6 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path: Path, nan_dat
 
 
 def test_bench_train_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
-    from vidgpt.benchmarks.train import main as bench
-
     args = ["--flavor", "tiny", "--steps", "1", "--warmup", "1", "--frames", "4", "--size", "8", "--channels", "4"]
     assert bench(args) == 0
     out = json.loads(capsys.readouterr().out)

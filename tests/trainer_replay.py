@@ -19,10 +19,12 @@ from typing import Any
 import torch
 
 from vidgpt import distributed
+from vidgpt.components.engine import lr_factor
 from vidgpt.config import Config, load_config
 from vidgpt.diffusion import build_diffusion
 from vidgpt.model import VidGPT, text_mask_or_none
-from vidgpt.train import Trainer, lr_factor
+from vidgpt.objective import LossBatch
+from vidgpt.train import Trainer
 
 KEYS = ("latents", "valid", "text", "text_mask")
 
@@ -32,19 +34,19 @@ class RecordingTrainer(Trainer):
 
     def micro_step(self, batch: dict[str, Any], stop: Any = None) -> torch.Tensor | None:
         self.records.append({"batch": {k: batch[k].clone() for k in KEYS if batch.get(k) is not None},
-                             "noise_gen": self.noise_gen.get_state(), "prompt_gen": self.prompt_gen.get_state()})
+                             **self.streams.state_dict()})
         return super().micro_step(batch, stop)
 
 
 def replay(cfg: Config, records: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(weights, EMA) of one process of plain torch after the recorded steps (one micro-batch per step)."""
-    o, d, model_cfg = cfg.optimizer, cfg.diffusion.build(), cfg.model.build()
+    o, objective, model_cfg = cfg.optimizer, cfg.objective, cfg.model
     torch.manual_seed(cfg.training.seed)
     model = VidGPT(model_cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
-    diffusion = build_diffusion(d)
+    diffusion = build_diffusion(cfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o, cfg.training.steps))
     noise_gen, prompt_gen = torch.Generator(), torch.Generator()
     for r in records:
         b = r["batch"]
@@ -53,12 +55,10 @@ def replay(cfg: Config, records: list[dict[str, Any]]) -> tuple[dict[str, torch.
         x0 = b["latents"]
         limit = int(b["valid"].sum(dim=1).min()) - 1
         text = b.get("text") if model_cfg.text_dim else None
-        loss = diffusion.training_loss(
-            model, x0, d.prompt.draw(x0.shape[1], x0.shape[0], prompt_gen, limit=limit), generator=noise_gen,
-            valid=b["valid"], text=text, text_mask=None if text is None else text_mask_or_none(b.get("text_mask")),
-            text_drop_prob=d.text_drop_prob, prompt_noise=d.prompt_noise, per_frame_noise=d.per_frame_noise,
-            input_dtype=torch.float32,  # latents and captions are stored as fp16; fp32 training casts the input
-        )
+        batch = LossBatch(x0, b["valid"], text, None if text is None else text_mask_or_none(b.get("text_mask")),
+                          prompt_limit=limit)
+        # latents and captions are stored as fp16; fp32 training casts the input
+        loss = objective.loss(model, diffusion, batch, noise_gen, prompt_gen, input_dtype=torch.float32)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)

@@ -9,7 +9,7 @@
 # 3. a bf16 training run of the `small` flavor with flash attention and torch.compile (random latents);
 # 4. its resume from the checkpoint (exactly where it stopped);
 # 5. export, and bf16 sampling with the kv-cache;
-# 6. vidgpt-bench-kvcache on the GPU (the cache's speedup) and vidgpt-bench-attention.
+# 6. vidgpt-bench kvcache on the GPU (the cache's speedup) and vidgpt-bench attention.
 # Summary: step time, tokens/s, MFU against the GPU's dense bf16 peak, peak memory, kv-cache speedup and
 # the outcome of every stage. Needs a CUDA build of torch (and flash-attn: pip install -e '.[gpu]').
 set -uo pipefail
@@ -68,8 +68,8 @@ out = generate(model, exported_diffusion(info), prompt, 24, chunk=4, window=12, 
                autocast=sampling_autocast('auto', 'cuda'), generator=torch.Generator('cuda').manual_seed(0))
 assert out.dtype == torch.float32 and torch.isfinite(out).all(), out.dtype
 print('sampled', tuple(out.shape))"
-stage bench_kvcache "$PY" -m vidgpt.benchmarks.kvcache --dtype bfloat16 --frames 32 --chunk 8 --window 16 --steps 10
-stage bench_attention "$PY" -m vidgpt.benchmarks.attention
+stage bench_kvcache "$PY" -m vidgpt.benchmarks kvcache --dtype bfloat16 --frames 32 --chunk 8 --window 16 --steps 10
+stage bench_attention "$PY" -m vidgpt.benchmarks attention
 
 "$PY" - "$WORK" <<PYEOF
 import json, sys

@@ -14,10 +14,12 @@ are then removed. Trainer state files are read with `torch.load(weights_only=Tru
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
 import shutil
+import sys
 import time
 import zipfile
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from vidgpt import distributed
+from vidgpt.errors import ConfigError
 
 LATEST = "latest"
 META = "meta.json"
@@ -35,6 +38,21 @@ META = "meta.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used."""
+
+
+@dataclass
+class CheckpointConfig:
+    """The `[checkpoint]` section."""
+
+    interval: int = 100
+    """Save every this many optimizer steps (and at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept; older ones are removed once a newer one is complete."""
+
+    def __post_init__(self) -> None:
+        for key in ("interval", "keep_last"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"checkpoint.{key}: must be >= 1, got {getattr(self, key)}")
 
 
 def tag_for(step: int) -> str:
@@ -46,8 +64,11 @@ def trainer_state_name(rank: int) -> str:
 
 
 @dataclass(frozen=True)
-class Found:
-    path: Path  # the step directory
+class StepCheckpoint:
+    """A complete checkpoint: its step directory and the meta.json rank 0 wrote last."""
+
+    path: Path
+    """RUN/checkpoints/step_NNNNNNN."""
     meta: dict[str, Any]
 
     @property
@@ -70,7 +91,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_found(path: Path) -> Found:
+def read_step_checkpoint(path: Path) -> StepCheckpoint:
     """The checkpoint in step directory `path`, checked for completeness: meta.json readable, and every
     saving rank's trainer state and DeepSpeed model state present."""
     meta_path = path / META
@@ -92,7 +113,7 @@ def read_found(path: Path) -> Found:
                               + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
     for file in sorted(path.glob("*.pt")):  # every rank checks every file: they all fail alike, before any collective
         _check_torch_file(file)
-    return Found(path, meta)
+    return StepCheckpoint(path, meta)
 
 
 def _check_torch_file(file: Path) -> None:
@@ -107,21 +128,21 @@ def _check_torch_file(file: Path) -> None:
                               "an older checkpoint (--resume PATH)") from exc
 
 
-def newest_complete(checkpoints: Path, before: str | None = None) -> Found | None:
-    """The newest step directory of `checkpoints` that `read_found` accepts (older than `before`)."""
+def newest_complete(checkpoints: Path, before: str | None = None) -> StepCheckpoint | None:
+    """The newest step directory of `checkpoints` that `read_step_checkpoint` accepts (older than `before`)."""
     steps = sorted((p for p in checkpoints.glob("step_*") if p.is_dir() and not p.name.endswith("_universal")),
                    reverse=True)
     for path in steps:
         if before is not None and path.name >= before:
             continue
         try:
-            return read_found(path)
+            return read_step_checkpoint(path)
         except CheckpointError:
             continue
     return None
 
 
-def resolve(run_dir: Path, resume: str | None) -> Found | None:
+def resolve(run_dir: Path, resume: str | None) -> StepCheckpoint | None:
     """--resume auto: the run's `latest` checkpoint if any (a damaged one is an error naming the newest
     complete one); auto-fallback: that newest complete one instead, said on stderr; PATH: that step
     directory."""
@@ -134,12 +155,10 @@ def resolve(run_dir: Path, resume: str | None) -> Found | None:
             return None
         tag = latest.read_text().strip()
         try:
-            return read_found(checkpoints / tag)
+            return read_step_checkpoint(checkpoints / tag)
         except CheckpointError as exc:
             older = newest_complete(checkpoints, before=tag)
             if resume == "auto-fallback" and older is not None:
-                import sys
-
                 print(f"vidgpt: {exc}; resuming the newest complete checkpoint, {older.path} (--resume "
                       "auto-fallback)", file=sys.stderr)
                 return older
@@ -151,10 +170,10 @@ def resolve(run_dir: Path, resume: str | None) -> Found | None:
         path = path / (path / LATEST).read_text().strip()
     if not path.is_dir():
         raise CheckpointError(f"--resume {resume}: no such checkpoint directory")
-    return read_found(path)
+    return read_step_checkpoint(path)
 
 
-def find_checkpoint(path: Path) -> Found:
+def find_checkpoint(path: Path) -> StepCheckpoint:
     """The checkpoint a command-line argument names: a run directory or a checkpoints/ directory (its
     `latest`), or a step directory (vidgpt-export, vidgpt-convert)."""
     if (path / "checkpoints").is_dir():
@@ -162,12 +181,13 @@ def find_checkpoint(path: Path) -> Found:
         if found is None:
             raise CheckpointError(f"{path}: the run has no complete checkpoint")
         return found
-    return resolve(path, str(path)) if (path / LATEST).exists() else read_found(path)
+    return resolve(path, str(path)) if (path / LATEST).exists() else read_step_checkpoint(path)
 
 
-def check_model_config(found: Found, model_cfg: dict[str, Any]) -> None:
+def check_model_config(found: StepCheckpoint, model_cfg: dict[str, Any]) -> None:
+    """CheckpointError unless the checkpoint's network has these hyperparameters (the flavor label aside)."""
     saved = found.meta.get("model", {})
-    diff = sorted(k for k in set(saved) | set(model_cfg) if saved.get(k) != model_cfg.get(k))
+    diff = sorted(k for k in set(saved) | set(model_cfg) if k != "flavor" and saved.get(k) != model_cfg.get(k))
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {model_cfg.get(k)!r}" for k in diff)
         raise CheckpointError(f"{found.path} is from another model config ({details})")
@@ -215,7 +235,7 @@ class Checkpointer:
                     shutil.rmtree(universal, ignore_errors=True)
 
     @staticmethod
-    def load_trainer_state(found: Found, rank: int) -> dict[str, Any]:
+    def load_trainer_state(found: StepCheckpoint, rank: int) -> dict[str, Any]:
         """One saving rank's trainer state (what a resume on the same number of ranks reads)."""
         file = found.path / trainer_state_name(rank)
         if not file.exists():
@@ -227,7 +247,7 @@ class Checkpointer:
                                   "checkpoint (--resume PATH)") from exc
 
     @staticmethod
-    def load_trainer_states(found: Found) -> list[dict[str, Any]]:
+    def load_trainer_states(found: StepCheckpoint) -> list[dict[str, Any]]:
         """Every saving rank's trainer state, in rank order (export; resume on another world size)."""
         return [Checkpointer.load_trainer_state(found, rank) for rank in range(int(found.meta["world"]))]
 
@@ -236,15 +256,15 @@ UNIVERSAL_DONE = "universal.json"
 """Written last into a universal conversion: its presence is what makes the conversion count as done."""
 
 
-def universal_dir(found: Found) -> Path:
+def universal_dir(found: StepCheckpoint) -> Path:
     return found.path.with_name(found.tag + "_universal")
 
 
-def universal_done(found: Found) -> bool:
+def universal_done(found: StepCheckpoint) -> bool:
     return (universal_dir(found) / UNIVERSAL_DONE).exists()
 
 
-def to_universal(found: Found, *, workers: int = 1) -> str:
+def to_universal(found: StepCheckpoint, *, workers: int = 1) -> str:
     """Convert a ZeRO checkpoint to DeepSpeed's universal format (to load on another number of ranks);
     returns the new tag (`<tag>_universal`, next to the original, reused once complete).
 
@@ -252,8 +272,6 @@ def to_universal(found: Found, *, workers: int = 1) -> str:
     then renamed into place, so a conversion killed partway never counts as done: the next call
     removes what it left and starts over. Run it on one process (rank 0, or `vidgpt-convert` before
     launching); other ranks wait with `wait_for_universal`."""
-    from argparse import Namespace
-
     from deepspeed.checkpoint import ds_to_universal
 
     out = universal_dir(found)
@@ -262,7 +280,7 @@ def to_universal(found: Found, *, workers: int = 1) -> str:
     for stale in [out, *out.parent.glob(f".{out.name}.tmp-*")]:  # a killed conversion, or a pre-marker one
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    args = Namespace(
+    args = argparse.Namespace(
         input_folder=str(found.path), output_folder=str(tmp), num_extract_workers=workers,
         num_merge_workers=workers, keep_temp_folder=False, strict=True, inject_missing_state=False,
     )
@@ -272,7 +290,7 @@ def to_universal(found: Found, *, workers: int = 1) -> str:
     return out.name
 
 
-def wait_for_universal(found: Found, *, poll_s: float = 2.0, timeout_s: float | None = None,
+def wait_for_universal(found: StepCheckpoint, *, poll_s: float = 2.0, timeout_s: float | None = None,
                        alive: Callable[[], bool] | None = None) -> str:
     """Wait (polling the file system, not in a collective with a timeout) until another process has
     finished `to_universal(found)`; returns the tag. `alive()` returning False (the converting rank is
@@ -291,9 +309,6 @@ def wait_for_universal(found: Found, *, poll_s: float = 2.0, timeout_s: float | 
 def convert_main(argv: list[str] | None = None) -> int:
     """vidgpt-convert: convert a checkpoint to the universal format offline, before resuming it on
     another number of ranks (the trainer would otherwise convert on rank 0 while the rest wait)."""
-    import argparse
-    import sys
-
     ap = argparse.ArgumentParser(
         prog="vidgpt-convert",
         description="Convert a sharded checkpoint to DeepSpeed's universal format, so that `vidgpt-train "

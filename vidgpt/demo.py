@@ -22,13 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import torch
+
+from data_pipeline.text import save_tiny_text_encoder
 from vidgpt.distributed import free_port
 from vidgpt.export import without_prompt_frames
 
@@ -71,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "latents" / "index.json").exists():
         _run([py, "-m", "data_pipeline.synthetic", str(data / "videos"), "--num", str(args.videos), "--size", "32",
               "--frames", "48", "--fps", "8"])
-        from data_pipeline.text import save_tiny_text_encoder
-
         save_tiny_text_encoder(data / "t5", dim=16)
         print(f"+ tiny random T5 text encoder -> {data / 't5'}", flush=True)
         _run([py, "-m", "data_pipeline.encode", str(data / "videos"), str(data / "latents"), "--codec", "identity",
@@ -83,18 +86,15 @@ def main(argv: list[str] | None = None) -> int:
              "-m", "vidgpt.train", "--config", args.config, f"--run_dir={run}", f"--data.path={data / 'latents'}",
              f"--training.steps={args.steps}", "--resume", "auto"]
     if _steps_done(run) < args.steps // 2:
-        print("+ " + shlex.join(train) + "   # preempted with SIGUSR1 halfway", flush=True)
-        proc = subprocess.Popen(train, env=env)
-        while proc.poll() is None and _steps_done(run) < args.steps // 2:
-            time.sleep(0.2)
-        for rank_pid in _children(proc.pid):  # the ranks, as SLURM's --signal=USR1 reaches the tasks
-            os.kill(rank_pid, signal.SIGUSR1)
-        proc.wait()
-        status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
+        status = run_preempted(train, env, run, args.steps // 2)
         if status.get("state") not in ("preempted", "finished"):
             print(f"vidgpt-demo: training failed (see the log above); {run / 'status.json'}: {status}", file=sys.stderr)
             return 1
-        print(f"training stopped at step {status['step']} ({status['state']}, checkpoint saved); resuming", flush=True)
+        if status["state"] == "preempted":
+            print(f"planned preemption at step {status['step']}: checkpoint saved, resuming with --resume auto",
+                  flush=True)
+        else:
+            print(f"training finished at step {status['step']} before the planned preemption", flush=True)
     _run([*train], env=env)
 
     _run([py, "-m", "vidgpt.export", str(run), str(run / "export"), "--weights", "ema"], env=after)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     _run([py, "-m", "vidgpt.sample", str(run / "export"), "--data", str(data / "latents"), "--out",
           str(run / "samples"), "--num", "2", "--prompt-frames", "2", "--frames", "46", "--chunk", "4",
           "--steps", "20", "--context-scale", guidance], env=after)
-    _run([py, "-m", "vidgpt.evaluate", str(run / "export"), "--out", str(run / "eval"), "--prompt-frames", "2",
+    _run([py, "-m", "vidgpt.evaluation", str(run / "export"), "--out", str(run / "eval"), "--prompt-frames", "2",
           "--multiples", "4", "--clips", "8", "--steps", "20", "--context-scale", guidance], env=after)
     report = json.loads((run / "eval" / "report.json").read_text())
     losses = [json.loads(line)["loss"] for line in (run / "losses.jsonl").read_text().splitlines()]
@@ -126,11 +126,60 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_preempted(train: list[str], env: dict[str, str], run: Path, stop_at: int) -> dict:
+    """Run `train` (torchrun) until `stop_at` steps are logged, then send SIGUSR1 to its ranks, as SLURM's
+    --signal=USR1 reaches the tasks; returns RUN/status.json. The ranks save a checkpoint and exit 75, which
+    torchrun reports on stderr as its own failure, with a traceback (ChildFailedError): its stderr is passed
+    through until the signal and held from then on. The launcher's report is dropped when the stop is the planned
+    one (status "preempted", the ranks exited 75); otherwise everything held is printed."""
+    print("+ " + shlex.join(train) + "   # preempted with SIGUSR1 halfway", flush=True)
+    proc = subprocess.Popen(train, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    held: list[str] = []
+    holding = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            if holding.is_set():
+                held.append(line)
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    while proc.poll() is None and _steps_done(run) < stop_at:
+        time.sleep(0.2)
+    holding.set()
+    for rank_pid in _children(proc.pid):
+        os.kill(rank_pid, signal.SIGUSR1)
+    proc.wait()
+    reader.join()
+    status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
+    codes = {int(c) for line in held for c in _EXITCODE.findall(line)}
+    # 75: the trainer's exit after saving; -SIGTERM: a rank torchrun stopped once another had exited
+    planned = status.get("state") == "preempted" and 75 in codes and codes <= {75, -signal.SIGTERM}
+    sys.stderr.writelines(without_launcher_report(held) if planned else held)
+    sys.stderr.flush()
+    return status
+
+
+_EXITCODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+"""A failed rank's exit status in torchrun's report ("failed (exitcode: 75)", "exitcode  : 75 (pid: ...)")."""
+_LAUNCHER_LOG = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S*torch/distributed/elastic/")
+"""A log line of torchrun's agent ("E0612 10:00:00.000000 123 .../torch/distributed/elastic/...] failed ...")."""
+
+
+def without_launcher_report(lines: list[str]) -> list[str]:
+    """torchrun's stderr without its own report of failed ranks: its agent's log lines and the final
+    ChildFailedError traceback (from the last "Traceback" line, when ChildFailedError follows it, to the end)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    end = starts[-1] if starts and any("ChildFailedError" in line for line in lines[starts[-1]:]) else len(lines)
+    return [line for line in lines[:end] if not _LAUNCHER_LOG.match(line)]
+
+
 def demo_device(choice: str) -> tuple[str, int]:
     """(DS_ACCELERATOR value, processes) for --device: 2 CPU processes, or one per GPU up to 2 (NCCL
     cannot put two ranks on one GPU)."""
-    import torch
-
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if choice == "cuda" and not cuda:
         raise SystemExit("vidgpt-demo: --device cuda: torch sees no CUDA device "

@@ -101,7 +101,7 @@ class ShardedEMA:
             if tuple(saved.shape) != tuple(shard.shape):
                 raise ValueError(f"EMA shard {state['names'][i]} is {tuple(saved.shape)}, this rank's is "
                                  f"{tuple(shard.shape)} (a checkpoint of another number of ranks?)")
-        self.shards = [s.float().clone().to(mine.device) for s, mine in zip(shards, self.shards)]
+        self.shards = [s.float().clone().to(own.device) for s, own in zip(shards, self.shards)]
 
     def load_state_dict(self, states: list[dict[str, Any]], rank: int) -> None:
         """Restore from the states of every rank of the saving run (same or different number of ranks)."""

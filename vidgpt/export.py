@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from vidgpt.checkpoint import CheckpointError, Checkpointer, Found, find_checkpoint
-from vidgpt.diffusion import Diffusion, build_diffusion
+from data_pipeline.index import DatasetIndexError, read_json
+from data_pipeline.storage import StorageError, join
+from vidgpt.checkpoint import Checkpointer, CheckpointError, StepCheckpoint, find_checkpoint
+from vidgpt.diffusion import Diffusion, DiffusionConfig, build_diffusion
 from vidgpt.ema import consolidate
 from vidgpt.model import ModelConfig, VidGPT
 
@@ -27,7 +30,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def consolidated_state(found: Found, weights: str) -> dict[str, torch.Tensor]:
+def consolidated_state(found: StepCheckpoint, weights: str) -> dict[str, torch.Tensor]:
     if weights == "ema":
         if not found.meta.get("ema"):
             raise CheckpointError(f"{found.path} has no EMA weights (training.ema_decay was 0); use --weights model")
@@ -38,9 +41,7 @@ def consolidated_state(found: Found, weights: str) -> dict[str, torch.Tensor]:
     return {k: v.float().contiguous() for k, v in state.items()}
 
 
-def export(found: Found, out_dir: Path, weights: str = "ema") -> Path:
-    from safetensors.torch import save_file
-
+def export(found: StepCheckpoint, out_dir: Path, weights: str = "ema") -> Path:
     cfg = ModelConfig(**found.meta["model"])
     state = consolidated_state(found, weights)
     expected = {n for n, _ in VidGPT(cfg, init_weights=False).named_parameters()}
@@ -52,6 +53,7 @@ def export(found: Found, out_dir: Path, weights: str = "ema") -> Path:
     data = found.meta.get("config", {}).get("data", {})
     info = {"model": found.meta["model"], "weights": weights, "step": found.meta["step"], "source": str(found.path),
             "data": data, "diffusion": found.meta.get("config", {}).get("diffusion", {}),
+            "objective": found.meta.get("config", {}).get("objective", {}),
             "sampling": sampling_info(data)}
     (out_dir / CONFIG).write_text(json.dumps(info, indent=1) + "\n")
     return out_dir / WEIGHTS
@@ -61,9 +63,6 @@ def sampling_info(data: dict[str, Any]) -> dict[str, Any]:
     """What sampling from the user's own files needs, from the training dataset's index.json: the
     codec (with its VAE location and latent scale), the text encoder's location, frame size and fps,
     and the training clip length (the default window). Empty fields when the index cannot be read."""
-    from data_pipeline.index import DatasetIndexError, read_json
-    from data_pipeline.storage import StorageError, join
-
     out: dict[str, Any] = {"clip_len": data.get("num_frames"), "codec": None, "size": None, "fps": None,
                            "text_encoder": None}
     if not data.get("path"):
@@ -80,26 +79,24 @@ def sampling_info(data: dict[str, Any]) -> dict[str, Any]:
 def exported_diffusion(info: dict[str, Any]) -> Diffusion:
     """The diffusion process an export was trained with (its config.json "diffusion" section, as the
     run config wrote it; keys it lacks take today's defaults)."""
-    from vidgpt.config import ConfigError, DiffusionSection
-
     section = info.get("diffusion", {})
-    known = {f.name for f in dataclasses.fields(DiffusionSection)}
+    known = {f.name for f in dataclasses.fields(DiffusionConfig)}
     try:
-        return build_diffusion(DiffusionSection(**{k: v for k, v in section.items() if k in known}).build())
-    except (ConfigError, TypeError) as exc:
+        return build_diffusion(DiffusionConfig(**{k: v for k, v in section.items() if k in known}))
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"export config.json: bad diffusion section ({exc})") from exc
 
 
 def without_prompt_frames(info: dict[str, Any], model: str) -> str | None:
-    """None when the export was trained with some 0-frame prompts (diffusion.prompt_rule 'uniform',
+    """None when the export was trained with some 0-frame prompts (objective.prompt_rule 'uniform',
     prompt_min_len 0): it can generate a chunk with no earlier frame, which text to video and context
     guidance need; otherwise the reason it cannot, naming `model`."""
-    section = info.get("diffusion") or {}
+    section = info.get("objective") or info.get("diffusion") or {}  # exports before [objective]: [diffusion]
     rule, min_len = section.get("prompt_rule", "uniform"), section.get("prompt_min_len", 1)
     if rule == "uniform" and min_len == 0:
         return None
     return (f"{model} was trained with {rule!r} prompts of at least {1 if rule != 'uniform' else min_len} frame(s), "
-            f"never without earlier frames (that needs diffusion.prompt_rule = 'uniform', prompt_min_len = 0)")
+            f"never without earlier frames (that needs objective.prompt_rule = 'uniform', prompt_min_len = 0)")
 
 
 def context_guidance_refusal(scale: float, info: dict[str, Any], model: str) -> str | None:
@@ -111,8 +108,6 @@ def context_guidance_refusal(scale: float, info: dict[str, Any], model: str) -> 
 
 def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[VidGPT, dict[str, Any]]:
     """The model (eval mode) and config.json of an exported directory."""
-    from safetensors.torch import load_file
-
     info = json.loads((path / CONFIG).read_text())
     model = VidGPT(ModelConfig(**info["model"]), init_weights=False)
     state = load_file(str(path / WEIGHTS), device=str(device))

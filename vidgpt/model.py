@@ -20,7 +20,7 @@ import functools
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -63,6 +63,8 @@ class ModelConfig:
     """causal: frame i attends to frames <= i (ViD-GPT; enables the kv-cache). bidirectional: every frame
     attends to every frame of the call, the baseline that conditions each chunk on earlier frames by
     recomputing the whole window (no kv-cache is possible)."""
+    flavor: str = field(default="custom", compare=False)
+    """The named size (a key of FLAVORS) these hyperparameters started from; a label, not compared."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,13 +102,12 @@ class ModelConfig:
 
 
 FLAVORS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(depth=2, hidden=32, heads=2, text_dim=16, text_len=8),
-    # the CPU demo's: 32x32 identity-codec frames (64 tokens of 4x4 pixels), the demo's tiny T5; ~0.5 s
-    # per batch of 8 clips of 8 frames on 2 cores
-    "cpu": ModelConfig(depth=4, hidden=128, heads=4, patch=4, in_channels=3, text_dim=16, text_len=32),
-    "small": ModelConfig(depth=12, hidden=384, heads=6),
-    "base": ModelConfig(depth=12, hidden=768, heads=12),
-    "xl": ModelConfig(depth=28, hidden=1152, heads=16),  # the paper's STDiT-XL/2
+    "tiny": ModelConfig(depth=2, hidden=32, heads=2, text_dim=16, text_len=8, flavor="tiny"),
+    # the CPU demo's: 32x32 identity-codec frames (64 tokens of 4x4 pixels), the demo's tiny T5
+    "cpu": ModelConfig(depth=4, hidden=128, heads=4, patch=4, in_channels=3, text_dim=16, text_len=32, flavor="cpu"),
+    "small": ModelConfig(depth=12, hidden=384, heads=6, flavor="small"),
+    "base": ModelConfig(depth=12, hidden=768, heads=12, flavor="base"),
+    "xl": ModelConfig(depth=28, hidden=1152, heads=16, flavor="xl"),  # the paper's STDiT-XL/2
 }
 
 

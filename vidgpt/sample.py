@@ -15,101 +15,111 @@ with the codec (identity: pixels; sd-vae: the VAE named in the export or the dat
 A caption without a prompt file (`--caption` alone, or a --prompts line without "path") is text to
 video: the first chunk starts from noise, which needs a model trained with 0-frame prompts
 (diffusion.prompt_min_len = 0); other models are refused with a line saying so.
+The sampling flags are those of vidgpt-eval (`vidgpt.sampling.SamplingSpec`); chunk and window
+default to values derived from the training clip length.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from vidgpt.cli import OneLineParser
+from data_pipeline.loader import LatentLoader, LoaderConfig
+from data_pipeline.text import TextEncoder
+from data_pipeline.video import write_gif, write_video
+from vidgpt.cli import OneLineParser, add_dataclass_options, dataclass_from_options
 from vidgpt.export import context_guidance_refusal, exported_diffusion, load_exported, without_prompt_frames
-from vidgpt.sampling import PRECISIONS, generate, sampling_autocast
+from vidgpt.latent_space import codec_of, dataset_codec, text_encoder_for
+from vidgpt.prompt_files import PromptError, PromptItem, load_prompt_frames, read_prompt_list
+from vidgpt.sampling import SamplingSpec, default_chunk, generate, sampling_autocast
 
 
 def prompts_from_dataset(path: str, count: int, frames: int, seed: int) -> tuple[torch.Tensor, dict]:
-    from data_pipeline.loader import LatentLoader, LoaderConfig
-
     loader = LatentLoader(LoaderConfig(path, num_frames=frames, batch_size=count, crop="whole", seed=seed))
     batch = next(iter(loader))
     return batch["latents"].float(), batch
 
 
-def embed_caption(encoder_path: str, caption: str, text_len: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, L, D) embedding and (1, L) mask of one caption; longer than text_len tokens: truncated, with a
-    warning on stderr."""
-    from data_pipeline.text import TextEncoder
-
-    encoder = TextEncoder(encoder_path, max_length=text_len, device=device)
+def embed_caption(encoder: TextEncoder, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, L, D) embedding and (1, L) mask of one caption; longer than the encoder's max_length tokens:
+    truncated, with a warning on stderr."""
     tokens = len(encoder.tokenizer(caption)["input_ids"])
-    if tokens > text_len:
+    if tokens > encoder.max_length:
         print(f"vidgpt-sample: warning: caption {caption[:40]!r}... has {tokens} tokens; the model takes "
-              f"{text_len}, the rest is dropped", file=sys.stderr)
+              f"{encoder.max_length}, the rest is dropped", file=sys.stderr)
     emb = torch.from_numpy(encoder.encode([caption])[0]).float()[None]  # (1, L, D)
     return emb, torch.ones(emb.shape[:2], dtype=torch.bool)
 
 
-def main(argv: list[str] | None = None) -> int:
+def with_chunk_and_window(sampling: SamplingSpec, clip_len: int | None) -> SamplingSpec:
+    """chunk and window filled in when not given: from the training clip length as
+    `SamplingSpec.for_clip_len` derives them (without its refusal of prompts as long as the clip: a
+    prompt is continued whatever its length); an export that names no clip length: chunk 4, window 8."""
+    chunk = sampling.chunk or (default_chunk(clip_len) if clip_len else 4)
+    window = sampling.window or max(1, (clip_len or chunk + 8) - chunk)
+    return replace(sampling, chunk=chunk, window=window)
+
+
+def _parser() -> OneLineParser:
     ap = OneLineParser(prog="vidgpt-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="directory written by vidgpt-export")
-    mine = ap.add_mutually_exclusive_group()
-    mine.add_argument("--prompt", help="your own video (continued from its last --prompt-frames frames) or image "
-                      "(animated from it) instead of --data")
-    mine.add_argument("--prompts", help='a JSON-lines file of {"path": VIDEO_OR_IMAGE, "caption": TEXT}, one '
-                      "video each")
+    prompt_source = ap.add_mutually_exclusive_group()
+    prompt_source.add_argument("--prompt", help="your own video (continued from its last --prompt-frames frames) or "
+                               "image (animated from it) instead of --data")
+    prompt_source.add_argument("--prompts", help='a JSON-lines file of {"path": VIDEO_OR_IMAGE, "caption": TEXT}, '
+                               "one video each")
     ap.add_argument("--caption", help="caption of --prompt, embedded with the model's text encoder; alone: text to "
                     "video from noise (models trained with diffusion.prompt_min_len = 0)")
     ap.add_argument("--text-encoder", help="T5 directory for captions (default: the one the export names)")
     ap.add_argument("--data", help="latent dataset to take prompt frames from (default: the training data)")
     ap.add_argument("--out", default="samples", help="output directory (default: samples)")
     ap.add_argument("--num", type=int, default=2, help="videos (default: 2)")
-    ap.add_argument("--prompt-frames", type=int, default=1, help="prompt frames per video (default: 1)")
     ap.add_argument("--frames", type=int, default=32, help="frames to generate after the prompt (default: 32)")
-    ap.add_argument("--chunk", type=int, default=4, help="frames per autoregressive chunk (default: 4)")
-    ap.add_argument("--window", type=int, default=None, help="kv-cache window (default: training clip length - chunk)")
-    ap.add_argument("--steps", type=int, default=25, help="denoising steps per chunk (default: 25)")
-    ap.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
-    ap.add_argument("--context-scale", type=float, default=1.0,
-                    help="guidance on the earlier frames: each step also predicts the chunk without them and "
-                    "moves away from that by this factor (default: 1 = none; models trained with "
-                    "diffusion.prompt_min_len = 0; 2 network calls per step)")
     ap.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default: 8)")
     ap.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     ap.add_argument("--vae", help="sd-vae datasets: VAE to decode with (default: the one in the dataset index)")
-    ap.add_argument("--no-cache", action="store_true", help="recompute the window every step (reference)")
-    ap.add_argument("--precision", choices=PRECISIONS, default="auto",
-                    help="network precision: auto (default) is bf16 on GPUs of compute capability >= 8.0, fp32 "
-                    "elsewhere; the sampler's state stays fp32")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the network's blocks first (pays off on GPUs for long videos)")
+    add_dataclass_options(ap, SamplingSpec)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
-    for name in ("num", "prompt_frames", "chunk", "steps"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:
+        sampling = dataclass_from_options(SamplingSpec, args)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.num < 1:
+        ap.error(f"--num must be >= 1, got {args.num}")
     if args.frames < 0:
         ap.error(f"--frames must be >= 0, got {args.frames}")
-    if not (math.isfinite(args.context_scale) and args.context_scale > 0):
-        ap.error(f"--context-scale must be a number > 0 (1 = no guidance), got {args.context_scale}")
     if not (Path(args.model) / "config.json").is_file():
         ap.error(f"{args.model}: not an export directory (no config.json; write one with vidgpt-export)")
     if args.caption is not None and args.prompts is not None:
         ap.error("--caption goes with --prompt or alone; a --prompts file has a caption per line")
     if args.prompt is not None or args.prompts is not None or args.caption is not None:
-        return _sample_user_prompts(ap, args)
+        return _sample_user_prompts(ap, args, sampling)
+    return _sample_dataset_prompts(ap, args, sampling)
 
-    from data_pipeline.codecs import build_codec
-    from data_pipeline.index import read_json
-    from data_pipeline.storage import join
-    from data_pipeline.video import write_gif, write_video
 
+def _clip_len(info: dict[str, Any]) -> int | None:
+    """The training clip length the export records."""
+    return info.get("data", {}).get("num_frames") or (info.get("sampling") or {}).get("clip_len")
+
+
+def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: SamplingSpec) -> int:
+    """The first --prompt-frames frames of --data's clips (default: the training data), with their captions."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_exported(Path(args.model), device)
-    if refusal := context_guidance_refusal(args.context_scale, info, args.model):
+    if refusal := context_guidance_refusal(sampling.context_scale, info, args.model):
         ap.error(refusal)
     if args.compile:
         model.compile_blocks()
@@ -117,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     if not data_path:
         print("vidgpt-sample: error: no --data given and the checkpoint names no dataset", file=sys.stderr)
         return 2
-    prompt, batch = prompts_from_dataset(data_path, args.num, args.prompt_frames, args.seed)
+    spec = with_chunk_and_window(sampling, _clip_len(info))
+    prompt, batch = prompts_from_dataset(data_path, args.num, spec.prompt_frames, args.seed)
     if not bool(batch["valid"].all()):
         shortest = int(batch["valid"].sum(dim=1).min())
-        ap.error(f"--prompt-frames {args.prompt_frames}: a clip of {data_path} has only {shortest} frames "
+        ap.error(f"--prompt-frames {spec.prompt_frames}: a clip of {data_path} has only {shortest} frames "
                  "(the rest would be padding)")
-    codec_info = read_json(join(data_path, "index.json"))["codec"]
-    codec = build_codec(codec_info["name"], vae=args.vae or codec_info.get("vae"))
+    codec = dataset_codec(data_path, vae=args.vae)
     text = text_mask = None
     if model.cfg.text_dim and "text" in batch:
         text, text_mask = batch["text"].float().to(device), batch["text_mask"].to(device)
@@ -131,21 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vidgpt-sample: warning: the dataset's captions have up to {text.shape[1]} tokens; the model "
                   f"takes {model.cfg.text_len}, the rest is dropped", file=sys.stderr)
             text, text_mask = text[:, : model.cfg.text_len], text_mask[:, : model.cfg.text_len]
-    diffusion = exported_diffusion(info)
-    train_frames = info.get("data", {}).get("num_frames", args.chunk + 8)
-    window = args.window or max(1, train_frames - args.chunk)
     video = generate(
-        model, diffusion, prompt.to(device), args.frames, chunk=args.chunk, window=window, steps=args.steps,
-        text=text, text_mask=text_mask, cfg_scale=args.cfg_scale if text is not None else 1.0,
-        use_cache=not args.no_cache, context_scale=args.context_scale, generator=torch.Generator(device).manual_seed(args.seed),
-        autocast=sampling_autocast(args.precision, device),
+        model, exported_diffusion(info), prompt.to(device), args.frames, chunk=spec.chunk, window=spec.window,
+        steps=spec.steps, text=text, text_mask=text_mask, cfg_scale=spec.cfg_scale if text is not None else 1.0,
+        use_cache=spec.kv_cache and model.cfg.causal, context_scale=spec.context_scale,
+        generator=torch.Generator(device).manual_seed(args.seed), autocast=sampling_autocast(spec.precision, device),
     )  # (B, P + N, C, H, W)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i in range(video.shape[0]):
-        frames = codec.decode(video[i].float().cpu().numpy())  # (T, H, W, 3) uint8
-        if frames.shape[1] % 2 or frames.shape[2] % 2:
-            frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)))
+        frames = _even(codec.decode(video[i].float().cpu().numpy()))  # (T, H, W, 3) uint8
         write_video(out / f"sample_{i:03d}.mp4", frames, args.fps)
         write_gif(out / f"sample_{i:03d}.gif", frames, args.fps)
         caption = batch["captions"][i] if batch.get("captions") else None
@@ -154,21 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
-    """--prompt / --prompts: the user's own files, with the export's codec, size, fps and text encoder."""
-    from data_pipeline.codecs import build_codec
-    from data_pipeline.video import write_gif, write_video
-    from vidgpt.prompts import PromptError, PromptItem, load_prompt_frames, read_prompt_list
-
+def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: SamplingSpec) -> int:
+    """--prompt / --prompts / --caption: the user's own files, with the export's codec, size, fps and text encoder."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_exported(Path(args.model), device)
-    sampling = info.get("sampling") or {}
-    codec_info, size = sampling.get("codec"), sampling.get("size")
+    recorded = info.get("sampling") or {}
+    codec_info, size = recorded.get("codec"), recorded.get("size")
     if not codec_info or not size:
         ap.error(f"{args.model}: the export records no codec and frame size (exported before they were recorded, "
                  "or from a run whose dataset index is not readable here); re-export it, or sample with --data")
     try:
-        codec = build_codec(codec_info["name"], vae=args.vae or codec_info.get("vae"), device=device)
+        codec = codec_of(codec_info, vae=args.vae, device=device)
     except (ValueError, OSError) as exc:
         ap.error(f"{args.model}: cannot build its codec: {str(exc).splitlines()[0]}")
     if codec.latent_channels != model.cfg.in_channels:
@@ -178,7 +179,7 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
         items = read_prompt_list(args.prompts) if args.prompts else [PromptItem(args.prompt, args.caption)]
         blank = np.zeros((0, size[0], size[1], 3), dtype=np.uint8)  # text to video: no prompt frame
         frames = [blank if it.path is None else load_prompt_frames(it.path, size=(size[0], size[1]),
-                                                                   fps=sampling.get("fps"), last=args.prompt_frames)
+                                                                   fps=recorded.get("fps"), last=sampling.prompt_frames)
                   for it in items]
     except PromptError as exc:
         ap.error(str(exc))
@@ -186,25 +187,30 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
     if any(it.path is None for it in items) and unguided:
         ap.error(f"text to video (a caption without a prompt file) needs a model trained with 0-frame prompts; "
                  f"{unguided}: give it a --prompt")
-    if refusal := context_guidance_refusal(args.context_scale, info, args.model):
+    if refusal := context_guidance_refusal(sampling.context_scale, info, args.model):
         ap.error(refusal)
-    if any(it.path is None for it in items):
-        if not model.cfg.text_dim:
-            ap.error(f"text to video needs a text-conditioned model; {args.model} has text_dim 0")
-    encoder = args.text_encoder or sampling.get("text_encoder")
-    if any(it.caption for it in items) and model.cfg.text_dim and not encoder:
+    if any(it.path is None for it in items) and not model.cfg.text_dim:
+        ap.error(f"text to video needs a text-conditioned model; {args.model} has text_dim 0")
+    encoder_path = args.text_encoder or recorded.get("text_encoder")
+    if any(it.caption for it in items) and model.cfg.text_dim and not encoder_path:
         ap.error("a caption was given but the export names no text encoder; pass --text-encoder")
-    if encoder and not Path(encoder).is_dir():
-        ap.error(f"text encoder {encoder}: no such directory (pass --text-encoder)")
+    if encoder_path and not Path(encoder_path).is_dir():
+        ap.error(f"text encoder {encoder_path}: no such directory (pass --text-encoder)")
+    encoder = None
+    if any(it.caption for it in items):
+        try:
+            encoder = text_encoder_for(encoder_path, model.cfg, device)
+        except ValueError as exc:
+            ap.error(str(exc).splitlines()[0])
+    spec = with_chunk_and_window(sampling, _clip_len(info))
     diffusion = exported_diffusion(info)
-    window = args.window or max(1, (sampling.get("clip_len") or args.chunk + 8) - args.chunk)
-    fps = sampling.get("fps") or args.fps
+    fps = recorded.get("fps") or args.fps
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, (item, prompt_frames) in enumerate(zip(items, frames, strict=True)):
         text = text_mask = None
-        if item.caption and model.cfg.text_dim:
-            text, text_mask = embed_caption(encoder, item.caption, model.cfg.text_len, device)
+        if item.caption and encoder is not None:
+            text, text_mask = embed_caption(encoder, item.caption)
         if len(prompt_frames):
             prompt = torch.from_numpy(codec.encode(prompt_frames))[None].to(device)  # (1, P, C, h, w)
         else:  # text to video: a 0-frame prompt of the codec's latent shape
@@ -215,22 +221,26 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace) -> int:
             print(f"  video {i + 1}/{len(items)}: {done}/{total} frames", file=sys.stderr, flush=True)
 
         video = generate(
-            model, diffusion, prompt, args.frames, chunk=args.chunk, window=window, steps=args.steps,
+            model, diffusion, prompt, args.frames, chunk=spec.chunk, window=spec.window, steps=spec.steps,
             text=None if text is None else text.to(device), text_mask=None if text_mask is None else text_mask.to(device),
-            cfg_scale=args.cfg_scale if text is not None else 1.0, use_cache=not args.no_cache and model.cfg.causal,
-            context_scale=args.context_scale,
-            generator=torch.Generator(device).manual_seed(args.seed + i), progress=progress,
-            autocast=sampling_autocast(args.precision, device),
+            cfg_scale=spec.cfg_scale if text is not None else 1.0, use_cache=spec.kv_cache and model.cfg.causal,
+            context_scale=spec.context_scale, generator=torch.Generator(device).manual_seed(args.seed + i),
+            progress=progress, autocast=sampling_autocast(spec.precision, device),
         )  # (1, P + N, C, h, w)
-        pixels = codec.decode(video[0].float().cpu().numpy())  # (T, H, W, 3) uint8
-        if pixels.shape[1] % 2 or pixels.shape[2] % 2:
-            pixels = np.pad(pixels, ((0, 0), (0, pixels.shape[1] % 2), (0, pixels.shape[2] % 2), (0, 0)))
+        pixels = _even(codec.decode(video[0].float().cpu().numpy()))  # (T, H, W, 3) uint8
         write_video(out / f"sample_{i:03d}.mp4", pixels, fps)
         write_gif(out / f"sample_{i:03d}.gif", pixels, fps)
         source = f"{prompt_frames.shape[0]} from {item.path}" if item.path else "text to video"
         print(f"{out / f'sample_{i:03d}.mp4'} (+ .gif): {pixels.shape[0]} frames ({source}"
               + (f", caption {item.caption!r})" if item.caption else ")"))
     return 0
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) zero-padded at the bottom and right to even H and W (yuv420p needs them)."""
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)))
+    return frames
 
 
 if __name__ == "__main__":

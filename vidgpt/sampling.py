@@ -17,17 +17,16 @@ null-text branch has its own cache entries.
 Context guidance (`context_scale` s != 1) is classifier-free guidance on the earlier frames instead of
 the caption: every denoising step also runs the network on the chunk alone, without any earlier frame
 (no cache, no window), and moves the prediction to u + s (c - u), c with the context, u without. It
-needs a model trained with some 0-frame prompts (`PromptSampling.min_len` 0), which has learned u.
-Measured on the CPU demo's model (16 held-out scenes, 4x the clip): s = 2 keeps more of the prompt's
-shapes and colours (presence F1 0.739 -> 0.805; the demo's own export 0.703 -> 0.788) at 2x the
-network calls.
+needs a model trained with some 0-frame prompts (`FramePromptObjective.prompt_min_len` 0), which has
+learned u; it costs a second network call per step.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -35,6 +34,64 @@ from torch import Tensor
 from vidgpt.diffusion import Diffusion
 from vidgpt.kv_cache import TemporalKVCache
 from vidgpt.model import VidGPT, model_stats, text_mask_or_none
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def default_chunk(clip_len: int) -> int:
+    """Frames per autoregressive chunk when not given: half the training clip, at most 8 (the
+    paper's 33-frame clips: chunk 8 with a 25-frame window)."""
+    return max(1, min(8, clip_len // 2))
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How a trained model continues a prompt: the one set of sampling settings of the trainer's
+    `[eval.sampling]`, of vidgpt-eval and of vidgpt-sample (whose flags have the fields' names).
+    chunk and window None are derived from the training clip length by `for_clip_len`."""
+
+    prompt_frames: int = 2
+    """True frames each video starts from (fewer than the training clip length)."""
+    chunk: int | None = None
+    """Frames denoised together; derived: half the training clip length, at most 8."""
+    window: int | None = None
+    """Finished frames a chunk attends to (the kv-cache size); derived: training clip length - chunk."""
+    steps: int = 25
+    """Denoising steps per chunk."""
+    context_scale: float = 1.0
+    """Guidance on the earlier frames: each step also predicts the chunk without them and moves away from
+    that by this factor (1 = none; needs a model trained with 0-frame prompts; 2 network calls per step)."""
+    cfg_scale: float = 1.0
+    """Classifier-free guidance on the caption (1 = none; used when captions are given)."""
+    kv_cache: bool = True
+    """Keep the earlier frames' keys and values (false: recompute the window at every step, the reference)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Network precision: auto is bf16 on GPUs of compute capability >= 8.0, fp32 elsewhere; the
+    sampler's state stays fp32."""
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be >= 1 (got {getattr(self, name)})" for name in ("prompt_frames", "steps")
+                    if getattr(self, name) < 1]
+        problems += [f"{name} must be >= 1 (got {getattr(self, name)})" for name in ("chunk", "window")
+                     if getattr(self, name) is not None and getattr(self, name) < 1]
+        for name in ("context_scale", "cfg_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be a number > 0 (1 = no guidance), got {value}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def for_clip_len(self, clip_len: int) -> SamplingSpec:
+        """This spec for a model trained on clips of `clip_len` frames: chunk and window filled in;
+        ValueError when the prompt is not shorter than the clip (the model never saw longer ones)."""
+        if self.prompt_frames >= clip_len:
+            raise ValueError(f"prompt_frames ({self.prompt_frames}) must be < the training clip length "
+                             f"({clip_len}): the model never saw longer prompts")
+        chunk = default_chunk(clip_len) if self.chunk is None else self.chunk
+        window = max(1, clip_len - chunk) if self.window is None else self.window
+        return replace(self, chunk=chunk, window=window)
 
 
 def chunks(prompt_frames: int, num_frames: int, chunk: int) -> Iterator[tuple[int, int]]:
@@ -109,7 +166,7 @@ def generate(
     context_scale: float = 1.0,
 ) -> Tensor:
     """Generate `num_frames` frames after `prompt` (B, P, C, H, W); returns (B, P + num_frames, C, H, W).
-    P may be 0 (text to video, for models trained with 0-frame prompts: `PromptSampling.min_len` 0).
+    P may be 0 (text to video, for models trained with 0-frame prompts: `FramePromptObjective.prompt_min_len` 0).
 
     chunk: frames denoised together; window: most finished frames a chunk attends to (the cache size);
     steps: denoising steps per chunk; cfg_scale != 1 applies classifier-free guidance against the null
@@ -199,9 +256,6 @@ def generate(
         if progress is not None:
             progress(done, num_frames)
     return torch.cat(frames, dim=1)
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def sampling_autocast(precision: str, device: torch.device | str) -> torch.dtype | None:

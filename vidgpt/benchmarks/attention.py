@@ -1,6 +1,6 @@
-"""Benchmark: attention kernels on the temporal-attention shape (one JSON object).
+"""Attention kernels on the temporal-attention shape (one JSON object).
 
-    vidgpt-bench-attention [--flavor xl] [--latent-size 32] [--batch 2] [--frames 8,16,33,64]
+    vidgpt-bench attention [--flavor xl] [--latent-size 32] [--batch 2] [--frames 8,16,33,64]
 
 The temporal attention runs with batch B x S (every spatial token of every clip: 2 x 256 = 512 for
 xl at 256 px) over a short sequence of T frames, causal. For each T this times forward + backward
@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vidgpt import attention as attn
 from vidgpt.model import FLAVORS
@@ -36,8 +37,6 @@ Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _sdpa_forced(backend: object) -> Kernel:
-    from torch.nn.attention import sdpa_kernel
-
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         with sdpa_kernel([backend]):
             return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -47,8 +46,6 @@ def _sdpa_forced(backend: object) -> Kernel:
 
 def kernels(device: torch.device) -> dict[str, Kernel]:
     """Every kernel worth timing here, by name; all take (B, T, H, D) and are causal."""
-    from torch.nn.attention import SDPBackend
-
     out: dict[str, Kernel] = {
         "default": lambda q, k, v: attn.attention(q, k, v, causal=True),
         "sdpa": lambda q, k, v: attn._sdpa(q, k, v, True, None),
@@ -118,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vidgpt-bench-attention", description=__doc__,
+    ap = argparse.ArgumentParser(prog="vidgpt-bench attention", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = torch.cuda.is_available()
     ap.add_argument("--flavor", choices=sorted(FLAVORS), default="xl" if cuda else "small",

@@ -1,6 +1,6 @@
-"""Benchmark: throughput of the encoding tool and how busy it keeps the codec.
+"""Throughput of the encoding tool and how busy it keeps the codec.
 
-    vidgpt-bench-encode            # prints one JSON object
+    vidgpt-bench encode            # prints one JSON object
 
 Makes synthetic mp4 videos, builds a randomly initialised AutoencoderKL (the `sd-vae` codec: compute
 bound, like the real VAE on a GPU) and encodes the videos with the real tool: decoding in a pool of
@@ -25,6 +25,7 @@ import torch
 
 from data_pipeline.encode import EncodeConfig, Encoder
 from data_pipeline.synthetic import make_synthetic_videos
+from data_pipeline.text import save_tiny_text_encoder
 
 
 def tiny_vae(path: Path, width: int) -> None:
@@ -45,11 +46,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         videos = work / "videos"
         make_synthetic_videos(videos, args.videos, size=args.size, frames=args.frames, fps=8, seed=0)
         tiny_vae(work / "vae", args.vae_width)
-        from data_pipeline.text import save_tiny_text_encoder
-
         save_tiny_text_encoder(work / "t5", dim=64)
         common = dict(input=str(videos / "manifest.jsonl"), text_encoder=str(work / "t5"),
-                      text_batch_size=args.text_batch_size, height=args.size, width=args.size, min_frames=8, max_frames=args.frames,
+                      text_batch_size=args.text_batch_size, height=args.size, width=args.size, min_frames=8,
+                      max_frames=args.frames,
                       decode_workers=args.decode_workers, prefetch=2 * max(1, args.decode_workers), progress=False,
                       shard_samples=16, device="cpu", batch_size=args.batch_size)
         vae = Encoder(EncodeConfig(output=str(work / "out-vae"), codec="sd-vae", vae=str(work / "vae"), **common)).run()
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vidgpt-bench-encode", description=__doc__,
+    ap = argparse.ArgumentParser(prog="vidgpt-bench encode", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=32, help="synthetic videos (default: 32)")
     ap.add_argument("--frames", type=int, default=32, help="frames per video (default: 32)")

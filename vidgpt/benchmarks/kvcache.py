@@ -1,7 +1,7 @@
 """Long-video generation with and without the temporal kv-cache, in one run; prints one JSON object.
 
-    vidgpt-bench-kvcache                      # defaults: `small` flavor, under two minutes on 2 CPU cores
-    vidgpt-bench-kvcache --flavor xl --latent-size 32 --frames 80 --chunk 8 --window 25 --steps 50
+    vidgpt-bench kvcache                      # defaults: `small` flavor, under two minutes on 2 CPU cores
+    vidgpt-bench kvcache --flavor xl --latent-size 32 --frames 80 --chunk 8 --window 25 --steps 50
 
 Reports wall time of both (`cache_s`, `no_cache_s`: the fastest of `--repeats` interleaved runs;
 `speedup`), the analytic FLOP ratio of the two
@@ -36,7 +36,7 @@ from vidgpt.testing import randomize_weights_
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="vidgpt-bench-kvcache",
+        prog="vidgpt-bench kvcache",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,17 +46,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chunk", type=int, default=4, help="frames denoised together (default: 4)")
     ap.add_argument("--window", type=int, default=8, help="kv-cache window in frames (default: 8)")
     ap.add_argument("--steps", type=int, default=5, help="denoising steps per chunk (default: 5)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs of each mode, interleaved; the fastest counts (default: 2)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="timed runs of each mode, interleaved; the fastest counts (default: 2)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, prompt and noise (default: 0)")
     ap.add_argument("--latent-size", type=int, default=32, help="latent height = width (default: 32, i.e. 256px video)")
     ap.add_argument("--batch", type=int, default=1, help="videos generated together (default: 1)")
-    ap.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale; != 1 adds a null-text branch")
+    ap.add_argument("--cfg-scale", type=float, default=1.0,
+                    help="classifier-free guidance scale; != 1 adds a null-text branch")
     ap.add_argument("--process", choices=("flow", "ddpm"), default="flow", help="diffusion process (default: flow)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype")
     ap.add_argument("--growth-frames", default="64,256",
                     help="video lengths for the per-frame cost comparison, comma-separated ('' skips it; default: 64,256)")
-    ap.add_argument("--growth-flavor", choices=sorted(FLAVORS), default="tiny", help="model of the growth runs (default: tiny)")
+    ap.add_argument("--growth-flavor", choices=sorted(FLAVORS), default="tiny",
+                    help="model of the growth runs (default: tiny)")
     ap.add_argument("--growth-latent-size", type=int, default=8, help="latent size of the growth runs (default: 8)")
     ap.add_argument("--compile", action="store_true", help="also time the cached run with torch.compile'd blocks")
     args = ap.parse_args(argv)

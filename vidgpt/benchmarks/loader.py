@@ -1,6 +1,6 @@
-"""Benchmark: the latent loader's throughput beside a raw sequential read of the same shards.
+"""The latent loader's throughput beside a raw sequential read of the same shards.
 
-    vidgpt-bench-loader            # prints one JSON object
+    vidgpt-bench loader            # prints one JSON object
 
 Writes a dataset of random latent clips (float16, like the encoder's), then measures in one run:
 the raw sequential read speed of the shard files (`raw_mb_s`), the loader over the local shards
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vidgpt-bench-loader", description=__doc__,
+    ap = argparse.ArgumentParser(prog="vidgpt-bench loader", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=16, help="shards (default: 16)")
     ap.add_argument("--samples-per-shard", type=int, default=64, help="clips per shard (default: 64)")

@@ -1,6 +1,6 @@
-"""Benchmark: training throughput, MFU and ZeRO-3 memory per rank, at 1 and 2 ranks (one JSON object).
+"""Training throughput, MFU and ZeRO-3 memory per rank, at 1 and 2 ranks (one JSON object).
 
-    vidgpt-bench-train [--flavor small] [--steps 4]
+    vidgpt-bench train [--flavor small] [--steps 4]
 
 Writes a random latent dataset, then runs the real trainer set-up (DeepSpeed ZeRO-3, gloo on CPU) in
 1 and in 2 processes and times optimizer steps after a warm-up. Reports, from the 1-rank run, step
@@ -29,15 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.index import write_index
+from data_pipeline.shards import Sample, ShardBuilder
 from vidgpt import distributed
+from vidgpt.components.throughput import measured_cpu_peak_flops
 from vidgpt.config import load_config
 from vidgpt.model import FLAVORS, model_stats
+from vidgpt.train import Trainer
 
 
 def write_dataset(root: Path, samples: int, frames: int, channels: int, size: int) -> None:
-    from data_pipeline.index import write_index
-    from data_pipeline.shards import Sample, ShardBuilder
-
     rng = np.random.default_rng(0)
     builder = ShardBuilder(root / "shards" / "bench.tar", "shards/bench.tar")
     for i in range(samples):
@@ -75,8 +76,6 @@ def held_bytes(engine: Any) -> int:
 
 def worker(args: argparse.Namespace) -> None:
     """One rank: the trainer's own set-up, then timed steps; rank 0 writes the result file."""
-    from vidgpt.train import Trainer, measured_cpu_peak_flops
-
     overrides = [
         f"--run_dir={args.work}/run{args.world}", f"--data.path={args.work}/data", f"--model.flavor={args.flavor}",
         f"--model.in_channels={args.channels}", "--model.text_dim=0", f"--data.num_frames={args.frames}",
@@ -103,8 +102,8 @@ def worker(args: argparse.Namespace) -> None:
     if trainer.env.is_main:
         step = float(np.median(times))
         samples = args.batch_size * args.world
-        flops = 3 * model_stats(trainer.model_cfg, args.frames, args.size, args.size, batch=samples).flops
-        tokens = samples * args.frames * (args.size // trainer.model_cfg.patch) ** 2
+        flops = 3 * model_stats(trainer.cfg.model, args.frames, args.size, args.size, batch=samples).flops
+        tokens = samples * args.frames * (args.size // trainer.cfg.model.patch) ** 2
         Path(args.result).write_text(json.dumps({
             "world": args.world, "step_s": step, "tokens_per_s": tokens / step, "model_flops_per_step": flops,
             "peak_flops_per_s": peak, "mfu": flops / step / (peak * args.world),
@@ -163,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vidgpt-bench-train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="vidgpt-bench train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flavor", choices=sorted(FLAVORS), default="small", help="model size (default: small)")
     ap.add_argument("--steps", type=int, default=4, help="timed steps (default: 4)")

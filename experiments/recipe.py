@@ -1,20 +1,20 @@
 """Is a training change really better? Two recipes, several training seeds, paired; prints one JSON object.
 
-    vidgpt-bench-recipe --a loss_weighting=none --b loss_weighting=snr_clamp --seeds 3
-    vidgpt-bench-recipe --b per_frame_noise=true --context-scale 2
-    python tools/bench_recipe.py --help
+    python -m experiments.recipe --a loss_weighting=none --b loss_weighting=snr_clamp --seeds 3
+    python -m experiments.recipe --b per_frame_noise=true --context-scale 2
 
 The demo's quality figures move a lot from one training seed to the next with everything else fixed:
 on the CPU demo's recipe (600 steps, 16 held-out scenes) presence F1 spans 0.73-0.82 across seeds
 while the loss curves are indistinguishable, which is as large as most single changes tried against
 issue 8. So one run per recipe cannot tell a gain from luck. This benchmark trains the causal model
 (the demo's recipe: x0 flow, lr 2e-3 cosine, prompt lengths 0..L-1, prompt noise <= 0.1, EMA 0.99, in one
-process on the synthetic scenes, `vidgpt.benchmarks.longvideo.train`) once per seed and per recipe,
-where recipe B differs from recipe A only in the fields given (`--a`, `--b`): `DiffusionConfig` fields,
+process on the synthetic scenes, `experiments.longvideo.train`) once per seed and per recipe,
+where recipe B differs from recipe A only in the fields given (`--a`, `--b`): `DiffusionConfig` and
+`FramePromptObjective` fields,
 model fields (depth, hidden, heads, mlp_ratio) and the arm's optimizer steps, so that a smaller model
 trained for longer can be compared at equal compute. With the same seed both recipes see the same clips
 in the same order (and start from the same weights when their models are the same).
-Each model continues the same held-out scenes from P frames for k training clips (`vidgpt.evaluate`),
+Each model continues the same held-out scenes from P frames for k training clips (`vidgpt.evaluation`),
 with the same sampling noise. Reported per seed and as mean, standard deviation over seeds, and the
 paired difference B - A with its mean, standard deviation and how many seeds it has the same sign on:
 presence F1, garbage, centroid error over the first clip as a ratio to copy-last's, largest part, MSE.
@@ -35,23 +35,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidgpt.benchmarks.longvideo import TrainSpec, train, training_videos
+from data_pipeline.codecs import build_codec
+from experiments.longvideo import TrainSpec, train, training_videos
 from vidgpt.config import load_config
 from vidgpt.demo import CONFIG as DEMO_CONFIG
 from vidgpt.diffusion import DiffusionConfig, build_diffusion
+from vidgpt.evaluation import EvalSpec, continue_videos, evaluate_videos, synthetic_truth, write_outputs
 from vidgpt.model import FLAVORS, ModelConfig, count_params
+from vidgpt.objective import FramePromptObjective
+from vidgpt.sampling import SamplingSpec
 
 FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part", "mse")
-BASE: DiffusionConfig = load_config(DEMO_CONFIG).diffusion.build()
-"""The demo's diffusion settings, read from configs/demo_cpu.toml."""
 MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio")
 """Settable `ModelConfig` fields (applied to the --flavor's config)."""
-SETTABLE = ("prediction", "time_sampling", "loss_weighting", "snr_max", "ddim_eta", "data_std", "per_frame_noise",
-            "prompt_per_clip", *MODEL_FIELDS, "steps")
-"""What a recipe may change: diffusion fields, model fields, and `steps` (this arm's optimizer steps, for
-comparisons at equal compute: a smaller model trained for longer)."""
-PROMPT_FIELDS = {"prompt_per_clip": "per_clip"}
-"""SETTABLE names of `DiffusionConfig.prompt` fields (a PromptSampling), as in the run config's [diffusion]."""
+DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
+"""Settable `DiffusionConfig` fields (the run config's [diffusion])."""
+OBJECTIVE_FIELDS = ("loss_weighting", "snr_max", "per_frame_noise", "prompt_per_clip")
+"""Settable `FramePromptObjective` fields (the run config's [objective])."""
+SETTABLE = (*DIFFUSION_FIELDS, *OBJECTIVE_FIELDS, *MODEL_FIELDS, "steps")
+"""What a recipe may change: diffusion, objective and model fields, and `steps` (this arm's optimizer steps,
+for comparisons at equal compute: a smaller model trained for longer)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Recipe:
     """What one arm trains with."""
 
     diffusion: DiffusionConfig
+    objective: FramePromptObjective
     model: tuple[tuple[str, Any], ...] = ()
     """(field, value) pairs of MODEL_FIELDS applied to the flavor's ModelConfig."""
     steps: int | None = None
@@ -67,12 +71,20 @@ class Recipe:
     def model_config(self, base: ModelConfig) -> ModelConfig:
         return dataclasses.replace(base, **dict(self.model))
 
+    def settings(self) -> dict[str, Any]:
+        """The diffusion and objective settings, as one flat record (the JSON's "recipes")."""
+        return {**dataclasses.asdict(self.diffusion), **dataclasses.asdict(self.objective)}
 
-def recipe(base: Recipe | DiffusionConfig, pairs: list[str]) -> Recipe:
+
+_DEMO = load_config(DEMO_CONFIG)
+BASE = Recipe(_DEMO.diffusion, _DEMO.objective)
+"""The demo's diffusion and objective settings, read from configs/demo_cpu.toml."""
+
+
+def recipe(base: Recipe, pairs: list[str]) -> Recipe:
     """base with FIELD=VALUE pairs applied (fields of SETTABLE, values converted to the field's type);
     ValueError naming the pair for anything else."""
-    start = base if isinstance(base, Recipe) else Recipe(base)
-    d, model, steps = start.diffusion, dict(start.model), start.steps
+    model, steps = dict(base.model), base.steps
     changes: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -86,7 +98,7 @@ def recipe(base: Recipe | DiffusionConfig, pairs: list[str]) -> Recipe:
         if name in MODEL_FIELDS:
             current = model.get(name, getattr(FLAVORS["cpu"], name))
         else:
-            current = getattr(d.prompt, PROMPT_FIELDS[name]) if name in PROMPT_FIELDS else getattr(d, name)
+            current = getattr(base.diffusion if name in DIFFUSION_FIELDS else base.objective, name)
         kind = type(current)
         if kind is bool:  # bool("false") is True: spell it out
             if value.lower() not in ("true", "false"):
@@ -98,14 +110,13 @@ def recipe(base: Recipe | DiffusionConfig, pairs: list[str]) -> Recipe:
         except ValueError:
             raise ValueError(f"{pair!r}: {value!r} is not a {kind.__name__}") from None
     model.update({k: changes.pop(k) for k in list(changes) if k in MODEL_FIELDS})
-    prompt = {PROMPT_FIELDS[k]: changes.pop(k) for k in list(changes) if k in PROMPT_FIELDS}
-    if prompt:
-        changes["prompt"] = dataclasses.replace(d.prompt, **prompt)
     try:
-        d = dataclasses.replace(d, **changes)
+        diffusion = dataclasses.replace(base.diffusion, **{k: v for k, v in changes.items() if k in DIFFUSION_FIELDS})
+        objective = dataclasses.replace(base.objective, **{k: v for k, v in changes.items() if k in OBJECTIVE_FIELDS})
+        objective.check_process(build_diffusion(diffusion))
     except ValueError as exc:
         raise ValueError(f"{' '.join(pairs)}: {exc}") from None
-    return Recipe(d, tuple(sorted(model.items())), steps)
+    return Recipe(diffusion, objective, tuple(sorted(model.items())), steps)
 
 
 def summarize(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float | None]]:
@@ -136,7 +147,7 @@ def _r(v: float) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="vidgpt-bench-recipe", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m experiments.recipe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", nargs="*", default=[], metavar="FIELD=VALUE",
                     help=f"recipe A: the demo's diffusion settings and the --flavor's model with these changed "
@@ -165,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.prompt_frames >= args.clip_len:
         ap.error(f"--prompt-frames {args.prompt_frames} must be < --clip-len {args.clip_len}")
-    try:  # DiffusionConfig runs the process's own checks (snr_clamp needs x0, ...)
+    try:  # the process's and the objective's own checks (snr_clamp needs x0, ...)
         args.recipe_a = recipe(BASE, args.a)
         args.recipe_b = recipe(args.recipe_a, args.b)
     except ValueError as exc:
@@ -182,8 +193,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from data_pipeline.codecs import build_codec
-    from vidgpt.evaluate import EvalSpec, continue_videos, evaluate_videos, synthetic_truth, write_outputs
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -191,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     cfg = dataclasses.replace(FLAVORS[args.flavor], in_channels=3, text_dim=0)
     spec = TrainSpec(clip_len=args.clip_len, batch=args.batch, lr=args.lr, pool=args.pool, size=args.size)
-    eval_spec = EvalSpec(prompt_frames=args.prompt_frames, clip_len=args.clip_len, multiples=args.multiples,
-                         steps=args.sample_steps, num_clips=args.clips, size=args.size,
-                         context_scale=args.context_scale)
+    eval_spec = EvalSpec(sampling=SamplingSpec(prompt_frames=args.prompt_frames, steps=args.sample_steps,
+                                               context_scale=args.context_scale, precision="fp32"),
+                         clip_len=args.clip_len, multiples=args.multiples, num_clips=args.clips, size=args.size)
     log(f"rendering {spec.pool} training videos and {args.clips} held-out scenes")
     pool = training_videos(spec)
     truth, scenes = synthetic_truth(eval_spec)
@@ -204,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         for arm in ("a", "b"):
             arm_recipe: Recipe = getattr(args, f"recipe_{arm}")
             diffusion_cfg = arm_recipe.diffusion
-            model, stats = train(arm_recipe.model_config(cfg), diffusion_cfg, pool, dataclasses.replace(spec, seed=seed),
+            model, stats = train(arm_recipe.model_config(cfg), diffusion_cfg, arm_recipe.objective, pool,
+                                 dataclasses.replace(spec, seed=seed),
                                  steps=arm_recipe.steps or args.steps, log=log)
             videos = continue_videos(model, build_diffusion(diffusion_cfg), codec, truth, eval_spec, seed=0)
             report = evaluate_videos(truth, {"model": videos}, eval_spec, scenes)
-            summary = report["summary"]["methods"]["model"]
+            summary = report.to_json()["summary"]["methods"]["model"]
             rows[arm].append({k: _r(v) if v is not None and math.isfinite(v) else None  # NaN: no colour found
                               for k in FIGURES for v in [summary.get(k)]})
             trained[arm].append(stats)
@@ -217,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"seed {seed}, recipe {arm.upper()}: {rows[arm][-1]} ({stats['seconds']} s of training)")
     result = {
         "benchmark": "recipe",
-        "recipes": {"a": dataclasses.asdict(args.recipe_a.diffusion), "b": dataclasses.asdict(args.recipe_b.diffusion),
+        "recipes": {"a": args.recipe_a.settings(), "b": args.recipe_b.settings(),
                     "b_changes": args.b, "a_changes": args.a},
         "model": {"flavor": args.flavor, **{arm: {"params": count_params(r.model_config(cfg)), **dict(r.model)}
                                             for arm, r in (("a", args.recipe_a), ("b", args.recipe_b))}},
@@ -225,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                   "batch": args.batch, "lr": args.lr, "clip_len": args.clip_len, "pool": args.pool,
                   "size": args.size, "seeds": args.seeds, "a": trained["a"], "b": trained["b"]},
         "eval": {"clips": args.clips, "prompt_frames": args.prompt_frames, "multiples": args.multiples,
-                 "sample_steps": args.sample_steps, "chunk": eval_spec.chunk, "window": eval_spec.window,
+                 "sample_steps": args.sample_steps, "chunk": eval_spec.sampling.chunk,
+                 "window": eval_spec.sampling.window,
                  "context_scale": args.context_scale,
                  "synthetic_seed": eval_spec.synthetic_seed},
         "per_seed": rows,

@@ -1,4 +1,4 @@
-"""The user's own prompts for `vidgpt-sample`: a video file to continue or an image file to animate,
+"""The user's own prompt files for `vidgpt-sample`: a video file to continue or an image file to animate,
 with an optional caption.
 
     frames = load_prompt_frames("clip.mp4", size=(256, 256), fps=8, last=9)   # uint8 (<=9, 256, 256, 3)
@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from data_pipeline.video import DecodeOptions, VideoError, decode_clips, resize_plan
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -33,10 +36,6 @@ class PromptItem:
 
 
 def _load_image(path: Path, height: int, width: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    from data_pipeline.video import resize_plan
-
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
@@ -49,8 +48,6 @@ def _load_image(path: Path, height: int, width: int) -> np.ndarray:
 
 def load_prompt_frames(path: str | Path, *, size: tuple[int, int], fps: float | None, last: int) -> np.ndarray:
     """uint8 (T, H, W, 3) with T = 1 for an image, else the last min(last, frames) frames of the video."""
-    from data_pipeline.video import DecodeOptions, VideoError, decode_clips
-
     path = Path(path)
     if last < 1:
         raise PromptError(f"need at least one prompt frame, got {last}")

@@ -1,6 +1,6 @@
 """How well can any model place the shapes after P prompt frames? A bound for the demo's centroid goal.
 
-    vidgpt-bench-motion-bound [--prompt-frames 2] [--clips 64] [--samples 2000]
+    python -m experiments.motion_bound [--prompt-frames 2] [--clips 64] [--samples 2000]
 
 The demo's motion goal compares a model's centroid error over the first clip length (L frames after
 P prompt frames) with the copy-last-frame baseline's. Whether a ratio is reachable at all depends on
@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.synthetic import MovingShape, _bounce, synthetic_scene
+from data_pipeline.synthetic import MovingShape, bounce, synthetic_scene
+from vidgpt.evaluation import EvalSpec, scene_object_stats, synthetic_truth
+from vidgpt.sampling import SamplingSpec
 
 
 def shape_masks(shape: MovingShape, cx: np.ndarray, cy: np.ndarray, size: int) -> np.ndarray:
@@ -48,7 +50,7 @@ def shape_masks(shape: MovingShape, cx: np.ndarray, cy: np.ndarray, size: int) -
 def centres(x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray, r: float, t: np.ndarray,
             size: int) -> tuple[np.ndarray, np.ndarray]:
     """Bouncing centres of M shapes at frames t: each (M, len(t))."""
-    return (_bounce(x[:, None] + vx[:, None] * t, r, size - r), _bounce(y[:, None] + vy[:, None] * t, r, size - r))
+    return (bounce(x[:, None] + vx[:, None] * t, r, size - r), bounce(y[:, None] + vy[:, None] * t, r, size - r))
 
 
 def posterior(shape: MovingShape, prompt_frames: int, size: int, rng: np.random.Generator, *,
@@ -108,13 +110,11 @@ def ideal_errors(prompt_frames: int, clip_len: int, clips: int, size: int, seed:
 def extrapolation_errors(prompt_frames: int, clip_len: int, clips: int, size: int, seed: int) -> dict[str, float]:
     """Copy-last and linear extrapolation of measured centroids, on mp4 round-tripped frames classified
     as vidgpt-eval does (colours present in every prompt frame and in the target frame)."""
-    from vidgpt.evaluate import EvalSpec, _object_stats, synthetic_truth
-
-    spec = EvalSpec(prompt_frames=prompt_frames, clip_len=clip_len, multiples=1, num_clips=clips,
-                    synthetic_seed=seed, size=size)
+    spec = EvalSpec(sampling=SamplingSpec(prompt_frames=prompt_frames), clip_len=clip_len, multiples=1,
+                    num_clips=clips, synthetic_seed=seed, size=size)
     truth, scenes = synthetic_truth(spec)
     copy, extrap = [], []
-    for stats in _object_stats(truth, scenes, spec):
+    for stats in scene_object_stats(truth, scenes, spec):
         c, present = stats.centroids, stats.presence  # (T, K, 2), (T, K)
         for k in range(prompt_frames, prompt_frames + clip_len):
             for colour in range(c.shape[1]):
@@ -128,7 +128,7 @@ def extrapolation_errors(prompt_frames: int, clip_len: int, clips: int, size: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vidgpt-bench-motion-bound", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m experiments.motion_bound", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt-frames", type=int, nargs="+", default=[2], help="P values to measure (default: 2)")
     ap.add_argument("--clip-len", type=int, default=8, help="frames after the prompt measured (default: 8, the demo's)")

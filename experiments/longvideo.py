@@ -1,13 +1,12 @@
 """Long-video quality: the causal ViD-GPT model against the bidirectional baseline; prints one JSON object.
 
-    vidgpt-bench-longvideo --minutes 20 --out runs/bench_longvideo
-    python tools/bench_longvideo.py --help
+    python -m experiments.longvideo --minutes 20 --out runs/bench_longvideo
 
 Both models are the one `VidGPT` with `temporal` switched, so they have the same parameters (count and
 initial values). They are trained here, one process, alike: the same synthetic clips in the same
 order, the same noise, timesteps and prompt lengths, the same number of optimizer steps (the causal
 model trains for half the training budget, the baseline then for exactly as many steps). Each then
-continues held-out synthetic scenes (`vidgpt.evaluate`, a seed never trained on) from their first P
+continues held-out synthetic scenes (`vidgpt.evaluation`, a seed never trained on) from their first P
 frames for 8x the training clip:
 - `causal_cache`: ViD-GPT with the kv-cache (sliding window);
 - `causal_no_cache`: the same model recomputing the window at every step (exact until the cache's
@@ -38,9 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.codecs import build_codec
 from data_pipeline.synthetic import synthetic_scene
-from vidgpt.diffusion import DiffusionConfig, PromptSampling, build_diffusion
+from vidgpt.diffusion import DiffusionConfig, build_diffusion
+from vidgpt.evaluation import EvalSpec, continue_videos, evaluate_videos, mp4_round_trip, synthetic_truth, write_outputs
 from vidgpt.model import FLAVORS, ModelConfig, VidGPT, count_params
+from vidgpt.objective import FramePromptObjective
+from vidgpt.sampling import SamplingSpec, generate
 
 MULTIPLES = (1, 2, 4, 8)
 OBJECT_METRICS = ("presence_f1", "garbage", "centroid_error")
@@ -73,8 +76,6 @@ class TrainSpec:
 def training_videos(spec: TrainSpec) -> torch.Tensor:
     """The training pool as identity-codec latents in [-1, 1]: (N, T, 3, S, S), after an mp4 round trip
     like every video the demo trains on."""
-    from vidgpt.evaluate import mp4_round_trip
-
     videos = [mp4_round_trip(synthetic_scene(i, size=spec.size, seed=0).render(spec.pool_frames), 8.0)
               for i in range(spec.pool)]
     frames = torch.from_numpy(np.stack(videos))  # (N, T, S, S, 3) uint8
@@ -92,7 +93,8 @@ def clips(pool: torch.Tensor, spec: TrainSpec) -> Iterator[torch.Tensor]:
 
 
 def train(
-    cfg: ModelConfig, diffusion_cfg: DiffusionConfig, pool: torch.Tensor, spec: TrainSpec, *,
+    cfg: ModelConfig, diffusion_cfg: DiffusionConfig, objective: FramePromptObjective, pool: torch.Tensor,
+    spec: TrainSpec, *,
     steps: int, seconds: float = math.inf, log: Any = None,
 ) -> tuple[VidGPT, dict[str, Any]]:
     """Train one model for `steps` optimizer steps (or until `seconds` pass); returns its EMA copy and
@@ -113,9 +115,8 @@ def train(
         for group in opt.param_groups:
             group["lr"] = spec.lr * factor
         x0 = next(data)
-        prompt_len = diffusion_cfg.prompt.draw(spec.clip_len, x0.shape[0], gen)
-        loss = diffusion.training_loss(model, x0, prompt_len, generator=gen, prompt_noise=diffusion_cfg.prompt_noise,
-                                       per_frame_noise=diffusion_cfg.per_frame_noise)
+        prompt_len = objective.draw_prompt_lengths(spec.clip_len, x0.shape[0], gen)
+        loss = objective.loss_at(model, diffusion, x0, prompt_len, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -160,7 +161,7 @@ def _better(a: dict[str, Any], b: dict[str, Any]) -> dict[str, bool]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="vidgpt-bench-longvideo", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m experiments.longvideo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=20.0,
                     help="whole budget; training gets what the evaluation estimate leaves, half per model "
@@ -204,23 +205,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.loss_weighting is None:
         args.loss_weighting = "snr_clamp" if args.prediction == "x0" else "none"
     try:
-        diffusion_config(args)  # the process's own checks: snr_clamp needs x0, snr_max >= 1
+        recipe_config(args)  # the process's and the objective's own checks: snr_clamp needs x0, snr_max >= 1
     except ValueError as exc:
         ap.error(str(exc))
     return args
 
 
-def diffusion_config(args: argparse.Namespace) -> DiffusionConfig:
-    return DiffusionConfig(process="flow", prediction=args.prediction, ddim_eta=args.eta,
-                           loss_weighting=args.loss_weighting, snr_max=args.snr_max,
-                           prompt_noise=(0.0, args.prompt_noise), prompt=PromptSampling("uniform"))
+def recipe_config(args: argparse.Namespace) -> tuple[DiffusionConfig, FramePromptObjective]:
+    """The process and the training objective the flags ask for (ValueError when they do not fit)."""
+    diffusion = DiffusionConfig(process="flow", prediction=args.prediction, ddim_eta=args.eta)
+    objective = FramePromptObjective(prompt_rule="uniform", prompt_noise=[0.0, args.prompt_noise],
+                                     loss_weighting=args.loss_weighting, snr_max=args.snr_max)
+    objective.check_process(build_diffusion(diffusion))
+    return diffusion, objective
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from data_pipeline.codecs import build_codec
-    from vidgpt.evaluate import EvalSpec, continue_videos, evaluate_videos, synthetic_truth, write_outputs
-
     t_start = time.perf_counter()
     deadline = t_start + args.minutes * 60
 
@@ -231,33 +232,32 @@ def main(argv: list[str] | None = None) -> int:
                      size=args.size)
     causal_cfg = dataclasses.replace(FLAVORS[args.flavor], in_channels=3, text_dim=0)
     bidir_cfg = dataclasses.replace(causal_cfg, temporal="bidirectional")
-    diffusion_cfg = diffusion_config(args)
+    diffusion_cfg, objective = recipe_config(args)
     diffusion = build_diffusion(diffusion_cfg)
-    eval_spec = EvalSpec(prompt_frames=args.prompt_frames, clip_len=args.clip_len, multiples=args.multiples,
-                         chunk=args.chunk, window=args.window, steps=args.sample_steps, num_clips=args.clips,
-                         size=spec.size)
+    eval_spec = EvalSpec(sampling=SamplingSpec(prompt_frames=args.prompt_frames, chunk=args.chunk, window=args.window,
+                                               steps=args.sample_steps, precision="fp32"),
+                         clip_len=args.clip_len, multiples=args.multiples, num_clips=args.clips, size=spec.size)
+    sampling = eval_spec.sampling
     log(f"rendering {spec.pool} training videos and {args.clips} held-out scenes")
     pool = training_videos(spec)
     truth, scenes = synthetic_truth(eval_spec)
 
     # evaluation cost: 4 generations; one chunk of an untrained model, scaled to the longest window
-    from vidgpt.sampling import generate
-
     probe = VidGPT(causal_cfg).eval()
     t0 = time.perf_counter()
-    generate(probe, diffusion, torch.zeros(args.clips, eval_spec.prompt_frames, 3, spec.size, spec.size),
-             eval_spec.chunk, chunk=eval_spec.chunk, window=eval_spec.window, steps=eval_spec.steps, use_cache=False)
-    frames_seen = (eval_spec.window + eval_spec.chunk) / (eval_spec.prompt_frames + eval_spec.chunk)
-    eval_estimate = 4 * (time.perf_counter() - t0) * frames_seen * math.ceil(eval_spec.generated_frames / eval_spec.chunk)
+    generate(probe, diffusion, torch.zeros(args.clips, sampling.prompt_frames, 3, spec.size, spec.size),
+             sampling.chunk, chunk=sampling.chunk, window=sampling.window, steps=sampling.steps, use_cache=False)
+    frames_seen = (sampling.window + sampling.chunk) / (sampling.prompt_frames + sampling.chunk)
+    eval_estimate = 4 * (time.perf_counter() - t0) * frames_seen * math.ceil(eval_spec.generated_frames / sampling.chunk)
     train_seconds = (deadline - time.perf_counter() - eval_estimate) / 2
     if train_seconds < 30:
         log(f"--minutes {args.minutes}: evaluation alone needs about {eval_estimate / 60:.1f} min; give more")
         return 2
     log(f"training each model for up to {train_seconds / 60:.1f} min (evaluation estimate {eval_estimate / 60:.1f} min)")
 
-    causal, causal_stats = train(causal_cfg, diffusion_cfg, pool, spec, steps=args.steps, seconds=train_seconds,
+    causal, causal_stats = train(causal_cfg, diffusion_cfg, objective, pool, spec, steps=args.steps, seconds=train_seconds,
                                  log=log)
-    bidir, bidir_stats = train(bidir_cfg, diffusion_cfg, pool, spec, steps=causal_stats["steps"], log=log)
+    bidir, bidir_stats = train(bidir_cfg, diffusion_cfg, objective, pool, spec, steps=causal_stats["steps"], log=log)
 
     codec = build_codec("identity")
     videos: dict[str, np.ndarray] = {}
@@ -265,12 +265,13 @@ def main(argv: list[str] | None = None) -> int:
             "causal_cache_seed2": (causal, True, 1), "bidirectional": (bidir, False, 0)}
     for name, (model, use_cache, seed) in runs.items():
         t0 = time.perf_counter()
-        videos[name] = continue_videos(model, diffusion, codec, truth, eval_spec, use_cache=use_cache, seed=seed)
+        run_spec = dataclasses.replace(eval_spec, sampling=dataclasses.replace(sampling, kv_cache=use_cache))
+        videos[name] = continue_videos(model, diffusion, codec, truth, run_spec, seed=seed)
         log(f"  {name}: {time.perf_counter() - t0:.0f} s")
     report = evaluate_videos(truth, videos, eval_spec, scenes)
     files = write_outputs(report, truth, {k: videos[k] for k in ("causal_cache", "bidirectional")}, args.out)
 
-    figures = {name: _figures(report, name) for name in report["methods"]}
+    figures = {name: _figures(report.to_json(), name) for name in report.methods}
     goals: dict[str, Any] = {}
     for m in (4, 8):
         key = f"{m}x"
@@ -298,10 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         "diffusion": {"process": "flow", "prediction": args.prediction, "prompt_noise": args.prompt_noise,
                       "eta": args.eta, "loss_weighting": args.loss_weighting, "snr_max": args.snr_max},
         "train": {**dataclasses.asdict(spec), "causal": causal_stats, "bidirectional": bidir_stats},
-        "eval": {"prompt_frames": eval_spec.prompt_frames, "clip_len": eval_spec.clip_len,
-                 "multiples": eval_spec.multiples, "chunk": eval_spec.chunk, "window": eval_spec.window,
-                 "steps": eval_spec.steps, "clips": eval_spec.num_clips, "synthetic_seed": eval_spec.synthetic_seed,
-                 "truth_garbage": _round(report.get("truth", {}).get("garbage"))},
+        "eval": {"prompt_frames": sampling.prompt_frames, "clip_len": eval_spec.clip_len,
+                 "multiples": eval_spec.multiples, "chunk": sampling.chunk, "window": sampling.window,
+                 "steps": sampling.steps, "clips": eval_spec.num_clips, "synthetic_seed": eval_spec.synthetic_seed,
+                 "truth_garbage": _round(report.truth.garbage if report.truth is not None else None)},
         "figures": figures,
         "goals": goals,
         "files": {k: str(v) for k, v in files.items()},

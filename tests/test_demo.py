@@ -1,0 +1,80 @@
+"""The demo's planned preemption: torchrun's report of ranks that exited 75 is left out of its output."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from vidgpt.demo import run_preempted, without_launcher_report
+from vidgpt.distributed import free_port
+
+RANK_LINES = ["a warning from rank 1\n"]
+REPORT = """\
+W1205 22:09:00.107000 20273 site-packages/torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 20366 closing signal SIGTERM
+E1205 22:09:00.109000 20273 site-packages/torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 75) local_rank: 0 (pid: 20365) of binary: /usr/bin/python
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+  File "/usr/lib/python3/site-packages/torch/distributed/launcher/api.py", line 383, in launch_agent
+    raise ChildFailedError(
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+vidgpt.train FAILED
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : 75 (pid: 20365)
+============================================================
+""".splitlines(keepends=True)  # noqa: E501 - torchrun's own lines, as it prints them
+
+
+def test_the_launcher_report_is_dropped_and_the_ranks_lines_kept() -> None:
+    assert without_launcher_report(RANK_LINES + REPORT) == RANK_LINES
+    assert without_launcher_report(REPORT[:1] + RANK_LINES + REPORT[1:]) == RANK_LINES
+
+
+def test_a_rank_traceback_is_kept() -> None:
+    rank_error = ["Traceback (most recent call last):\n", '  File "train.py", line 1\n', "ValueError: bad\n"]
+    assert without_launcher_report(rank_error) == rank_error
+
+
+FAKE_TRAINER = """
+import json, os, signal, sys, time
+from pathlib import Path
+
+run, code = Path(sys.argv[1]), int(sys.argv[2])
+stop = []
+signal.signal(signal.SIGUSR1, lambda *_: stop.append(True))
+rank = int(os.environ["RANK"])
+step = 0
+while not stop:
+    step += 1
+    if rank == 0:
+        with open(run / "losses.jsonl", "a") as f:
+            f.write('{"loss": 1.0}\\n')
+    time.sleep(0.05)
+print(f"rank {rank} stopping", file=sys.stderr, flush=True)
+if rank == 0:
+    (run / "status.json").write_text(json.dumps({"state": "preempted", "step": step}))
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow  # two torchrun launches
+def test_a_planned_preemption_leaves_no_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAINER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for code, planned in ((75, True), (3, False)):
+        run = tmp_path / f"run{code}"
+        run.mkdir()
+        train = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                 str(free_port()), str(script), str(run), str(code)]
+        status = run_preempted(train, env, run, 3)
+        assert status["state"] == "preempted" and status["step"] >= 3
+        err = capsys.readouterr().err
+        assert "rank 0 stopping" in err  # the ranks' own lines are kept
+        assert ("ChildFailedError" in err) is not planned and ("exitcode: 3" in err) is not planned, err
