@@ -48,7 +48,6 @@ from vidgpt.config import Config, ConfigError, dumps, load_config
 from vidgpt.diffusion import build_diffusion
 from vidgpt.ema import ShardedEMA
 from vidgpt.errors import TrainingError
-from vidgpt.model import model_stats
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run again with --resume auto
 
@@ -238,19 +237,16 @@ class Trainer:
 
     def report(self, lat_h: int, lat_w: int) -> None:
         """The logging interval's figures: TensorBoard scalars and one console line."""
-        cfg, m = self.cfg, self.cfg.model
+        cfg = self.cfg
         window_losses = self.losses.flush()
-        tokens_per_frame = (lat_h // m.patch) * (lat_w // m.patch)
-        samples = self.samples_per_step
-        flops = 3 * model_stats(m, cfg.data.num_frames, lat_h, lat_w, batch=samples).flops
-        cost = StepCost(samples, samples * cfg.data.num_frames * tokens_per_frame, flops)
+        cost = StepCost.of(cfg.model, cfg.data.num_frames, lat_h, lat_w, self.samples_per_step)
         values = {"loss": sum(window_losses) / len(window_losses), "lr": self.scheduler.get_last_lr()[0],
                   "grad_norm": float(self.engine.get_global_grad_norm() or 0.0), "skipped_steps": self.skipped,
                   **self.throughput.report(cost)}
         if not self.flops_said:  # once per run, at the first logged step
             self.flops_said = True
-            self.log(f"model: {flops / 1e12:.4g} TFLOP per optimizer step ({lat_h}x{lat_w} latents, "
-                     f"{tokens_per_frame} tokens per frame)")
+            self.log(f"model: {cost.flops / 1e12:.4g} TFLOP per optimizer step ({lat_h}x{lat_w} latents, "
+                     f"{(lat_h // cfg.model.patch) * (lat_w // cfg.model.patch)} tokens per frame)")
         self.writer.scalars(self.step, values)
         self.log(f"step {self.step}/{cfg.training.steps} loss {values['loss']:.5f} lr {values['lr']:.2e} "
                  f"{values['samples_per_s']:.1f} samples/s")

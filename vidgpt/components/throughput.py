@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vidgpt.model import ModelConfig, model_stats
+
 
 def measured_cpu_peak_flops(size: int = 2048, trials: int = 5) -> float:
     """FLOP/s of a large float32 matmul on this process's threads (best of a few): the CPU 'peak' for MFU."""
@@ -45,6 +47,12 @@ class StepCost:
     """Tokens per optimizer step (samples x frames x tokens per frame)."""
     flops: float
     """Model FLOP per optimizer step (forward and backward: 3x the forward)."""
+
+    @classmethod
+    def of(cls, model: ModelConfig, frames: int, lat_h: int, lat_w: int, samples: int) -> StepCost:
+        """The cost of a step of `samples` clips of `frames` latent frames of lat_h x lat_w."""
+        tokens = samples * frames * (lat_h // model.patch) * (lat_w // model.patch)
+        return cls(samples, tokens, 3 * model_stats(model, frames, lat_h, lat_w, batch=samples).flops)
 
 
 class Throughput:

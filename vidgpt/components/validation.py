@@ -8,7 +8,6 @@ not touched), averaged over ranks; with `eval.samples`, the model then continues
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,9 +79,6 @@ class EvalConfig:
             raise ConfigError("eval.samples: needs eval.interval > 0 (samples are made at every evaluation)")
         if self.synthetic_seed < 0:
             raise ConfigError(f"eval.synthetic_seed: must be >= 0, got {self.synthetic_seed}")
-        if not (math.isfinite(self.sampling.context_scale) and self.sampling.context_scale > 0):
-            raise ConfigError(f"eval.sampling.context_scale: must be a number > 0 (1 = no guidance), got "
-                              f"{self.sampling.context_scale}")
 
 
 class Validator:
