@@ -10,7 +10,9 @@ import torch
 
 from vidgpt.components.loss_log import LossLog
 from vidgpt.components.seeds import RandomStreams, Stream, derive_seed
+from vidgpt.components.step_guard import NonFiniteGuard
 from vidgpt.components.throughput import StepCost, Throughput
+from vidgpt.errors import TrainingError
 
 
 def test_every_stream_of_every_rank_has_its_own_seed() -> None:
@@ -81,3 +83,19 @@ def test_loss_log_appends_and_trims_on_resume(tmp_path: Path) -> None:
     assert rows == [{"step": s, "loss": float(s)} for s in (1, 2, 3)]
     LossLog(tmp_path / "other", is_main=False).add(1, torch.tensor(1.0))  # other ranks write nothing
     assert not (tmp_path / "other").exists()
+
+
+def test_non_finite_guard_skips_counts_and_stops_after_too_many_in_a_row() -> None:
+    guard, lines = NonFiniteGuard(max_in_a_row=3), []
+    assert guard.passed(False, 1, "L", lines.append)
+    assert not guard.passed(True, 2, "L", lines.append) and not guard.passed(True, 2, "L", lines.append)
+    assert guard.passed(False, 2, "L", lines.append)  # a good step resets the run of bad ones, not the total
+    assert (guard.in_a_row, guard.skipped) == (0, 2) and lines[-1].endswith("skipped (2 in a row)")
+    restored = NonFiniteGuard(3)
+    restored.load_state_dict(guard.state_dict())
+    assert (restored.in_a_row, restored.skipped) == (0, 2)
+    guard.passed(True, 5, "L", lines.append)
+    guard.passed(True, 5, "L", lines.append)
+    with pytest.raises(TrainingError, match=r"3 non-finite losses in a row at step 5; .* checkpoint is ckpts/latest"):
+        guard.passed(True, 5, "ckpts/latest", lines.append)
+    assert guard.skipped == 5

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
 import time
 import warnings
@@ -41,6 +40,7 @@ from vidgpt.components.data import build_loaders, check_datasets, loss_batch
 from vidgpt.components.engine import build_engine, deepspeed_config, make_deterministic, resolve_precision
 from vidgpt.components.loss_log import LossLog
 from vidgpt.components.seeds import RandomStreams
+from vidgpt.components.step_guard import NonFiniteGuard, StopFlag
 from vidgpt.components.tensorboard import Console, TensorBoardWriter, describe_run
 from vidgpt.components.throughput import StepCost, Throughput
 from vidgpt.components.validation import build_validator
@@ -50,18 +50,6 @@ from vidgpt.ema import ShardedEMA
 from vidgpt.errors import TrainingError
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run again with --resume auto
-
-
-class StopFlag:
-    """Set by SIGUSR1, SIGTERM or SIGINT (Ctrl-C); ranks agree on it at every step, then save and exit 75."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.requested = True
 
 
 class Trainer:
@@ -109,7 +97,7 @@ class Trainer:
                                                  eval_seed=cfg.eval.seed)
         self.streams = RandomStreams.for_training(t.seed, env.rank, self.device)
         self.ema = ShardedEMA(self.engine.module, t.ema_decay) if t.ema_decay > 0 else None
-        self.step, self.bad_steps, self.skipped = 0, 0, 0
+        self.step, self.guard = 0, NonFiniteGuard(t.max_bad_steps)
         self.stop_agreed, self.flops_said = False, False
         self.losses = LossLog(self.run_dir, env.is_main)
         if self.checkpoints.resume_from is not None:
@@ -137,7 +125,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's trainer state, saved beside DeepSpeed's shards."""
-        state: dict[str, Any] = {"step": self.step, "bad_steps": self.bad_steps, "skipped": self.skipped,
+        state: dict[str, Any] = {"step": self.step, **self.guard.state_dict(),
                                  "loader": json.dumps(self.loader.state_dict()), **self.streams.state_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -147,7 +135,8 @@ class Trainer:
         restored, self.streams = self.checkpoints.restore(
             self.engine, loader=self.loader, streams=self.streams, ema=self.ema, seed=self.cfg.training.seed,
             device=self.device, data=self.cfg.data, log=self.log)
-        self.step, self.bad_steps, self.skipped = restored.step, int(restored.own["bad_steps"]), int(restored.own["skipped"])
+        self.step = restored.step
+        self.guard.load_state_dict(restored.own)
         self.losses.resumed_at(self.step)
         self.log(f"resumed from {self.checkpoints.resume_from.path} at step {self.step}")  # type: ignore[union-attr]
 
@@ -174,17 +163,8 @@ class Trainer:
                              torch.tensor(float(stop is not None and stop.requested), device=loss.device)])
         bad, stop_any = distributed.all_reduce(flags, "max").tolist()
         self.stop_agreed = self.stop_agreed or bool(stop_any)
-        if bad:
-            self.skipped += 1
-            self.bad_steps += 1
-            self.log(f"step {self.step}: non-finite loss on some rank; skipped ({self.bad_steps} in a row)")
-            if self.bad_steps >= self.cfg.training.max_bad_steps:
-                raise TrainingError(
-                    f"{self.bad_steps} non-finite losses in a row at step {self.step}; stopping. The last good "
-                    f"checkpoint is {self.checkpoints.files.dir / 'latest'} (lower optimizer.lr, check the data)"
-                )
+        if not self.guard.passed(bool(bad), self.step, str(self.checkpoints.files.dir / "latest"), self.log):
             return None
-        self.bad_steps = 0
         self.engine.backward(loss)
         self.engine.step()
         return loss.detach().float()
@@ -241,7 +221,7 @@ class Trainer:
         window_losses = self.losses.flush()
         cost = StepCost.of(cfg.model, cfg.data.num_frames, lat_h, lat_w, self.samples_per_step)
         values = {"loss": sum(window_losses) / len(window_losses), "lr": self.scheduler.get_last_lr()[0],
-                  "grad_norm": float(self.engine.get_global_grad_norm() or 0.0), "skipped_steps": self.skipped,
+                  "grad_norm": float(self.engine.get_global_grad_norm() or 0.0), "skipped_steps": self.guard.skipped,
                   **self.throughput.report(cost)}
         if not self.flops_said:  # once per run, at the first logged step
             self.flops_said = True

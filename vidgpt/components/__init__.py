@@ -6,6 +6,7 @@ the loop.
 - `engine`: precision, the DeepSpeed engine, AdamW and the lr schedule (`[optimizer]`, `[training]`);
 - `seeds`: every random stream derived from one seed formula;
 - `throughput`: step time, samples and tokens per second, MFU, memory;
+- `step_guard`: the stop flag of preemption signals, and skipping non-finite steps;
 - `loss_log`: losses.jsonl, one line per optimizer step, kept across resumes;
 - `tensorboard`: scalars on rank 0 and the console (`[logging]`);
 - `validation`: the held-out loss and samples during training (`[eval]`);
