@@ -30,6 +30,7 @@ stops the loader with an error saying so; a shard that has disappeared stops it 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -69,21 +70,19 @@ def error_line(exc: BaseException) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class LoaderConfig:
-    source: str
-    """Dataset root (with index.json), an index.json location, or shards: a comma-separated list or a
-    brace pattern such as 'data/shards/w00000-of00001-{000000..000009}.tar' (these are scanned once)."""
-    num_frames: int
+@dataclass(frozen=True, kw_only=True)
+class LoaderSettings:
+    """How clips are cut, batched and read: the settings a run chooses (the trainer's `[data]` section
+    is these plus the dataset's path)."""
+
+    num_frames: int = 16
     """Frames per training clip (a random window of longer clips; shorter clips are padded and masked)."""
-    batch_size: int
+    batch_size: int = 2
     """Clips per batch on each rank."""
     crop: Literal["random", "whole"] = "random"
     """random: a random window of num_frames frames; whole: the clip from its first frame, up to num_frames."""
     shuffle_buffer: int = 256
     """Samples shuffled together (one block read at a time)."""
-    seed: int = 0
-    """Seed of shard order, shuffling and windows (the same on every rank)."""
     num_workers: int = 0
     """DataLoader worker processes per rank; 0 reads in the training process, with `read_ahead` blocks
     fetched by a background thread (parsing is cheap; on few cores, worker processes cost more in
@@ -91,13 +90,43 @@ class LoaderConfig:
     read_ahead: int = 2
     """Blocks fetched ahead of the one being yielded, by a background I/O thread."""
     max_bad_fraction: float = 0.01
-    """Stop with an error once more than this fraction of a worker's samples were corrupt."""
+    """Stop with an error once more than this fraction of a worker's samples were corrupt (failed CRC-32,
+    unparsable)."""
     read_retries: int = 4
     """A read that fails for a network or storage reason (not bad data) is retried this many times,
     with exponential backoff from `retry_backoff_s`, then the loader stops with an error saying so; it
     is never replaced by other samples. (boto3 retries each S3 request on its own as well.)"""
     retry_backoff_s: float = 2.0
     """Seconds before the first retry; doubled for each next one."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, what is wrong) for every setting that cannot work."""
+        out = [(k, f"must be >= 1, got {getattr(self, k)}") for k in ("num_frames", "batch_size", "shuffle_buffer")
+               if getattr(self, k) < 1]
+        out += [(k, f"must be >= 0, got {getattr(self, k)}") for k in ("num_workers", "read_ahead", "read_retries")
+                if getattr(self, k) < 0]
+        if self.crop not in ("random", "whole"):
+            out.append(("crop", f"must be 'random' or 'whole', got {self.crop!r}"))
+        if not 0 <= self.max_bad_fraction <= 1:
+            out.append(("max_bad_fraction", f"must be in [0, 1], got {self.max_bad_fraction}"))
+        if not self.retry_backoff_s >= 0:
+            out.append(("retry_backoff_s", f"must be >= 0, got {self.retry_backoff_s}"))
+        return out
+
+    def settings(self) -> dict[str, object]:
+        """These settings as keyword arguments (of LoaderConfig)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(LoaderSettings)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderConfig(LoaderSettings):
+    """A loader: its source and seed, and the settings of LoaderSettings (keywords)."""
+
+    source: str = field(kw_only=False)
+    """Dataset root (with index.json), an index.json location, or shards: a comma-separated list or a
+    brace pattern such as 'data/shards/w00000-of00001-{000000..000009}.tar' (these are scanned once)."""
+    seed: int = 0
+    """Seed of shard order, shuffling and windows (the same on every rank)."""
     text: bool = True
     """Return caption embeddings when the samples have them."""
     pin_memory: bool = False
@@ -106,19 +135,9 @@ class LoaderConfig:
     without CUDA the batches are prepared ahead the same way, unpinned)."""
 
     def __post_init__(self) -> None:
-        if (self.num_frames < 1 or self.batch_size < 1 or self.shuffle_buffer < 1
-                or min(self.num_workers, self.read_ahead) < 0):
-            raise ValueError(
-                f"LoaderConfig needs num_frames, batch_size, shuffle_buffer >= 1 and num_workers, read_ahead >= 0; "
-                f"got {self.num_frames}, {self.batch_size}, {self.shuffle_buffer}, {self.num_workers}, {self.read_ahead}"
-            )
-        if self.crop not in ("random", "whole"):
-            raise ValueError(f"LoaderConfig.crop must be 'random' or 'whole', got {self.crop!r}")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ValueError(f"LoaderConfig.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
-        if self.read_retries < 0 or not self.retry_backoff_s >= 0:
-            raise ValueError(f"LoaderConfig.read_retries and retry_backoff_s must be >= 0, got "
-                             f"{self.read_retries}, {self.retry_backoff_s}")
+        problems = self.problems()
+        if problems:
+            raise ValueError("LoaderConfig: " + "; ".join(f"{k} {why}" for k, why in problems))
 
 
 # ----------------------------------------------------------------------------- the shard table

@@ -5,60 +5,38 @@ and validation loaders, and batches moved to the training device for the objecti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from data_pipeline import storage
-from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, ShardTable, load_table
+from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, LoaderSettings, ShardTable, load_table
 from vidgpt.errors import ConfigError
 from vidgpt.model import text_mask_or_none
 from vidgpt.objective import LossBatch
 
 
-@dataclass
-class DataConfig:
-    """The `[data]` section: where the latent shards are and how clips are batched."""
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(LoaderSettings):
+    """The `[data]` section: where the latent shards are, and the loader's settings
+    (`data_pipeline.loader.LoaderSettings`: clip length, batch size, shuffling, workers, fault tolerance)."""
 
     path: str = ""
     """Dataset root (local or s3://), an index.json, or shards (comma list or brace pattern)."""
-    num_frames: int = 16
-    """Frames per training clip (prompt + noisy)."""
-    batch_size: int = 2
-    """Clips per micro-batch on each rank."""
-    num_workers: int = 0
-    """DataLoader worker processes per rank (0: read in the training process with a read-ahead thread)."""
-    shuffle_buffer: int = 256
-    """Samples shuffled together."""
-    crop: Literal["random", "whole"] = "random"
-    """random: a random window of num_frames; whole: clips from their first frame, padded and masked."""
-    max_bad_fraction: float = 0.01
-    """Stop when more than this fraction of samples are corrupt (fail their CRC-32, or do not parse)."""
-    read_retries: int = 4
-    """A read that fails for a network or storage reason is retried this many times with exponential
-    backoff (2, 4, 8, ... s), then training stops with a line saying so; it never counts as bad data."""
 
     def __post_init__(self) -> None:
-        for key in ("num_frames", "batch_size", "shuffle_buffer"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"data.{key}: must be >= 1, got {getattr(self, key)}")
-        if self.read_retries < 0:
-            raise ConfigError(f"data.read_retries: must be >= 0, got {self.read_retries}")
-        if self.num_frames < 2:
+        if self.num_frames == 1:
             raise ConfigError("data.num_frames: need >= 2 (one prompt frame and one noisy frame)")
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers: must be >= 0, got {self.num_workers}")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ConfigError(f"data.max_bad_fraction: must be in [0, 1], got {self.max_bad_fraction}")
+        for key, why in self.problems():
+            raise ConfigError(f"data.{key}: {why}")
 
     def loader_config(self, source: str, seed: int, *, num_workers: int | None = None,
                       pin_memory: bool = False) -> LoaderConfig:
-        """The loader of `source` with this section's batching and fault tolerance."""
-        return LoaderConfig(source, num_frames=self.num_frames, batch_size=self.batch_size, crop=self.crop,
-                            shuffle_buffer=self.shuffle_buffer, seed=seed,
-                            num_workers=self.num_workers if num_workers is None else num_workers,
-                            max_bad_fraction=self.max_bad_fraction, read_retries=self.read_retries,
-                            pin_memory=pin_memory)
+        """The loader of `source` with this section's settings."""
+        settings = self.settings()
+        if num_workers is not None:
+            settings["num_workers"] = num_workers
+        return LoaderConfig(source, seed=seed, pin_memory=pin_memory, **settings)  # type: ignore[arg-type]
 
 
 @dataclass
