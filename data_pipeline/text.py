@@ -124,6 +124,7 @@ def save_tiny_text_encoder(path: Path, *, dim: int = 16, seed: int = 0) -> None:
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+    from transformers.utils import logging as transformers_logging
 
     vocab: dict[str, int] = {PAD: 0, EOS: 1, UNK: 2}
     for word in TINY_WORDS:
@@ -155,7 +156,13 @@ def save_tiny_text_encoder(path: Path, *, dim: int = 16, seed: int = 0) -> None:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # a one-file model: no "Writing model shards" bar
+    try:
+        model.save_pretrained(path)
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
     tokenizer.save_pretrained(path)
     # transformers 5 writes tokenizer_class "TokenizersBackend", unknown to transformers 4; both resolve
     # "PreTrainedTokenizerFast" to the tokenizer.json backend. Without a tokenizer_class, AutoTokenizer

@@ -8,9 +8,12 @@ defaults to one derived from the job id. A plain `python -m vidgpt.train` is ran
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +76,22 @@ def init(env: DistEnv, backend: str) -> None:
         RANK=str(env.rank), WORLD_SIZE=str(env.world), LOCAL_RANK=str(env.local_rank),
         MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port),
     )
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    with _without_op_build_notices():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+@contextlib.contextmanager
+def _without_op_build_notices() -> Iterator[None]:
+    """DeepSpeed prints "DeepSpeed <op> built successfully" on stdout from every process when it loads its
+    CPU communication op; everything else printed meanwhile goes through."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        kept = [line for line in buffer.getvalue().splitlines(keepends=True)
+                if not (line.startswith("DeepSpeed ") and line.rstrip().endswith(" built successfully"))]
+        sys.stdout.write("".join(kept))
 
 
 def device_ordinal(local_rank: int, device_count: int) -> int:
