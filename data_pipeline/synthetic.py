@@ -2,15 +2,18 @@
 
     vidgpt-make-synthetic data/synth --num 100 --size 64 --frames 48 --fps 8
 
-Video i of a seed is `synthetic_scene(i, size=..., seed=...)` rendered and written to
+Video i of a seed is `synthetic_scene(i, size=..., seed=..., speed=...)` rendered and written to
 `synth_{i:05d}.mp4`, its caption to `synth_{i:05d}.txt`, and one line {"path", "caption"} per video
-to `manifest.jsonl`. Scenes depend only on (seed, i), so video i is the same whatever `num` is.
-Drawing is numpy only: one boolean mask per shape over all frames at once.
+to `manifest.jsonl`; `synthetic.json` records the task (seed, size, frames, fps, speed, supersample), so
+the true continuation of any video can be rendered again. Scenes depend only on (seed, i), so video i is
+the same whatever `num` is. Drawing is numpy only: one boolean mask per shape over all frames at once,
+on a grid of `supersample` x `supersample` points per pixel when edges are anti-aliased.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +58,12 @@ class MovingShape:
             bounce(self.y + self.vy * t, self.radius, size - self.radius),
         )
 
-    def mask(self, frames: int, size: int) -> np.ndarray:
-        """Pixels covered at each frame: bool (T, size, size)."""
+    def mask(self, frames: int, size: int, supersample: int = 1) -> np.ndarray:
+        """Points covered at each frame: bool (T, size * s, size * s) on a grid of s x s points per pixel
+        (s = supersample; 1: the pixel centres)."""
         cx, cy = self.centres(frames, size)
         cx, cy = cx[:, None, None], cy[:, None, None]  # (T, 1, 1)
-        grid = np.arange(size, dtype=np.float64) + 0.5  # pixel centres
+        grid = (np.arange(size * supersample, dtype=np.float64) + 0.5) / supersample  # sample points, in pixels
         xx, yy = grid[None, None, :], grid[None, :, None]  # (1, 1, W), (1, H, 1)
         r = self.radius
         if self.kind == "circle":
@@ -96,25 +100,50 @@ class Scene:
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         return f"{listed} bouncing"
 
-    def render(self, frames: int) -> np.ndarray:
-        """uint8 (T, size, size, 3) RGB."""
-        video = np.empty((frames, self.size, self.size, 3), dtype=np.uint8)
+    def render(self, frames: int, supersample: int = 1) -> np.ndarray:
+        """uint8 (T, size, size, 3) RGB. supersample s > 1: each pixel is the mean colour of s x s points
+        (area coverage), so edges blend with what lies behind them and sub-pixel motion shows."""
+        if supersample < 1:
+            raise ValueError(f"supersample must be >= 1, got {supersample}")
+        side = self.size * supersample
+        video = np.empty((frames, side, side, 3), dtype=np.uint8)
         video[:] = self.background
         for shape in self.shapes:  # back to front
-            video[shape.mask(frames, self.size)] = PALETTE[shape.colour]
-        return video
+            video[shape.mask(frames, self.size, supersample)] = PALETTE[shape.colour]
+        if supersample == 1:
+            return video
+        blocks = video.reshape(frames, self.size, supersample, self.size, supersample, 3)  # (T, H, s, W, s, 3)
+        return np.rint(blocks.mean(axis=(2, 4), dtype=np.float64)).astype(np.uint8)
 
 
-def synthetic_scene(index: int, *, size: int = 64, seed: int = 0) -> Scene:
+@dataclass(frozen=True)
+class SyntheticTask:
+    """How the built-in scenes move and are drawn; training videos and their ground truth share it."""
+
+    speed: float = 1.0
+    """Multiplier of every shape's speed (1: 1-4% of the frame per frame). The draws are the same at every
+    speed: only the velocities scale."""
+    supersample: int = 1
+    """Points per pixel side: 1 draws hard edges at the pixel centres; s > 1 gives each pixel the mean colour
+    of s x s points (anti-aliased edges, sub-pixel positions visible in every frame)."""
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.speed) and self.speed > 0):
+            raise ValueError(f"speed must be a number > 0, got {self.speed}")
+        if self.supersample < 1:
+            raise ValueError(f"supersample must be >= 1, got {self.supersample}")
+
+
+def synthetic_scene(index: int, *, size: int = 64, seed: int = 0, speed: float = 1.0) -> Scene:
     """Scene `index` of dataset `seed`: 1-3 shapes of distinct colours, random positions and
-    constant speeds (about 1-4% of the frame per frame)."""
+    constant speeds (about 1-4% of the frame per frame, times `speed`)."""
     rng = np.random.default_rng([seed, index])
     count = int(rng.integers(1, 4))
     colours = rng.choice(list(PALETTE), size=count, replace=False)
     shapes: list[MovingShape] = []
     for colour in colours:
         radius = float(rng.uniform(0.08, 0.18) * size)
-        speed = float(rng.uniform(0.01, 0.04) * size)
+        pace = float(rng.uniform(0.01, 0.04) * size) * speed
         angle = float(rng.uniform(0, 2 * np.pi))
         shapes.append(
             MovingShape(
@@ -123,8 +152,8 @@ def synthetic_scene(index: int, *, size: int = 64, seed: int = 0) -> Scene:
                 radius=radius,
                 x=float(rng.uniform(radius, size - radius)),
                 y=float(rng.uniform(radius, size - radius)),
-                vx=speed * np.cos(angle),
-                vy=speed * np.sin(angle),
+                vx=pace * np.cos(angle),
+                vy=pace * np.sin(angle),
             )
         )
     r, g, b = (int(v) for v in rng.integers(0, 40, size=3))
@@ -132,10 +161,11 @@ def synthetic_scene(index: int, *, size: int = 64, seed: int = 0) -> Scene:
 
 
 def make_synthetic_videos(
-    out_dir: Path, num: int, *, size: int = 64, frames: int = 48, fps: float = 8.0, seed: int = 0
+    out_dir: Path, num: int, *, size: int = 64, frames: int = 48, fps: float = 8.0, seed: int = 0,
+    task: SyntheticTask = SyntheticTask(),
 ) -> list[Path]:
-    """Write `num` videos synth_NNNNN.mp4 with captions synth_NNNNN.txt and manifest.jsonl into
-    out_dir; return the mp4 paths."""
+    """Write `num` videos synth_NNNNN.mp4 with captions synth_NNNNN.txt, manifest.jsonl and synthetic.json
+    (the task) into out_dir; return the mp4 paths."""
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     if size < 8 or size % 2:
@@ -149,14 +179,16 @@ def make_synthetic_videos(
     paths: list[Path] = []
     lines: list[str] = []
     for i in range(num):
-        scene = synthetic_scene(i, size=size, seed=seed)
+        scene = synthetic_scene(i, size=size, seed=seed, speed=task.speed)
         path = out_dir / f"synth_{i:05d}.mp4"
-        write_video(path, scene.render(frames), fps)
+        write_video(path, scene.render(frames, task.supersample), fps)
         caption = scene.caption()
         path.with_suffix(".txt").write_text(caption, encoding="utf-8")
         lines.append(json.dumps({"path": path.name, "caption": caption}))
         paths.append(path)
     (out_dir / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    record = {"seed": seed, "size": size, "frames": frames, "fps": fps, **dataclasses.asdict(task)}
+    (out_dir / "synthetic.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
     return paths
 
 
@@ -178,10 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=int, default=0, help="dataset seed: same seed, same videos (default: %(default)s)"
     )
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="multiplier of the shapes' speeds, 1-4%% of the frame per frame at 1 (default: %(default)s)")
+    parser.add_argument("--supersample", type=int, default=1,
+                        help="points per pixel side: 1 draws hard edges, 4 anti-aliases them by area coverage "
+                        "(default: %(default)s)")
     args = parser.parse_args(argv)
     try:
+        task = SyntheticTask(speed=args.speed, supersample=args.supersample)
         paths = make_synthetic_videos(
-            args.out, args.num, size=args.size, frames=args.frames, fps=args.fps, seed=args.seed
+            args.out, args.num, size=args.size, frames=args.frames, fps=args.fps, seed=args.seed, task=task
         )
     except ValueError as e:
         parser.error(str(e))

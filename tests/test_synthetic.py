@@ -1,0 +1,83 @@
+"""The built-in synthetic task: scenes, their speed, and anti-aliased rendering by area coverage."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline.synthetic import (
+    PALETTE,
+    MovingShape,
+    Scene,
+    SyntheticTask,
+    make_synthetic_videos,
+    synthetic_scene,
+)
+from experiments.task_speed import motion
+
+BLACK = (0, 0, 0)
+
+
+def test_speed_scales_only_the_velocities() -> None:
+    for i in range(5):
+        base, fast = synthetic_scene(i, size=32, seed=7), synthetic_scene(i, size=32, seed=7, speed=2.5)
+        assert base.caption() == fast.caption()
+        for a, b in zip(base.shapes, fast.shapes):
+            assert (a.kind, a.colour, a.radius, a.x, a.y) == (b.kind, b.colour, b.radius, b.x, b.y)
+            assert b.vx == pytest.approx(2.5 * a.vx) and b.vy == pytest.approx(2.5 * a.vy)
+    assert synthetic_scene(2, size=32, seed=7, speed=1.0) == synthetic_scene(2, size=32, seed=7)
+
+
+def test_one_point_per_pixel_is_the_hard_edged_drawing() -> None:
+    scene = synthetic_scene(4, size=32, seed=1)
+    hard = scene.render(6, supersample=1)
+    assert np.array_equal(hard, scene.render(6))
+    colours = {tuple(c) for c in hard.reshape(-1, 3)}
+    assert colours <= {scene.background, *(PALETTE[s.colour] for s in scene.shapes)}  # no blended pixel
+
+
+def test_coverage_of_a_square_on_pixel_boundaries_and_of_a_circle() -> None:
+    # a white square whose edges lie on pixel boundaries covers whole pixels: supersampling changes nothing
+    square = Scene(16, BLACK, (MovingShape("square", "white", 3.0, 8.0, 8.0, 0.0, 0.0),))
+    assert np.array_equal(square.render(1, supersample=1), square.render(1, supersample=8))
+    # shifted by half a pixel, its edge pixels are half covered: half the white level
+    half = Scene(16, BLACK, (MovingShape("square", "white", 3.0, 8.5, 8.0, 0.0, 0.0),))
+    row = half.render(1, supersample=8)[0, 8, :, 0].astype(int)
+    assert row[5] == round(240 / 2) and row[11] == round(240 / 2) and row[6] == 240 and row[4] == 0
+    # a circle's coverage sums to its area
+    circle = Scene(32, BLACK, (MovingShape("circle", "white", 6.3, 15.7, 16.2, 0.0, 0.0),))
+    covered = circle.render(1, supersample=16)[0, :, :, 0].astype(float).sum() / 240
+    assert covered == pytest.approx(math.pi * 6.3**2, rel=0.01)
+
+
+def test_sub_pixel_motion_shows_in_every_anti_aliased_frame() -> None:
+    slow = Scene(16, BLACK, (MovingShape("square", "white", 3.0, 6.1, 8.0, 0.25, 0.0),))  # a quarter pixel a frame
+    hard, soft = slow.render(8, supersample=1), slow.render(8, supersample=4)
+    changed = lambda v: int((np.abs(np.diff(v.astype(int), axis=0)).sum(axis=(1, 2, 3)) > 0).sum())  # noqa: E731
+    assert changed(soft) == 7  # every step moves some edge pixel's blend
+    assert changed(hard) == 2  # hard edges move only when they cross a pixel centre: once every 4 frames
+
+
+def test_the_task_is_recorded_and_checked(tmp_path: Path) -> None:
+    task = SyntheticTask(speed=2.5, supersample=4)
+    make_synthetic_videos(tmp_path, 2, size=16, frames=6, fps=8, seed=3, task=task)
+    record = json.loads((tmp_path / "synthetic.json").read_text())
+    assert record == {"seed": 3, "size": 16, "frames": 6, "fps": 8, "speed": 2.5, "supersample": 4}
+    with pytest.raises(ValueError, match="speed must be a number > 0"):
+        SyntheticTask(speed=0)
+    with pytest.raises(ValueError, match="supersample must be >= 1"):
+        SyntheticTask(supersample=0)
+
+
+def test_task_speed_experiment_measures_the_known_displacements() -> None:
+    base = motion(1.0, scenes=16, size=32, prompt_frames=2, clip_len=8, seed=1000)
+    fast = motion(2.0, scenes=16, size=32, prompt_frames=2, clip_len=8, seed=1000)
+    # 1-4% of 32 px per frame, on average about 2.5% (0.8 px); twice the speed, twice the displacement, less a
+    # little where a bounce inside a frame shortens the step
+    assert 0.6 < base["mean_px_per_frame"] < 1.0
+    assert 0.95 * 2 * base["mean_px_per_frame"] < fast["mean_px_per_frame"] <= 2 * base["mean_px_per_frame"]
+    assert fast["copy_last_first_clip_centroid_error_px"] > 1.5 * base["copy_last_first_clip_centroid_error_px"]
