@@ -18,6 +18,8 @@ from data_pipeline.synthetic import (
     synthetic_scene,
 )
 from experiments.task_speed import motion
+from vidgpt.config import ConfigError, load_config
+from vidgpt.evaluation import EvalSpec, mp4_round_trip, synthetic_truth
 
 BLACK = (0, 0, 0)
 
@@ -81,3 +83,18 @@ def test_task_speed_experiment_measures_the_known_displacements() -> None:
     assert 0.6 < base["mean_px_per_frame"] < 1.0
     assert 0.95 * 2 * base["mean_px_per_frame"] < fast["mean_px_per_frame"] <= 2 * base["mean_px_per_frame"]
     assert fast["copy_last_first_clip_centroid_error_px"] > 1.5 * base["copy_last_first_clip_centroid_error_px"]
+
+
+def test_the_evaluators_truth_is_rendered_with_the_task() -> None:
+    task = SyntheticTask(speed=2.5, supersample=4)
+    spec = EvalSpec(clip_len=4, multiples=1, num_clips=2, size=16, task=task)
+    truth, scenes = synthetic_truth(spec)
+    assert scenes[1] == synthetic_scene(1, size=16, seed=1000, speed=2.5)
+    direct = mp4_round_trip(scenes[1].render(spec.total_frames, 4), spec.fps)
+    assert np.array_equal(truth[1], direct)
+    assert spec.to_json()["task"] == {"speed": 2.5, "supersample": 4}
+    assert "task" not in EvalSpec(clip_len=4).to_json()  # the default task: report.json as before
+    cfg = load_config(None, ["--eval.task.speed=2.5", "--eval.task.supersample=4"])
+    assert cfg.eval.task == task
+    with pytest.raises(ConfigError, match=r"eval\.task: speed must be a number > 0"):
+        load_config(None, ["--eval.task.speed=0"])

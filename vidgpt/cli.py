@@ -63,7 +63,7 @@ def add_dataclass_options(ap: argparse.ArgumentParser, cls: type, *, skip: tuple
         if f.name in skip:
             continue
         hint, default = hints[f.name], f.default
-        doc = docs.get(f.name, "")
+        doc = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if hint is bool:
             if default:
                 group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",

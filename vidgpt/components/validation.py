@@ -18,6 +18,7 @@ import torch
 
 from data_pipeline.index import read_json
 from data_pipeline.loader import LatentLoader, ShardTable, index_location
+from data_pipeline.synthetic import SyntheticTask
 from vidgpt import distributed
 from vidgpt.components.data import DataConfig, loss_batch
 from vidgpt.components.seeds import RandomStreams
@@ -61,6 +62,8 @@ class EvalConfig:
     synthetic, encoded with the identity codec): also log vidgpt-eval's quality figures under eval/."""
     synthetic_seed: int = 1000
     """Seed of those scenes (the training videos use seed 0)."""
+    task: SyntheticTask = field(default_factory=SyntheticTask)
+    """`[eval.task]`: how those scenes move and are drawn (speed, supersample), as the training videos were."""
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     """How the samples are made (`[eval.sampling]`: the settings of vidgpt-eval and vidgpt-sample)."""
 
@@ -140,7 +143,7 @@ def training_sampler(cfg: EvalConfig, *, data_path: str, clip_len: int, model_cf
     size = int((index.get("size") or [32])[0])
     fps = float(index.get("fps") or 8.0)
     spec = EvalSpec(sampling=cfg.sampling, clip_len=clip_len, multiples=cfg.multiples, num_clips=cfg.samples,
-                    synthetic_seed=cfg.synthetic_seed, size=size, fps=fps)
+                    synthetic_seed=cfg.synthetic_seed, size=size, fps=fps, task=cfg.task)
     codec = codec_for_index(index) if (is_main or cfg.synthetic) else None
     if cfg.synthetic:
         assert codec is not None

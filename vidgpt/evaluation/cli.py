@@ -41,7 +41,7 @@ from data_pipeline.codecs import Codec
 from data_pipeline.index import DatasetIndexError
 from data_pipeline.loader import DataError
 from data_pipeline.storage import StorageError
-from data_pipeline.synthetic import Scene
+from data_pipeline.synthetic import Scene, SyntheticTask
 from vidgpt import metrics
 from vidgpt.cli import OneLineParser, add_dataclass_options, dataclass_from_options
 from vidgpt.evaluation.generation import continue_videos, pad_text
@@ -79,6 +79,7 @@ def _parser() -> OneLineParser:
     ap.add_argument("--i3d", type=Path, help="a TorchScript I3D (StyleGAN-V's i3d_torchscript.pt) for fvd_i3d")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and clip order (default: 0)")
     add_dataclass_options(ap, SamplingSpec)
+    add_dataclass_options(ap, SyntheticTask)  # the synthetic scenes' speed and drawing, as vidgpt-make-synthetic's
     return ap
 
 
@@ -115,7 +116,7 @@ def _spec(args: argparse.Namespace, sampling: SamplingSpec, info: dict[str, Any]
         raise ValueError(f"--precision: {exc}") from exc
     return EvalSpec(sampling=sampling, clip_len=clip_len, multiples=args.multiples, num_clips=args.clips,
                     synthetic_seed=1000 if args.synthetic_seed is None else args.synthetic_seed, size=size,
-                    tolerance=args.tolerance)
+                    tolerance=args.tolerance, task=dataclass_from_options(SyntheticTask, args))
 
 
 @dataclass

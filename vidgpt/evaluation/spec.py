@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_pipeline.synthetic import SyntheticTask
 from vidgpt import metrics
 from vidgpt.sampling import SamplingSpec
 
@@ -27,6 +29,8 @@ class EvalSpec:
     """Held-out clips (the Fréchet distances fit Gaussians over them)."""
     synthetic_seed: int = 1000
     """Seed of the held-out synthetic scenes (training data uses seed 0)."""
+    task: SyntheticTask = field(default_factory=SyntheticTask)
+    """How the synthetic scenes move and are drawn: the training videos' task (vidgpt-make-synthetic's)."""
     size: int = 32
     """Synthetic frame height and width (even, for yuv420p)."""
     fps: float = 8.0
@@ -74,4 +78,5 @@ class EvalSpec:
         return {"prompt_frames": s.prompt_frames, "clip_len": self.clip_len, "multiples": self.multiples,
                 "chunk": s.chunk, "window": s.window, "steps": s.steps, "context_scale": s.context_scale,
                 "num_clips": self.num_clips, "synthetic_seed": self.synthetic_seed, "size": self.size,
-                "fps": self.fps, "tolerance": self.tolerance, "min_pixels": self.min_pixels}
+                "fps": self.fps, "tolerance": self.tolerance, "min_pixels": self.min_pixels,
+                **({} if self.task == SyntheticTask() else {"task": dataclasses.asdict(self.task)})}

@@ -34,9 +34,11 @@ def mp4_round_trip(frames: np.ndarray, fps: float) -> np.ndarray:
 def synthetic_truth(spec: EvalSpec) -> tuple[np.ndarray, list[Scene]]:
     """Held-out synthetic clips: uint8 (N, P + k*L, S, S, 3) after the mp4 round trip, and their scenes.
 
-    Clip i is `synthetic_scene(i, size=S, seed=spec.synthetic_seed).render(P + k*L)`."""
-    scenes = [synthetic_scene(i, size=spec.size, seed=spec.synthetic_seed) for i in range(spec.num_clips)]
-    truth = np.stack([mp4_round_trip(s.render(spec.total_frames), spec.fps) for s in scenes])
+    Clip i is `synthetic_scene(i, size=S, seed=spec.synthetic_seed, speed=spec.task.speed)` rendered for
+    P + k*L frames with the task's supersampling."""
+    scenes = [synthetic_scene(i, size=spec.size, seed=spec.synthetic_seed, speed=spec.task.speed)
+              for i in range(spec.num_clips)]
+    truth = np.stack([mp4_round_trip(s.render(spec.total_frames, spec.task.supersample), spec.fps) for s in scenes])
     return truth, scenes
 
 
