@@ -368,7 +368,7 @@ def _tool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_make_synthetic_videos_tool(tmp_path: Path) -> None:
     helped = _tool("--help")
     assert helped.returncode == 0, helped.stderr
-    for flag in ("OUT", "--num", "--size", "--frames", "--fps", "--seed"):
+    for flag in ("OUT", "--num", "--size", "--frames", "--fps", "--seed", "--speed", "--supersample"):
         assert flag in helped.stdout
 
     out = tmp_path / "synth"
@@ -381,6 +381,7 @@ def test_make_synthetic_videos_tool(tmp_path: Path) -> None:
         "synth_00000.txt",
         "synth_00001.mp4",
         "synth_00001.txt",
+        "synthetic.json",
     ]
     assert _pyav_frames(out / "synth_00001.mp4").shape == (8, 32, 32, 3)
 
