@@ -53,15 +53,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_dataclass_options(ap: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+def add_dataclass_options(ap: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of `cls` (a dataclass with field docstrings): --field-name, with the field's
     docstring as help and its default; a bool field that defaults to true becomes --no-field-name."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     group = ap.add_argument_group(f"{cls.__name__} ({cls.__module__})")
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
         hint, default = hints[f.name], f.default
         doc = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if hint is bool:
@@ -83,7 +81,6 @@ def add_dataclass_options(ap: argparse.ArgumentParser, cls: type, *, skip: tuple
         group.add_argument(_flag(f.name), dest=f.name, default=default, help=f"{doc} (default: {shown})", **kw)
 
 
-def dataclass_from_options(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+def dataclass_from_options(cls: type, args: argparse.Namespace) -> Any:
     """An instance of `cls` from the flags `add_dataclass_options` made (ValueError from its checks)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return cls(**{**values, **extra})
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

@@ -37,7 +37,7 @@ from vidgpt.cli import OneLineParser, add_dataclass_options, dataclass_from_opti
 from vidgpt.export import context_guidance_refusal, exported_diffusion, load_exported, without_prompt_frames
 from vidgpt.latent_space import codec_of, dataset_codec, text_encoder_for
 from vidgpt.prompt_files import PromptError, PromptItem, load_prompt_frames, read_prompt_list
-from vidgpt.sampling import SamplingSpec, default_chunk, generate, sampling_autocast
+from vidgpt.sampling import SamplingSpec, generate_as, sampling_autocast
 
 
 def prompts_from_dataset(path: str, count: int, frames: int, seed: int) -> tuple[torch.Tensor, dict]:
@@ -61,9 +61,10 @@ def with_chunk_and_window(sampling: SamplingSpec, clip_len: int | None) -> Sampl
     """chunk and window filled in when not given: from the training clip length as
     `SamplingSpec.for_clip_len` derives them (without its refusal of prompts as long as the clip: a
     prompt is continued whatever its length); an export that names no clip length: chunk 4, window 8."""
-    chunk = sampling.chunk or (default_chunk(clip_len) if clip_len else 4)
-    window = sampling.window or max(1, (clip_len or chunk + 8) - chunk)
-    return replace(sampling, chunk=chunk, window=window)
+    if clip_len:
+        return sampling.for_clip_len(clip_len, refuse_long_prompts=False)
+    chunk = sampling.chunk or 4
+    return replace(sampling, chunk=chunk, window=sampling.window or 8)
 
 
 def _parser() -> OneLineParser:
@@ -141,10 +142,8 @@ def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, samplin
             print(f"vidgpt-sample: warning: the dataset's captions have up to {text.shape[1]} tokens; the model "
                   f"takes {model.cfg.text_len}, the rest is dropped", file=sys.stderr)
             text, text_mask = text[:, : model.cfg.text_len], text_mask[:, : model.cfg.text_len]
-    video = generate(
-        model, exported_diffusion(info), prompt.to(device), args.frames, chunk=spec.chunk, window=spec.window,
-        steps=spec.steps, text=text, text_mask=text_mask, cfg_scale=spec.cfg_scale if text is not None else 1.0,
-        use_cache=spec.kv_cache and model.cfg.causal, context_scale=spec.context_scale,
+    video = generate_as(
+        spec, model, exported_diffusion(info), prompt.to(device), args.frames, text=text, text_mask=text_mask,
         generator=torch.Generator(device).manual_seed(args.seed), autocast=sampling_autocast(spec.precision, device),
     )  # (B, P + N, C, H, W)
     out = Path(args.out)
@@ -220,12 +219,11 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: 
         def progress(done: int, total: int, i: int = i) -> None:
             print(f"  video {i + 1}/{len(items)}: {done}/{total} frames", file=sys.stderr, flush=True)
 
-        video = generate(
-            model, diffusion, prompt, args.frames, chunk=spec.chunk, window=spec.window, steps=spec.steps,
-            text=None if text is None else text.to(device), text_mask=None if text_mask is None else text_mask.to(device),
-            cfg_scale=spec.cfg_scale if text is not None else 1.0, use_cache=spec.kv_cache and model.cfg.causal,
-            context_scale=spec.context_scale, generator=torch.Generator(device).manual_seed(args.seed + i),
-            progress=progress, autocast=sampling_autocast(spec.precision, device),
+        video = generate_as(
+            spec, model, diffusion, prompt, args.frames, text=None if text is None else text.to(device),
+            text_mask=None if text_mask is None else text_mask.to(device),
+            generator=torch.Generator(device).manual_seed(args.seed + i), progress=progress,
+            autocast=sampling_autocast(spec.precision, device),
         )  # (1, P + N, C, h, w)
         pixels = _even(codec.decode(video[0].float().cpu().numpy()))  # (T, H, W, 3) uint8
         write_video(out / f"sample_{i:03d}.mp4", pixels, fps)

@@ -83,10 +83,11 @@ class SamplingSpec:
         if problems:
             raise ValueError("; ".join(problems))
 
-    def for_clip_len(self, clip_len: int) -> SamplingSpec:
+    def for_clip_len(self, clip_len: int, *, refuse_long_prompts: bool = True) -> SamplingSpec:
         """This spec for a model trained on clips of `clip_len` frames: chunk and window filled in;
-        ValueError when the prompt is not shorter than the clip (the model never saw longer ones)."""
-        if self.prompt_frames >= clip_len:
+        ValueError when the prompt is not shorter than the clip (the model never saw longer ones), unless
+        refuse_long_prompts is false (vidgpt-sample continues any prompt it is given)."""
+        if refuse_long_prompts and self.prompt_frames >= clip_len:
             raise ValueError(f"prompt_frames ({self.prompt_frames}) must be < the training clip length "
                              f"({clip_len}): the model never saw longer prompts")
         chunk = default_chunk(clip_len) if self.chunk is None else self.chunk
@@ -256,6 +257,33 @@ def generate(
         if progress is not None:
             progress(done, num_frames)
     return torch.cat(frames, dim=1)
+
+
+def generate_as(
+    spec: SamplingSpec,
+    model: VidGPT,
+    diffusion: Diffusion,
+    prompt: Tensor,
+    num_frames: int,
+    *,
+    generator: torch.Generator | None = None,
+    text: Tensor | None = None,
+    text_mask: Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    autocast: torch.dtype | None = None,
+) -> Tensor:
+    """`generate` with a spec's settings (chunk and window filled in: `SamplingSpec.for_clip_len`): caption
+    guidance only when there is a caption, the kv-cache when the spec asks for it and the model is causal
+    (a bidirectional model can only recompute the window). autocast: the network's dtype, for a command
+    `sampling_autocast(spec.precision, device)`."""
+    if spec.chunk is None or spec.window is None:
+        raise ValueError("generate_as needs a spec with chunk and window (SamplingSpec.for_clip_len)")
+    return generate(
+        model, diffusion, prompt, num_frames, chunk=spec.chunk, window=spec.window, steps=spec.steps,
+        text=text, text_mask=text_mask, cfg_scale=spec.cfg_scale if text is not None else 1.0,
+        use_cache=spec.kv_cache and model.cfg.causal, generator=generator, progress=progress, autocast=autocast,
+        context_scale=spec.context_scale,
+    )
 
 
 def sampling_autocast(precision: str, device: torch.device | str) -> torch.dtype | None:

@@ -45,7 +45,7 @@ from vidgpt.evaluation.measure import evaluate_videos
 from vidgpt.evaluation.spec import EvalSpec
 from vidgpt.evaluation.truth import synthetic_truth
 from vidgpt.model import VidGPT
-from vidgpt.sampling import generate
+from vidgpt.sampling import generate_as
 
 
 @dataclass(frozen=True)
@@ -132,14 +132,11 @@ class TrainingSampler:
         device = next(model.parameters()).device
         start = time.perf_counter()
         with sampling_weights(model, ema):
-            latents = generate(
-                model, diffusion, prompts.latents.to(device), self.spec.generated_frames, chunk=s.chunk,
-                window=s.window, steps=s.steps, use_cache=s.kv_cache and model.cfg.causal,
+            latents = generate_as(
+                s, model, diffusion, prompts.latents.to(device), self.spec.generated_frames,
                 generator=torch.Generator(device).manual_seed(seed),
                 text=None if prompts.text is None else prompts.text.to(device),
-                text_mask=None if prompts.text_mask is None else prompts.text_mask.to(device),
-                cfg_scale=s.cfg_scale if prompts.text is not None else 1.0, autocast=self.autocast,
-                context_scale=s.context_scale,
+                text_mask=None if prompts.text_mask is None else prompts.text_mask.to(device), autocast=self.autocast,
             )  # (N, P + k*L, C, h, w)
         values = {"sample_seconds": time.perf_counter() - start}
         if self.decode is None:  # not rank 0

@@ -12,7 +12,7 @@ from data_pipeline.codecs import Codec
 from vidgpt.diffusion import Diffusion
 from vidgpt.evaluation.spec import EvalSpec
 from vidgpt.model import VidGPT
-from vidgpt.sampling import generate, sampling_autocast
+from vidgpt.sampling import generate_as, sampling_autocast
 
 
 def continue_videos(
@@ -42,7 +42,6 @@ def continue_videos(
     if truth.ndim != 5 or truth.shape[1] < P:
         raise ValueError(f"truth must be (N, T >= {P}, H, W, 3), got {truth.shape}")
     device = next(model.parameters()).device
-    use_cache = s.kv_cache and model.cfg.causal  # a bidirectional model can only recompute the window
     autocast = sampling_autocast(s.precision, device)
     generator = torch.Generator(device).manual_seed(seed)
     step = batch_size or truth.shape[0]
@@ -55,12 +54,10 @@ def continue_videos(
             if progress is not None:
                 progress(f"clips {lo + 1}-{hi} of {truth.shape[0]}: {done}/{total} frames generated")
 
-        latents = generate(
-            model, diffusion, prompt.to(device), spec.generated_frames, chunk=s.chunk, window=s.window,
-            steps=s.steps, use_cache=use_cache, generator=generator, progress=report,
+        latents = generate_as(
+            s, model, diffusion, prompt.to(device), spec.generated_frames, generator=generator, progress=report,
             text=None if text is None else text[lo:hi].to(device),
-            text_mask=None if text_mask is None else text_mask[lo:hi].to(device),
-            cfg_scale=s.cfg_scale if text is not None else 1.0, autocast=autocast, context_scale=s.context_scale,
+            text_mask=None if text_mask is None else text_mask[lo:hi].to(device), autocast=autocast,
         )  # (B, P + k*L, C, h, w)
         out += [codec.decode(z.float().cpu()) for z in latents]  # each (T, H, W, 3) uint8
     return np.stack(out)
