@@ -54,6 +54,7 @@ from data_pipeline.index import (
 from data_pipeline.inputs import InputError, InputItem, inputs_digest, list_inputs, worker_share
 from data_pipeline.lock import LockHeld, WorkerLock
 from data_pipeline.shards import Sample, ShardBuilder
+from data_pipeline.synthetic import SYNTHETIC_JSON
 from data_pipeline.video import Clip, DecodeOptions, VideoError, decode_clips
 
 MAX_PENDING_UPLOADS = 2
@@ -193,7 +194,20 @@ class Encoder:
             "num_workers_total": cfg.num_workers_total, "num_inputs": len(self.items),
             "inputs_sha256": inputs_digest(self.items),
             "text_encoder": None if self.text is None else {"path": self.cfg.text_encoder, "dim": self.text.dim},
+            **({"synthetic": record} if (record := self._synthetic_record()) else {}),
         }
+
+    def _synthetic_record(self) -> dict[str, Any] | None:
+        """The input directory's synthetic.json (vidgpt-make-synthetic's task), recorded in index.json so
+        that evaluation renders the truth as the videos were drawn; None for other inputs."""
+        uri = storage.join(self.cfg.input, SYNTHETIC_JSON)
+        if self.cfg.input.endswith((".jsonl", ".json", ".csv")) or not storage.exists(uri):
+            return None
+        try:
+            record = json.loads(storage.read_bytes(uri))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{uri}: not the JSON vidgpt-make-synthetic writes ({exc})") from exc
+        return record if isinstance(record, dict) else None
 
     def _clean_uncommitted(self, next_seq: int) -> None:
         """Remove shards of this worker that were published but never committed (a crash in between)."""

@@ -199,6 +199,7 @@ def write_index(
         "min_frames": job.get("min_frames"),
         "max_frames": job.get("max_frames"),
         "text_encoder": job.get("text_encoder"),
+        **({"synthetic": job["synthetic"]} if job.get("synthetic") else {}),
         "num_shards": len(shards),
         "num_samples": sum(s["samples"] for s in shards),
         "num_frames": sum(sum(s["frames"]) for s in shards),

@@ -17,6 +17,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,9 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "magenta": (220, 50, 220),
 }
 KINDS: tuple[str, ...] = ("circle", "square", "triangle")
+SYNTHETIC_JSON = "synthetic.json"
+"""What vidgpt-make-synthetic writes beside the videos: seed, size, frames, fps and the task's fields;
+vidgpt-encode copies it into index.json as "synthetic"."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,15 @@ class SyntheticTask:
     """Points per pixel side: 1 draws hard edges at the pixel centres; s > 1 gives each pixel the mean colour
     of s x s points (anti-aliased edges, sub-pixel positions visible in every frame)."""
 
+    @classmethod
+    def of_index(cls, index: dict[str, Any]) -> SyntheticTask | None:
+        """The task a dataset's index.json records (vidgpt-encode copies the videos' synthetic.json into
+        its "synthetic" key); None when it records none (not synthetic, or encoded before the key)."""
+        record = index.get("synthetic")
+        if not isinstance(record, dict):
+            return None
+        return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls) if f.name in record})
+
     def __post_init__(self) -> None:
         if not (np.isfinite(self.speed) and self.speed > 0):
             raise ValueError(f"speed must be a number > 0, got {self.speed}")
@@ -188,7 +201,7 @@ def make_synthetic_videos(
         paths.append(path)
     (out_dir / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     record = {"seed": seed, "size": size, "frames": frames, "fps": fps, **dataclasses.asdict(task)}
-    (out_dir / "synthetic.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    (out_dir / SYNTHETIC_JSON).write_text(json.dumps(record) + "\n", encoding="utf-8")
     return paths
 
 

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from data_pipeline.codecs import build_codec
-from data_pipeline.synthetic import synthetic_scene
+from data_pipeline.synthetic import SyntheticTask, synthetic_scene
+from vidgpt.cli import add_dataclass_options, dataclass_from_options
 from vidgpt.diffusion import DiffusionConfig, build_diffusion
 from vidgpt.evaluation import EvalSpec, continue_videos, evaluate_videos, mp4_round_trip, synthetic_truth, write_outputs
 from vidgpt.model import FLAVORS, ModelConfig, VidGPT, count_params
@@ -69,6 +70,8 @@ class TrainSpec:
     """Frames per training video."""
     size: int = 32
     """Frame height and width."""
+    task: SyntheticTask = SyntheticTask()
+    """How the training scenes move and are drawn (the held-out truth must use the same)."""
     seed: int = 0
     """Seed of initial weights, clip order, noise, timesteps and prompt lengths."""
 
@@ -76,7 +79,8 @@ class TrainSpec:
 def training_videos(spec: TrainSpec) -> torch.Tensor:
     """The training pool as identity-codec latents in [-1, 1]: (N, T, 3, S, S), after an mp4 round trip
     like every video the demo trains on."""
-    videos = [mp4_round_trip(synthetic_scene(i, size=spec.size, seed=0).render(spec.pool_frames), 8.0)
+    videos = [mp4_round_trip(synthetic_scene(i, size=spec.size, seed=0, speed=spec.task.speed)
+                             .render(spec.pool_frames, spec.task.supersample), 8.0)
               for i in range(spec.pool)]
     frames = torch.from_numpy(np.stack(videos))  # (N, T, S, S, 3) uint8
     return frames.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
@@ -189,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clips", type=int, default=16, help="held-out clips (default: 16)")
     ap.add_argument("--size", type=int, default=32, help="frame height and width (default: 32)")
     ap.add_argument("--pool", type=int, default=1024, help="synthetic training videos (default: 1024)")
+    add_dataclass_options(ap, SyntheticTask)  # the scenes' speed and drawing, for training and truth
     ap.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_longvideo"), help="output directory")
     args = ap.parse_args(argv)
@@ -202,6 +207,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--prompt-noise must be in [0, 1], got {args.prompt_noise}")
     if not 0 <= args.eta <= 1:
         ap.error(f"--eta must be in [0, 1], got {args.eta}")
+    try:
+        args.task = dataclass_from_options(SyntheticTask, args)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.loss_weighting is None:
         args.loss_weighting = "snr_clamp" if args.prediction == "x0" else "none"
     try:
@@ -229,14 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     spec = TrainSpec(clip_len=args.clip_len, batch=args.batch, lr=args.lr, seed=args.seed, pool=args.pool,
-                     size=args.size)
+                     size=args.size, task=args.task)
     causal_cfg = dataclasses.replace(FLAVORS[args.flavor], in_channels=3, text_dim=0)
     bidir_cfg = dataclasses.replace(causal_cfg, temporal="bidirectional")
     diffusion_cfg, objective = recipe_config(args)
     diffusion = build_diffusion(diffusion_cfg)
     eval_spec = EvalSpec(sampling=SamplingSpec(prompt_frames=args.prompt_frames, chunk=args.chunk, window=args.window,
                                                steps=args.sample_steps, precision="fp32"),
-                         clip_len=args.clip_len, multiples=args.multiples, num_clips=args.clips, size=spec.size)
+                         clip_len=args.clip_len, multiples=args.multiples, num_clips=args.clips, size=spec.size,
+                         task=spec.task)
     sampling = eval_spec.sampling
     log(f"rendering {spec.pool} training videos and {args.clips} held-out scenes")
     pool = training_videos(spec)

@@ -36,7 +36,10 @@ import numpy as np
 import torch
 
 from data_pipeline.codecs import build_codec
+from data_pipeline.synthetic import SyntheticTask
 from experiments.longvideo import TrainSpec, train, training_videos
+from experiments.predictor import one_step_figures
+from vidgpt.cli import add_dataclass_options, dataclass_from_options
 from vidgpt.config import load_config
 from vidgpt.demo import CONFIG as DEMO_CONFIG
 from vidgpt.diffusion import DiffusionConfig, build_diffusion
@@ -45,7 +48,10 @@ from vidgpt.model import FLAVORS, ModelConfig, count_params
 from vidgpt.objective import FramePromptObjective
 from vidgpt.sampling import SamplingSpec
 
-FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part", "mse")
+FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part", "mse", "one_step_mse_ratio",
+           "one_step_centroid_ratio")
+"""Sampled rollouts' figures (vidgpt.evaluation's summary), then the network as a next-frame predictor
+(`experiments.predictor`: its one-call estimate of the first chunk from the clean prompt, over copy-last's)."""
 MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio")
 """Settable `ModelConfig` fields (applied to the --flavor's config)."""
 DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
@@ -162,6 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clip-len", type=int, default=8, help="training clip length L (default: 8)")
     ap.add_argument("--pool", type=int, default=512, help="synthetic training videos (default: 512, the demo's)")
     ap.add_argument("--size", type=int, default=32, help="frame height and width (default: 32)")
+    add_dataclass_options(ap, SyntheticTask)  # the scenes' speed and drawing, for training and truth
     ap.add_argument("--clips", type=int, default=16, help="held-out scenes (default: 16)")
     ap.add_argument("--prompt-frames", type=int, default=2, help="prompt frames P (default: 2)")
     ap.add_argument("--multiples", type=int, default=4, help="continue for k clip lengths (default: 4)")
@@ -176,6 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.prompt_frames >= args.clip_len:
         ap.error(f"--prompt-frames {args.prompt_frames} must be < --clip-len {args.clip_len}")
+    try:
+        args.task = dataclass_from_options(SyntheticTask, args)
+    except ValueError as exc:
+        ap.error(str(exc))
     try:  # the process's and the objective's own checks (snr_clamp needs x0, ...)
         args.recipe_a = recipe(BASE, args.a)
         args.recipe_b = recipe(args.recipe_a, args.b)
@@ -199,10 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     cfg = dataclasses.replace(FLAVORS[args.flavor], in_channels=3, text_dim=0)
-    spec = TrainSpec(clip_len=args.clip_len, batch=args.batch, lr=args.lr, pool=args.pool, size=args.size)
+    spec = TrainSpec(clip_len=args.clip_len, batch=args.batch, lr=args.lr, pool=args.pool, size=args.size,
+                     task=args.task)
     eval_spec = EvalSpec(sampling=SamplingSpec(prompt_frames=args.prompt_frames, steps=args.sample_steps,
                                                context_scale=args.context_scale, precision="fp32"),
-                         clip_len=args.clip_len, multiples=args.multiples, num_clips=args.clips, size=args.size)
+                         clip_len=args.clip_len, multiples=args.multiples, num_clips=args.clips, size=args.size,
+                         task=args.task)
     log(f"rendering {spec.pool} training videos and {args.clips} held-out scenes")
     pool = training_videos(spec)
     truth, scenes = synthetic_truth(eval_spec)
@@ -219,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             videos = continue_videos(model, build_diffusion(diffusion_cfg), codec, truth, eval_spec, seed=0)
             report = evaluate_videos(truth, {"model": videos}, eval_spec, scenes)
             summary = report.to_json()["summary"]["methods"]["model"]
+            one_step = one_step_figures(model, build_diffusion(diffusion_cfg), truth, scenes, eval_spec)
+            summary.update(one_step_mse_ratio=one_step["mse_ratio"], one_step_centroid_ratio=one_step["centroid_ratio"])
             rows[arm].append({k: _r(v) if v is not None and math.isfinite(v) else None  # NaN: no colour found
                               for k in FIGURES for v in [summary.get(k)]})
             trained[arm].append(stats)
@@ -233,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                                             for arm, r in (("a", args.recipe_a), ("b", args.recipe_b))}},
         "train": {"steps": {"a": args.recipe_a.steps or args.steps, "b": args.recipe_b.steps or args.steps},
                   "batch": args.batch, "lr": args.lr, "clip_len": args.clip_len, "pool": args.pool,
-                  "size": args.size, "seeds": args.seeds, "a": trained["a"], "b": trained["b"]},
+                  "size": args.size, "task": dataclasses.asdict(args.task), "seeds": args.seeds,
+                  "a": trained["a"], "b": trained["b"]},
         "eval": {"clips": args.clips, "prompt_frames": args.prompt_frames, "multiples": args.multiples,
                  "sample_steps": args.sample_steps, "chunk": eval_spec.sampling.chunk,
                  "window": eval_spec.sampling.window,

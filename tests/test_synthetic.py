@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data_pipeline.encode import main as encode_main
 from data_pipeline.synthetic import (
     PALETTE,
     MovingShape,
@@ -18,8 +19,10 @@ from data_pipeline.synthetic import (
     synthetic_scene,
 )
 from experiments.task_speed import motion
-from vidgpt.config import ConfigError, load_config
 from vidgpt.evaluation import EvalSpec, mp4_round_trip, synthetic_truth
+from vidgpt.evaluation.cli import _parser as eval_parser
+from vidgpt.evaluation.cli import _spec as eval_spec
+from vidgpt.sampling import SamplingSpec
 
 BLACK = (0, 0, 0)
 
@@ -94,7 +97,21 @@ def test_the_evaluators_truth_is_rendered_with_the_task() -> None:
     assert np.array_equal(truth[1], direct)
     assert spec.to_json()["task"] == {"speed": 2.5, "supersample": 4}
     assert "task" not in EvalSpec(clip_len=4).to_json()  # the default task: report.json as before
-    cfg = load_config(None, ["--eval.task.speed=2.5", "--eval.task.supersample=4"])
-    assert cfg.eval.task == task
-    with pytest.raises(ConfigError, match=r"eval\.task: speed must be a number > 0"):
-        load_config(None, ["--eval.task.speed=0"])
+
+
+def test_the_encoder_records_the_task_and_the_evaluator_takes_it(tmp_path: Path) -> None:
+    task = SyntheticTask(speed=2.5, supersample=4)
+    make_synthetic_videos(tmp_path / "videos", 2, size=16, frames=6, fps=8, seed=3, task=task)
+    assert encode_main([str(tmp_path / "videos"), str(tmp_path / "latents"), "--codec", "identity", "--size", "16",
+                        "--min-frames", "4", "--decode-workers", "1"]) == 0
+    index = json.loads((tmp_path / "latents" / "index.json").read_text())
+    assert index["synthetic"] == {"seed": 3, "size": 16, "frames": 6, "fps": 8, "speed": 2.5, "supersample": 4}
+    assert SyntheticTask.of_index(index) == task
+    assert SyntheticTask.of_index({"codec": {"name": "identity"}}) is None  # encoded before the key, or real footage
+    # vidgpt-eval renders the truth with the dataset's task unless a flag says otherwise
+    info = {"data": {"num_frames": 4}}
+    args = eval_parser().parse_args(["export"])
+    assert eval_spec(args, SamplingSpec(), info, index).task == task
+    assert eval_spec(args, SamplingSpec(), info, None).task == SyntheticTask()
+    args = eval_parser().parse_args(["export", "--speed", "1.5"])
+    assert eval_spec(args, SamplingSpec(), info, index).task == SyntheticTask(speed=1.5, supersample=4)

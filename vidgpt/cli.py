@@ -53,9 +53,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_dataclass_options(ap: argparse.ArgumentParser, cls: type) -> None:
+def add_dataclass_options(ap: argparse.ArgumentParser, cls: type, inherited: str | None = None) -> None:
     """One flag per field of `cls` (a dataclass with field docstrings): --field-name, with the field's
-    docstring as help and its default; a bool field that defaults to true becomes --no-field-name."""
+    docstring as help and its default; a bool field that defaults to true becomes --no-field-name.
+    With `inherited` (for example "the dataset's"), non-bool flags default to None and say that the value
+    comes from there, else the field's default: `dataclass_from_options(..., base=)` fills them in."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     group = ap.add_argument_group(f"{cls.__name__} ({cls.__module__})")
@@ -78,9 +80,15 @@ def add_dataclass_options(ap: argparse.ArgumentParser, cls: type) -> None:
         else:
             kw["type"] = kind
         shown = "derived" if default is None else default
+        if inherited is not None:
+            shown, default = f"{inherited}, else {shown}", None
         group.add_argument(_flag(f.name), dest=f.name, default=default, help=f"{doc} (default: {shown})", **kw)
 
 
-def dataclass_from_options(cls: type, args: argparse.Namespace) -> Any:
-    """An instance of `cls` from the flags `add_dataclass_options` made (ValueError from its checks)."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+def dataclass_from_options(cls: type, args: argparse.Namespace, base: Any = None) -> Any:
+    """An instance of `cls` from the flags `add_dataclass_options` made (ValueError from its checks); flags
+    left at None take `base`'s values (an instance of `cls`) when given."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    if base is not None:
+        values = {k: getattr(base, k) if v is None else v for k, v in values.items()}
+    return cls(**values)

@@ -61,9 +61,8 @@ class EvalConfig:
     """The prompts are the built-in synthetic scenes of seed synthetic_seed (a dataset made by vidgpt-make-
     synthetic, encoded with the identity codec): also log vidgpt-eval's quality figures under eval/."""
     synthetic_seed: int = 1000
-    """Seed of those scenes (the training videos use seed 0)."""
-    task: SyntheticTask = field(default_factory=SyntheticTask)
-    """`[eval.task]`: how those scenes move and are drawn (speed, supersample), as the training videos were."""
+    """Seed of those scenes (the training videos use seed 0); they move and are drawn as the training videos
+    were (the task vidgpt-encode recorded in the dataset's index.json)."""
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     """How the samples are made (`[eval.sampling]`: the settings of vidgpt-eval and vidgpt-sample)."""
 
@@ -143,7 +142,8 @@ def training_sampler(cfg: EvalConfig, *, data_path: str, clip_len: int, model_cf
     size = int((index.get("size") or [32])[0])
     fps = float(index.get("fps") or 8.0)
     spec = EvalSpec(sampling=cfg.sampling, clip_len=clip_len, multiples=cfg.multiples, num_clips=cfg.samples,
-                    synthetic_seed=cfg.synthetic_seed, size=size, fps=fps, task=cfg.task)
+                    synthetic_seed=cfg.synthetic_seed, size=size, fps=fps,
+                    task=SyntheticTask.of_index(index) or SyntheticTask())
     codec = codec_for_index(index) if (is_main or cfg.synthetic) else None
     if cfg.synthetic:
         assert codec is not None

@@ -73,13 +73,16 @@ def _parser() -> OneLineParser:
                     help="synthetic frame size (default: the training dataset's, else 32)")
     ap.add_argument("--tolerance", type=float, default=metrics.DEFAULT_TOLERANCE,
                     help=f"RGB distance for a pixel to match a scene colour (default: {metrics.DEFAULT_TOLERANCE:g})")
+    ap.add_argument("--blend-tolerance", type=float, default=metrics.DEFAULT_BLEND_TOLERANCE,
+                    help="RGB distance for a pixel to count as a blend of the background and a scene colour (an "
+                    f"anti-aliased edge), not garbage; 0: no blends (default: {metrics.DEFAULT_BLEND_TOLERANCE:g})")
     ap.add_argument("--text-encoder", help="T5 directory to embed the synthetic captions with "
                     "(default: the training dataset's, when it exists here; else unconditional)")
     ap.add_argument("--vae", help="sd-vae models: the VAE to decode with (default: the one in the dataset index)")
     ap.add_argument("--i3d", type=Path, help="a TorchScript I3D (StyleGAN-V's i3d_torchscript.pt) for fvd_i3d")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and clip order (default: 0)")
     add_dataclass_options(ap, SamplingSpec)
-    add_dataclass_options(ap, SyntheticTask)  # the synthetic scenes' speed and drawing, as vidgpt-make-synthetic's
+    add_dataclass_options(ap, SyntheticTask, inherited="the training dataset's (its index.json)")
     return ap
 
 
@@ -114,9 +117,10 @@ def _spec(args: argparse.Namespace, sampling: SamplingSpec, info: dict[str, Any]
         sampling_autocast(sampling.precision, "cuda" if torch.cuda.is_available() else "cpu")
     except ValueError as exc:
         raise ValueError(f"--precision: {exc}") from exc
+    task = dataclass_from_options(SyntheticTask, args, base=SyntheticTask.of_index(index or {}) or SyntheticTask())
     return EvalSpec(sampling=sampling, clip_len=clip_len, multiples=args.multiples, num_clips=args.clips,
                     synthetic_seed=1000 if args.synthetic_seed is None else args.synthetic_seed, size=size,
-                    tolerance=args.tolerance, task=dataclass_from_options(SyntheticTask, args))
+                    tolerance=args.tolerance, blend_tolerance=args.blend_tolerance, task=task)
 
 
 @dataclass

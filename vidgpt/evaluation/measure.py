@@ -41,8 +41,9 @@ from vidgpt.evaluation.spec import EvalSpec
 
 def scene_object_stats(videos: np.ndarray, scenes: Sequence[Scene], spec: EvalSpec) -> list[metrics.ObjectStats]:
     """Per-frame object statistics of every clip (N, T, H, W, 3), its pixels classified against its
-    scene's background and palette (spec.tolerance, spec.min_pixels)."""
-    return [metrics.object_stats(metrics.classify(v, s.background, spec.tolerance), spec.min_pixels)
+    scene's background and palette (spec.tolerance, spec.blend_tolerance, spec.min_pixels)."""
+    return [metrics.object_stats(metrics.classify(v, s.background, spec.tolerance, spec.blend_tolerance),
+                                 spec.min_pixels)
             for v, s in zip(videos, scenes, strict=True)]
 
 

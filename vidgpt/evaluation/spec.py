@@ -37,6 +37,9 @@ class EvalSpec:
     """Frame rate of the mp4 round trip of synthetic truth."""
     tolerance: float = metrics.DEFAULT_TOLERANCE
     """RGB L2 distance within which a pixel counts as the background or a palette colour."""
+    blend_tolerance: float = metrics.DEFAULT_BLEND_TOLERANCE
+    """RGB L2 distance within which a pixel counts as a blend of the background and a palette colour (an
+    anti-aliased edge), not garbage; 0: no blends (`metrics.classify`)."""
     min_pixels: int | None = None
     """Pixels a colour needs to be present in a frame; None: `metrics.default_min_pixels`."""
 
@@ -52,6 +55,8 @@ class EvalSpec:
             problems.append(f"fps must be > 0 (got {self.fps})")
         if not self.tolerance > 0:
             problems.append(f"tolerance must be > 0 (got {self.tolerance})")
+        if not (math.isfinite(self.blend_tolerance) and self.blend_tolerance >= 0):
+            problems.append(f"blend_tolerance must be >= 0 (got {self.blend_tolerance})")
         if self.min_pixels is not None and self.min_pixels < 1:
             problems.append(f"min_pixels must be >= 1 (got {self.min_pixels})")
         if problems:
@@ -78,5 +83,6 @@ class EvalSpec:
         return {"prompt_frames": s.prompt_frames, "clip_len": self.clip_len, "multiples": self.multiples,
                 "chunk": s.chunk, "window": s.window, "steps": s.steps, "context_scale": s.context_scale,
                 "num_clips": self.num_clips, "synthetic_seed": self.synthetic_seed, "size": self.size,
-                "fps": self.fps, "tolerance": self.tolerance, "min_pixels": self.min_pixels,
+                "fps": self.fps, "tolerance": self.tolerance,
+                "blend_tolerance": self.blend_tolerance, "min_pixels": self.min_pixels,
                 **({} if self.task == SyntheticTask() else {"task": dataclasses.asdict(self.task)})}
