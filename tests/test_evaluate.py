@@ -274,7 +274,7 @@ def test_report_to_json_has_the_report_json_layout() -> None:
     assert json.loads(json.dumps(out, allow_nan=False)) == out
     assert list(out) == ["spec", "frames", "prompt_frames", "clip_len", "multiples", "clips", "frame_size",
                          "object_metrics", "frechet_metrics", "chunks", "methods", "truth", "summary", "source"]
-    assert list(out["spec"]) == ["prompt_frames", "clip_len", "multiples", "chunk", "window", "steps",
+    assert list(out["spec"]) == ["prompt_frames", "clip_len", "multiples", "chunk", "window", "sink", "steps",
                                  "context_scale", "num_clips", "synthetic_seed", "size", "fps", "tolerance",
                                  "blend_tolerance", "min_pixels"]
     assert out["spec"]["chunk"] == 2 and out["spec"]["window"] == 2 and out["spec"]["min_pixels"] is None

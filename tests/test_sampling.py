@@ -12,18 +12,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from vidgpt.attention import Backend, use_backend
 from vidgpt.benchmarks import kvcache as bench
 from vidgpt.diffusion import GaussianDiffusion, RectifiedFlow
-from vidgpt.kv_cache import TemporalKVCache
+from vidgpt.kv_cache import TemporalKVCache, apply_rope, rope_angles
 from vidgpt.model import VidGPT
 from vidgpt.sampling import (
     ModelCall,
+    SamplingSpec,
     frames_before_eviction,
     generate,
+    generate_as,
     generation_flops,
     model_calls,
     sampling_autocast,
 )
+from vidgpt.testing import randomize_weights_
 
-from conftest import tiny_model
+from conftest import TINY_NO_TEXT, tiny_model
 
 PROCESSES = [GaussianDiffusion(), RectifiedFlow()]
 B, C, H, W = 2, 4, 8, 8
@@ -321,3 +324,120 @@ def test_cache_buffers_are_written_in_place_and_keep_their_shape() -> None:
     assert seen == [2] * 3 + [4] * 3 + [6] * 12  # constant once the window is full
     with pytest.raises(ValueError, match="the last call wrote"):
         cache.advance(3)
+
+
+# ----------------------------------------------------------------------------- the attention sink
+
+
+def test_sink_cache_holds_the_first_frames_then_the_newest_at_contiguous_positions() -> None:
+    """Through several evictions the cache holds the first `sink` frames then the newest window - sink
+    (values: the frame indices), and its keys are each frame's keys rotated at the position it is presented
+    at: the sink right before the oldest recent frame, the recent frames at their own positions."""
+    window, sink, E, theta = 5, 2, 8, 10000.0
+    raw = torch.randn(3, 20, 2, E, generator=torch.Generator().manual_seed(0))  # (N, frames, H, E), unrotated
+    cache = TemporalKVCache(window, sink=sink, rope_theta=theta)
+    written = 0
+    for size in (3, 2, 2, 3, 1, 4, 5):  # evicts from the third chunk on
+        cos, sin = rope_angles(torch.arange(written, written + size), E, theta)
+        values = torch.arange(written, written + size).float().view(1, size, 1, 1).expand(3, size, 2, E)
+        cache.extend(0, apply_rope(raw[:, written : written + size], cos, sin), values)
+        cache.advance(size)
+        written += size
+        if written <= window:
+            held, positions = list(range(written)), list(range(written))
+        else:
+            held = list(range(sink)) + list(range(written - (window - sink), written))
+            positions = list(range(written - window, written))  # contiguous, ending right before the next chunk
+        k, v = cache.get(0)
+        assert v[0, :, 0, 0].tolist() == [float(f) for f in held], written
+        assert cache.sink_position() == positions[0] and cache.length == len(held)
+        expect = apply_rope(raw[:, held], *rope_angles(torch.tensor(positions), E, theta))
+        torch.testing.assert_close(k, expect, atol=1e-5, rtol=1e-5)
+    assert cache.evicted == written - window > 2 * window  # several evictions, the sink moved far from 0
+
+
+def _one_block_model() -> VidGPT:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY_NO_TEXT, depth=1)
+    return randomize_weights_(VidGPT(cfg), seed=0).eval()
+
+
+@pytest.mark.parametrize("P,sink,chunk,window,n", [(3, 2, 2, 4, 10), (2, 1, 3, 5, 11), (4, 3, 1, 4, 8)])
+def test_sink_cache_equals_no_cache_through_evictions_with_one_block(P: int, sink: int, chunk: int, window: int,
+                                                                     n: int) -> None:
+    """With one block a frame's cached keys/values depend on that frame and its position only, so the
+    cache equals recomputing the context (the first `sink` frames + the newest window - sink, contiguous
+    positions) even after evictions, exactly when it holds those frames at those positions."""
+    model = _one_block_model()
+    prompt = _prompt(P)
+    assert frames_before_eviction(P, n, chunk=chunk, window=window) < n  # it does evict
+    common = dict(chunk=chunk, window=window, steps=3)
+    cached = _gen(model, RectifiedFlow(), prompt, n, use_cache=True, sink=sink, **common)
+    plain = _gen(model, RectifiedFlow(), prompt, n, use_cache=False, sink=sink, **common)
+    _assert_roundoff(cached, plain)
+    without = _gen(model, RectifiedFlow(), prompt, n, use_cache=True, **common)  # the sink does something
+    kept = frames_before_eviction(P, n, chunk=chunk, window=window)
+    assert torch.equal(without[:, : P + kept], cached[:, : P + kept])
+    assert (without[:, P + kept :] - cached[:, P + kept :]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+@pytest.mark.parametrize("P,sink,chunk,window,n", [(3, 2, 4, 12, 9), (2, 1, 3, 11, 9), (5, 4, 5, 10, 5)])
+def test_sink_cache_equals_no_cache_before_eviction(diffusion, P: int, sink: int, chunk: int, window: int,  # noqa: ANN001
+                                                    n: int) -> None:
+    model = tiny_model(text=True)
+    assert frames_before_eviction(P, n, chunk=chunk, window=window) == n
+    prompt, text = _prompt(P), torch.randn(B, 5, 16)
+    kw = dict(chunk=chunk, window=window, steps=4, text=text, cfg_scale=2.0, sink=sink)
+    cached = _gen(model, diffusion, prompt, n, use_cache=True, **kw)
+    _assert_roundoff(cached, _gen(model, diffusion, prompt, n, use_cache=False, **kw))
+    assert torch.equal(cached, _gen(model, diffusion, prompt, n, use_cache=True, **{**kw, "sink": 0}))
+
+
+def test_sink_with_two_blocks_differs_from_no_cache_only_after_eviction() -> None:
+    model = tiny_model(text=False)
+    P, sink, chunk, window, n = 2, 1, 2, 3, 8
+    kept = frames_before_eviction(P, n, chunk=chunk, window=window)
+    a = _gen(model, RectifiedFlow(), _prompt(P), n, chunk=chunk, window=window, steps=3, sink=sink)
+    b = _gen(model, RectifiedFlow(), _prompt(P), n, chunk=chunk, window=window, steps=3, sink=sink, use_cache=False)
+    _assert_roundoff(a[:, : P + kept], b[:, : P + kept])
+    assert (a[:, P + kept :] - b[:, P + kept :]).abs().max() > 1e-4  # deeper blocks' cached keys, by design
+
+
+def test_sink_zero_is_the_default_bit_for_bit() -> None:
+    model = tiny_model(text=True)
+    prompt, text = _prompt(2), torch.randn(B, 5, 16)
+    kw = dict(chunk=2, window=3, steps=2, text=text, cfg_scale=2.0)  # evicts from the second chunk on
+    for use_cache in (True, False):
+        default = _gen(model, RectifiedFlow(), prompt, 8, use_cache=use_cache, **kw)
+        assert torch.equal(default, _gen(model, RectifiedFlow(), prompt, 8, use_cache=use_cache, sink=0, **kw))
+        sunk = _gen(model, RectifiedFlow(), prompt, 8, use_cache=use_cache, sink=1, **kw)
+        assert torch.equal(default[:, :4], sunk[:, :4]) and not torch.equal(default, sunk)
+    # generate_as passes the spec's sink
+    spec = SamplingSpec(prompt_frames=2, chunk=2, window=3, steps=2, sink=1)
+    out = generate_as(spec, model, RectifiedFlow(), prompt, 8, generator=torch.Generator().manual_seed(11))
+    assert torch.equal(out, _gen(model, RectifiedFlow(), prompt, 8, chunk=2, window=3, steps=2, sink=1))
+
+
+def _one_line_error(match: str, call) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_sink_refusals_name_both_numbers() -> None:
+    model = tiny_model(text=False)
+    gen = lambda **kw: generate(model, RectifiedFlow(), _prompt(3), 2, chunk=1, steps=1, **kw)  # noqa: E731
+    _one_line_error(r"sink \(4\) must be >= 0 and < window \(4\)", lambda: gen(window=4, sink=4))
+    _one_line_error(r"sink \(4\) must be <= the prompt frames \(3\)", lambda: gen(window=6, sink=4))
+    _one_line_error(r"sink \(-1\)", lambda: gen(window=6, sink=-1))
+    _one_line_error(r"sink \(3\) must be >= 0 and < the window \(3\)", lambda: TemporalKVCache(3, sink=3))
+    _one_line_error(r"sink \(3\) must be <= prompt_frames \(2\)", lambda: SamplingSpec(prompt_frames=2, sink=3))
+    _one_line_error(r"sink \(3\) must be < window \(3\)", lambda: SamplingSpec(prompt_frames=3, window=3, sink=3))
+    _one_line_error(r"sink must be >= 0 \(got -1\)", lambda: SamplingSpec(sink=-1))
+    # a derived window: clip 8 -> chunk 4, window 4
+    _one_line_error(r"sink \(4\) must be < window \(4\)", lambda: SamplingSpec(prompt_frames=4, sink=4).for_clip_len(8))
+    assert SamplingSpec(prompt_frames=3, sink=3).for_clip_len(8).window == 4
+    with torch.no_grad():  # the cache re-rotates its sink with the model's RoPE base only
+        _one_line_error("rope_theta 500.0, the model's is 10000.0", lambda: model(
+            _prompt(1), torch.zeros(B, 1), cache=TemporalKVCache(4, sink=1, rope_theta=500.0), write_cache=True))

@@ -30,7 +30,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from vidgpt.attention import attention
-from vidgpt.kv_cache import TemporalKVCache
+from vidgpt.kv_cache import TemporalKVCache, apply_rope, rope_angles  # RoPE lives with the cache, which re-rotates
 
 NUM_MODULATIONS = 9  # (shift, scale, gate) x (spatial attention, temporal attention, MLP)
 
@@ -141,19 +141,6 @@ def sincos_2d(h: int, w: int, dim: int, device: torch.device) -> torch.Tensor:
         angles = coord[:, None] * omega[None, :]  # (h*w, quarter)
         out += [torch.sin(angles), torch.cos(angles)]
     return torch.cat(out, dim=1)
-
-
-def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of RoPE angles for integer positions (T,) -> each (T, 1, head_dim/2)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim)
-    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, E/2), float64: exact at large T
-    return torch.cos(angles).float()[:, None, :], torch.sin(angles).float()[:, None, :]
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (N, T, H, E) by per-frame angles (T, 1, E/2) (half-split pairing)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -480,6 +467,9 @@ class VidGPT(nn.Module):
             raise ValueError("write_cache=True needs a cache")
         if cache is not None and not cfg.causal:
             raise ValueError("a bidirectional model cannot use a kv-cache: cached frames would have to see later ones")
+        if cache is not None and cache.sink and cache.rope_theta != cfg.rope_theta:
+            raise ValueError(f"the kv-cache re-rotates its sink with rope_theta {cache.rope_theta}, the model's is "
+                             f"{cfg.rope_theta}")
         hp, wp = H // cfg.patch, W // cfg.patch
 
         tokens = rearrange(x, "B T C (h p) (w q) -> B T (h w) (p q C)", p=cfg.patch, q=cfg.patch)

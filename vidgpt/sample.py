@@ -188,6 +188,8 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: 
                  f"{unguided}: give it a --prompt")
     if refusal := context_guidance_refusal(sampling.context_scale, info, args.model):
         ap.error(refusal)
+    if sampling.sink and (shortest := min(len(f) for f in frames)) < sampling.sink:
+        ap.error(f"--sink {sampling.sink}: a prompt has only {shortest} frames (the sink holds prompt frames)")
     if any(it.path is None for it in items) and not model.cfg.text_dim:
         ap.error(f"text to video needs a text-conditioned model; {args.model} has text_dim 0")
     encoder_path = args.text_encoder or recorded.get("text_encoder")

@@ -10,6 +10,13 @@ whole window: the last `window` finished frames at t=0 followed by the chunk. Th
 float32 round-off until the first eviction, after which they differ by design (cached keys of
 deeper blocks remember evicted frames).
 
+Attention sink (`sink` s > 0): the first s frames of the video (prompt frames) stay visible whatever
+the window evicts. They count within the window: a chunk attends to those s frames and the newest
+window - s finished frames, presented at contiguous positions (the sink right before the oldest recent
+frame, `vidgpt.kv_cache`), so neither the span nor any distance exceeds what the model trained on.
+Without the cache the recomputed context is built the same way. Until the first eviction the sink
+changes nothing.
+
 Classifier-free guidance batches the conditional and the null-text branch together: rows [0, B) of
 every call (and of the cache) are the conditional branch, rows [B, 2B) the null-text branch, so the
 null-text branch has its own cache entries.
@@ -56,6 +63,9 @@ class SamplingSpec:
     """Frames denoised together; derived: half the training clip length, at most 8."""
     window: int | None = None
     """Finished frames a chunk attends to (the kv-cache size); derived: training clip length - chunk."""
+    sink: int = 0
+    """Attention sink: the first `sink` prompt frames stay in the window whatever it evicts, presented right
+    before the newest window - sink frames (they count within the window; at most prompt_frames; 0: none)."""
     steps: int = 25
     """Denoising steps per chunk."""
     context_scale: float = 1.0
@@ -74,6 +84,13 @@ class SamplingSpec:
                     if getattr(self, name) < 1]
         problems += [f"{name} must be >= 1 (got {getattr(self, name)})" for name in ("chunk", "window")
                      if getattr(self, name) is not None and getattr(self, name) < 1]
+        if self.sink < 0:
+            problems.append(f"sink must be >= 0 (got {self.sink})")
+        elif self.sink > self.prompt_frames:
+            problems.append(f"sink ({self.sink}) must be <= prompt_frames ({self.prompt_frames}): the sink holds "
+                            "prompt frames")
+        if self.sink > 0 and self.window is not None and self.sink >= self.window:
+            problems.append(f"sink ({self.sink}) must be < window ({self.window}): the sink counts within the window")
         for name in ("context_scale", "cfg_scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -165,6 +182,7 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     autocast: torch.dtype | None = None,
     context_scale: float = 1.0,
+    sink: int = 0,
 ) -> Tensor:
     """Generate `num_frames` frames after `prompt` (B, P, C, H, W); returns (B, P + num_frames, C, H, W).
     P may be 0 (text to video, for models trained with 0-frame prompts: `FramePromptObjective.prompt_min_len` 0).
@@ -177,6 +195,8 @@ def generate(
     accumulate over the steps. The result is float32 (float64 for a float64 prompt).
     context_scale: guidance on the earlier frames (see the module docstring); 1 = none. A chunk with no
     earlier frame (the first one of text to video) is not guided: there is nothing to guide on.
+    sink: the first `sink` prompt frames stay in every chunk's context, within the window (see the module
+    docstring); 0 <= sink <= P, and sink < window when > 0; 0 = none.
     """
     if prompt.ndim != 5:
         raise ValueError(f"prompt must be (B, P, C, H, W) latents, got {tuple(prompt.shape)}")
@@ -189,6 +209,10 @@ def generate(
         )
     if not (math.isfinite(context_scale) and context_scale > 0):
         raise ValueError(f"context_scale must be a finite number > 0 (1 = no context guidance), got {context_scale}")
+    if sink < 0 or (sink and sink >= window):
+        raise ValueError(f"sink ({sink}) must be >= 0 and < window ({window}): the sink counts within the window")
+    if sink > prompt.shape[1]:
+        raise ValueError(f"sink ({sink}) must be <= the prompt frames ({prompt.shape[1]}): the sink holds prompt frames")
     guided = cfg_scale != 1.0
     if guided and text is None:
         raise ValueError("classifier-free guidance (cfg_scale != 1) needs text")
@@ -224,7 +248,7 @@ def generate(
     def zeros(n: int) -> Tensor:
         return torch.zeros(1, n, device=prompt.device)
 
-    cache = TemporalKVCache(window) if use_cache else None
+    cache = TemporalKVCache(window, sink=sink, rope_theta=model.cfg.rope_theta) if use_cache else None
     if cache is not None and P:  # P = 0: text to video, the first chunk starts from noise alone
         net(prompt, zeros(P), cache=cache, write_cache=True)
 
@@ -234,7 +258,7 @@ def generate(
     for i, (start, size) in enumerate(plan):
         shape = (B, size, *prompt.shape[2:])
         x = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)  # fp32 or fp64
-        context = torch.cat(frames, dim=1)[:, -window:] if cache is None else None  # (B, <=W, C, H, W)
+        context = None if cache is not None else _context(torch.cat(frames, dim=1), window, sink)  # (B, <=W, C, H, W)
         for t, t_next in schedule:
             t_model = diffusion.model_time(torch.full((1, size), t, device=prompt.device))
             if cache is not None:
@@ -282,8 +306,17 @@ def generate_as(
         model, diffusion, prompt, num_frames, chunk=spec.chunk, window=spec.window, steps=spec.steps,
         text=text, text_mask=text_mask, cfg_scale=spec.cfg_scale if text is not None else 1.0,
         use_cache=spec.kv_cache and model.cfg.causal, generator=generator, progress=progress, autocast=autocast,
-        context_scale=spec.context_scale,
+        context_scale=spec.context_scale, sink=spec.sink,
     )
+
+
+def _context(finished: Tensor, window: int, sink: int) -> Tensor:
+    """The frames a chunk attends to, recomputed without the cache: of finished (B, F, C, H, W), the last
+    `window` frames, or once F > window with a sink, the first `sink` then the newest `window - sink`
+    ones -> (B, min(F, window), C, H, W). Given contiguous positions, as the kv-cache presents them."""
+    if finished.shape[1] <= window or not sink:
+        return finished[:, -window:]
+    return torch.cat([finished[:, :sink], finished[:, finished.shape[1] - (window - sink) :]], dim=1)
 
 
 def sampling_autocast(precision: str, device: torch.device | str) -> torch.dtype | None:
@@ -304,5 +337,6 @@ def sampling_autocast(precision: str, device: torch.device | str) -> torch.dtype
 
 def frames_before_eviction(prompt_frames: int, num_frames: int, *, chunk: int, window: int) -> int:
     """How many generated frames were denoised while the cache had evicted nothing; on these, cached
-    and uncached generation must agree to round-off."""
+    and uncached generation must agree to round-off (with or without a sink, which counts within the
+    window and so changes nothing here)."""
     return sum(size for start, size in chunks(prompt_frames, num_frames, chunk) if start <= window)

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     s = spec.sampling
     use_cache = s.kv_cache and model.cfg.causal
     print(f"continuing {spec.num_clips} clips from {s.prompt_frames} prompt frames for {spec.multiples} x "
-          f"{spec.clip_len} frames (chunk {s.chunk}, window {s.window}, {s.steps} steps, "
+          f"{spec.clip_len} frames (chunk {s.chunk}, window {s.window}{f', sink {s.sink}' if s.sink else ''}, "
+          f"{s.steps} steps, "
           f"{f'context guidance {s.context_scale:g}, ' if s.context_scale != 1.0 else ''}"
           f"{'kv-cache' if use_cache else 'no cache'}, {clips.conditioning})", flush=True)
     videos = continue_videos(model, exported_diffusion(info), clips.codec, clips.truth, spec, seed=args.seed,

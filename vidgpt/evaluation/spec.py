@@ -81,7 +81,7 @@ class EvalSpec:
         """The spec as report.json records it (one flat object)."""
         s = self.sampling
         return {"prompt_frames": s.prompt_frames, "clip_len": self.clip_len, "multiples": self.multiples,
-                "chunk": s.chunk, "window": s.window, "steps": s.steps, "context_scale": s.context_scale,
+                "chunk": s.chunk, "window": s.window, "sink": s.sink, "steps": s.steps, "context_scale": s.context_scale,
                 "num_clips": self.num_clips, "synthetic_seed": self.synthetic_seed, "size": self.size,
                 "fps": self.fps, "tolerance": self.tolerance,
                 "blend_tolerance": self.blend_tolerance, "min_pixels": self.min_pixels,
