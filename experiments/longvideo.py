@@ -46,7 +46,7 @@ from vidgpt.model import FLAVORS, ModelConfig, VidGPT, count_params
 from vidgpt.objective import FramePromptObjective
 from vidgpt.sampling import SamplingSpec, generate
 
-MULTIPLES = (1, 2, 4, 8)
+MULTIPLES = (1, 2, 4, 8, 16)
 OBJECT_METRICS = ("presence_f1", "garbage", "centroid_error")
 
 
@@ -189,6 +189,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompt-frames", type=int, default=2, help="prompt frames P (default: 2)")
     ap.add_argument("--chunk", type=int, default=None, help="frames per chunk (default: L/2)")
     ap.add_argument("--window", type=int, default=None, help="kv-cache window (default: L - chunk)")
+    ap.add_argument("--sink", type=int, default=0,
+                    help="also sample the causal model with this many first frames kept in the kv-cache as an "
+                         "attention sink (causal_cache_sink, against the plain rolling window; default: 0, not run)")
+    ap.add_argument("--per-frame-noise", action="store_true",
+                    help="train with an independent noise level per frame (Diffusion Forcing)")
     ap.add_argument("--sample-steps", type=int, default=20, help="denoising steps per chunk (default: 20)")
     ap.add_argument("--clips", type=int, default=16, help="held-out clips (default: 16)")
     ap.add_argument("--size", type=int, default=32, help="frame height and width (default: 32)")
@@ -209,6 +214,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--eta must be in [0, 1], got {args.eta}")
     try:
         args.task = dataclass_from_options(SyntheticTask, args)
+        SamplingSpec(prompt_frames=args.prompt_frames, chunk=args.chunk, window=args.window,
+                     sink=args.sink).for_clip_len(args.clip_len)  # the sink fits the prompt and the window
     except ValueError as exc:
         ap.error(str(exc))
     if args.loss_weighting is None:
@@ -224,7 +231,8 @@ def recipe_config(args: argparse.Namespace) -> tuple[DiffusionConfig, FramePromp
     """The process and the training objective the flags ask for (ValueError when they do not fit)."""
     diffusion = DiffusionConfig(process="flow", prediction=args.prediction, ddim_eta=args.eta)
     objective = FramePromptObjective(prompt_rule="uniform", prompt_noise=[0.0, args.prompt_noise],
-                                     loss_weighting=args.loss_weighting, snr_max=args.snr_max)
+                                     loss_weighting=args.loss_weighting, snr_max=args.snr_max,
+                                     per_frame_noise=args.per_frame_noise)
     objective.check_process(build_diffusion(diffusion))
     return diffusion, objective
 
@@ -271,15 +279,18 @@ def main(argv: list[str] | None = None) -> int:
 
     codec = build_codec("identity")
     videos: dict[str, np.ndarray] = {}
-    runs = {"causal_cache": (causal, True, 0), "causal_no_cache": (causal, False, 0),
-            "causal_cache_seed2": (causal, True, 1), "bidirectional": (bidir, False, 0)}
-    for name, (model, use_cache, seed) in runs.items():
+    runs = {"causal_cache": (causal, True, 0, 0), "causal_no_cache": (causal, False, 0, 0),
+            "causal_cache_seed2": (causal, True, 1, 0), "bidirectional": (bidir, False, 0, 0)}
+    if args.sink:  # the same sampling noise as causal_cache: a paired comparison
+        runs.update(causal_cache_sink=(causal, True, 0, args.sink), causal_cache_sink_seed2=(causal, True, 1, args.sink))
+    for name, (model, use_cache, seed, sink) in runs.items():
         t0 = time.perf_counter()
-        run_spec = dataclasses.replace(eval_spec, sampling=dataclasses.replace(sampling, kv_cache=use_cache))
+        run_spec = dataclasses.replace(eval_spec, sampling=dataclasses.replace(sampling, kv_cache=use_cache, sink=sink))
         videos[name] = continue_videos(model, diffusion, codec, truth, run_spec, seed=seed)
         log(f"  {name}: {time.perf_counter() - t0:.0f} s")
     report = evaluate_videos(truth, videos, eval_spec, scenes)
-    files = write_outputs(report, truth, {k: videos[k] for k in ("causal_cache", "bidirectional")}, args.out)
+    shown = ("causal_cache", "causal_cache_sink", "bidirectional") if args.sink else ("causal_cache", "bidirectional")
+    files = write_outputs(report, truth, {k: videos[k] for k in shown}, args.out)
 
     figures = {name: _figures(report.to_json(), name) for name in report.methods}
     goals: dict[str, Any] = {}
@@ -290,6 +301,13 @@ def main(argv: list[str] | None = None) -> int:
                 part: _better(figures["causal_cache"][key][part], figures["bidirectional"][key][part])
                 for part in ("upto", "chunk")
             }
+    if args.sink:  # per multiple, on both sampling seeds: does keeping the first frames help?
+        for m in (8, 16):
+            if f"{m}x" in figures["causal_cache"]:
+                goals[f"sink_beats_rolling_window_{m}x"] = {
+                    seed: _better(figures[f"causal_cache_sink{sfx}"][f"{m}x"]["chunk"],
+                                  figures[f"causal_cache{sfx}"][f"{m}x"]["chunk"])
+                    for seed, sfx in (("seed0", ""), ("seed1", "_seed2"))}
     # cache vs no cache, against the spread of the cached model between two sampling seeds
     last = f"{max(m for m in MULTIPLES if m <= args.multiples)}x"
     agreement = {}
@@ -307,10 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"flavor": args.flavor, "params": count_params(causal_cfg),
                   "params_bidirectional": count_params(bidir_cfg), **dataclasses.asdict(causal_cfg)},
         "diffusion": {"process": "flow", "prediction": args.prediction, "prompt_noise": args.prompt_noise,
+                      "per_frame_noise": args.per_frame_noise,
                       "eta": args.eta, "loss_weighting": args.loss_weighting, "snr_max": args.snr_max},
         "train": {**dataclasses.asdict(spec), "causal": causal_stats, "bidirectional": bidir_stats},
         "eval": {"prompt_frames": sampling.prompt_frames, "clip_len": eval_spec.clip_len,
-                 "multiples": eval_spec.multiples, "chunk": sampling.chunk, "window": sampling.window,
+                 "multiples": eval_spec.multiples, "chunk": sampling.chunk, "window": sampling.window, "sink": args.sink,
                  "steps": sampling.steps, "clips": eval_spec.num_clips, "synthetic_seed": eval_spec.synthetic_seed,
                  "truth_garbage": _round(report.truth.garbage if report.truth is not None else None)},
         "figures": figures,
