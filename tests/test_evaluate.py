@@ -239,15 +239,19 @@ def test_copy_last_misses_motion_and_the_report_says_so() -> None:
     assert errors[-1] > errors[P]  # it grows as the square moves on
     assert base.by_multiple[0].objects.centroid_error > 0
     summary = report.summary.methods
-    assert summary["oracle"].objects.meets == GoalChecks(presence_f1=True, garbage=True, centroid=True)
-    assert summary["oracle"].objects.meets.all is True
+    every = GoalChecks(centroid=True, psnr=True, presence_f1=True, presence_f1_8x=None, largest_part=True,
+                       garbage=True)
+    assert summary["oracle"].objects.meets == {"demo": every, "quality": every}  # 2 multiples: no 8x figure
+    assert summary["oracle"].objects.meets["quality"].all is True
     assert summary["oracle"].objects.centroid_ratio_first_clip == 0
-    assert summary[COPY_LAST].objects.meets.centroid is False
+    assert summary[COPY_LAST].objects.meets["demo"].centroid is False
+    assert summary[COPY_LAST].objects.meets["demo"].psnr is False  # not above itself
     assert report.chunks == [(2, 6), (6, 10)]
     assert len(base.per_frame.psnr) == spec.total_frames
     as_json = report.to_json()
-    assert as_json["summary"]["methods"]["oracle"]["meets"] == {"presence_f1": True, "garbage": True,
-                                                                 "centroid": True, "all": True}
+    assert as_json["summary"]["methods"]["oracle"]["meets"]["demo"] == {
+        "centroid": True, "psnr": True, "presence_f1": True, "presence_f1_8x": None, "largest_part": True,
+        "garbage": True, "all": True}
     assert as_json["chunks"] == [[2, 6], [6, 10]]
 
 
@@ -291,11 +295,15 @@ def test_report_to_json_has_the_report_json_layout() -> None:
     summary = out["summary"]
     assert list(summary) == ["goals", "whole", "first_clip", "truth_garbage", "truth_largest_part", "methods"]
     row = summary["methods"]["model"]
-    assert list(row) == ["psnr", "mse", "frechet_pixstat_last_chunk", "presence_f1", "garbage",
-                         "centroid_error_first_clip", "largest_part", "copy_last_centroid_error_first_clip",
-                         "centroid_ratio_first_clip", "meets"]
-    assert row["centroid_ratio_first_clip"] == 0.5
-    assert row["meets"] == {"presence_f1": True, "garbage": True, "centroid": True, "all": True}
+    assert list(row) == ["psnr", "psnr_first_clip", "mse", "frechet_pixstat_last_chunk", "horizon", "presence_f1",
+                         "presence_f1_8x", "garbage", "largest_part", "centroid_error_first_clip",
+                         "copy_last_centroid_error_first_clip", "centroid_ratio_first_clip", "meets"]
+    assert row["centroid_ratio_first_clip"] == 0.5 and row["horizon"] == 2 and row["presence_f1_8x"] is None
+    assert summary["truth_garbage"] == pytest.approx(0.025)  # over the 2 chunks of the horizon
+    # PSNR equal to copy-last's is not above it; F1 0.95 meets both tiers; ratio 0.5 meets both
+    assert row["meets"]["demo"] == {"centroid": True, "psnr": False, "presence_f1": True, "presence_f1_8x": None,
+                                    "largest_part": True, "garbage": True, "all": False}
+    assert list(summary["goals"]) == ["demo", "quality"] and summary["goals"]["quality"]["psnr_margin_db"] == 2.0
     assert out["source"] == {"export": "e", "step": 3, "weights": "ema", "truth": "synthetic scenes, seed 1000",
                              "conditioning": "unconditional", "kv_cache": True, "temporal": "causal"}
     plain = Report(spec=spec, clips=2, frame_size=(SIZE, SIZE), frechet_metrics=[],  # dataset truth: no objects
@@ -304,7 +312,7 @@ def test_report_to_json_has_the_report_json_layout() -> None:
                                                      [RangeFigures((2, 6), 0.0, 100.0)] * 2)}).to_json()
     assert "truth" not in plain and plain["object_metrics"] is False
     assert plain["summary"]["truth_garbage"] is None
-    assert plain["summary"]["methods"][COPY_LAST] == {"psnr": 100.0, "mse": 0.0}
+    assert plain["summary"]["methods"][COPY_LAST] == {"psnr": 100.0, "psnr_first_clip": 100.0, "mse": 0.0}
 
 
 def test_evaluate_model_in_process(tmp_path: Path) -> None:
@@ -372,7 +380,8 @@ def test_cli_end_to_end_on_synthetic_truth(tmp_path: Path, capsys: pytest.Captur
     assert 0 <= report["summary"]["truth_garbage"] < 0.15
     assert report["source"]["kv_cache"] is True and report["source"]["conditioning"] == "unconditional"
     printed = capsys.readouterr().out
-    assert "presence F1" in printed and "centroid error, first clip length" in printed
+    assert "colour-presence F1, 2x" in printed and "centroid error, first 4 frames" in printed
+    assert "demo <= 0.7x: " in printed and "quality > copy-last + 2 dB: " in printed
     assert str(out / "report.json") in printed
 
 

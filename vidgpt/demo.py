@@ -35,6 +35,7 @@ import torch
 
 from data_pipeline.text import save_tiny_text_encoder
 from vidgpt.distributed import free_port
+from vidgpt.evaluation.report import DEMO_GOALS, Goals, goal_table
 from vidgpt.export import without_prompt_frames
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
@@ -189,29 +190,12 @@ def demo_device(choice: str) -> tuple[str, int]:
     return "cuda", min(2, cuda)
 
 
-def goal_lines(report: dict) -> str:
-    """The demo's three quality figures on held-out scenes, beside the copy-last-frame baseline."""
-    s = report["summary"]
-    row, base = s["methods"]["model"], s["methods"]["copy_last"]
-    mark = {True: "met", False: "NOT met"}
-    k, L = report["multiples"], report["clip_len"]
-
-    def num(v: float | None, fmt: str, scale: float = 1.0) -> str:  # null: undefined (e.g. no colour found)
-        return "n/a" if v is None else format(scale * v, fmt)
-
-    return (
-        f"quality on {report['clips']} held-out scenes, continued from {report['prompt_frames']} frames for "
-        f"{k} x {L} frames:\n"
-        f"  colour-presence F1:  {num(row['presence_f1'], '.3f')}  (goal >= 0.9: "
-        f"{mark[row['meets']['presence_f1']]}; copy-last {num(base['presence_f1'], '.3f')})\n"
-        f"  garbage pixels:      {num(row['garbage'], '.2f', 100)}%  (goal <= 5%: {mark[row['meets']['garbage']]}; "
-        f"copy-last {num(base['garbage'], '.2f', 100)}%, truth {num(s['truth_garbage'], '.2f', 100)}%)\n"
-        f"  centroid error, first {L} frames: {num(row['centroid_error_first_clip'], '.2f')} px  (goal <= half of "
-        f"copy-last's {num(base['centroid_error_first_clip'], '.2f')} px: {mark[row['meets']['centroid']]})\n"
-        f"  (no goal) largest part per colour: {num(row.get('largest_part'), '.3f')}  (1 = solid shapes, low = "
-        f"fragments of the right colour, which F1 cannot see; copy-last {num(base.get('largest_part'), '.3f')}, "
-        f"truth {num(s.get('truth_largest_part'), '.3f')})"
-    )
+def goal_lines(report: dict, tiers: tuple[Goals, ...] = (DEMO_GOALS,)) -> str:
+    """The goal figures of the model on held-out scenes beside the copy-last-frame baseline's, with the
+    goals of `tiers` (vidgpt.evaluation.GOALS)."""
+    return (f"quality on {report['clips']} held-out scenes, continued from {report['prompt_frames']} frames for "
+            f"{report['multiples']} x {report['clip_len']} frames:\n"
+            + "\n".join(goal_table(report["summary"], "model", report["clip_len"], tiers)))
 
 
 def _children(pid: int) -> list[int]:
