@@ -144,23 +144,30 @@ def test_mp4_round_trip_truth_has_little_garbage() -> None:
 
 def test_anti_aliased_edges_are_not_garbage_but_noise_is() -> None:
     background = (10, 20, 30)
-    red, blue = np.array(metrics.PALETTE["red"]), np.array(metrics.PALETTE["blue"])
+    red, yellow = np.array(metrics.PALETTE["red"]), np.array(metrics.PALETTE["yellow"])
     frame = np.empty((1, 3, 10, 3), np.uint8)
-    alphas = np.linspace(0.0, 1.0, 10)  # coverages of a pixel by the shape, 0 to 1 (none is one half)
-    frame[0, 0] = np.rint(alphas[:, None] * red + (1 - alphas[:, None]) * np.array(background))
-    frame[0, 1] = np.rint(alphas[:, None] * blue + (1 - alphas[:, None]) * np.array(background))
+    alphas = np.linspace(0.0, 1.0, 10)[:, None]  # coverages of a pixel by the shape, 0 to 1
+    frame[0, 0] = np.rint(alphas * red + (1 - alphas) * np.array(background))
+    frame[0, 1] = np.rint(alphas * yellow + (1 - alphas) * np.array(background))
     frame[0, 2] = (0, 160, 160)  # teal: near no reference and no blend of one with the background
     labels = metrics.classify(frame, background)
-    red_label, blue_label = metrics.COLOURS.index("red") + 1, metrics.COLOURS.index("blue") + 1
-    # a blend belongs to the nearer end: the shape when it covers more than half of the pixel
-    assert labels[0, 0].tolist() == [metrics.BACKGROUND] * 5 + [red_label] * 5
-    assert labels[0, 1].tolist() == [metrics.BACKGROUND] * 5 + [blue_label] * 5
-    assert (labels[0, 2] == metrics.GARBAGE).all()
     hard = metrics.classify(frame, background, blend_tolerance=0)
-    assert (hard[0, :2, 4:6] == metrics.GARBAGE).all()  # the old metric: mid blends are garbage
-    # distance to the blends: 0 on them, the grey's distance to the nearest segment off them
+    red_label, yellow_label = metrics.COLOURS.index("red") + 1, metrics.COLOURS.index("yellow") + 1
+    for row, label in ((0, red_label), (1, yellow_label)):
+        # the ends keep their colours; in between, where no reference is near, the old metric saw garbage and
+        # this one sees an edge; a mid blend is never taken for another colour (half yellow is nearest to green)
+        assert labels[0, row, 0] == metrics.BACKGROUND and labels[0, row, -1] == label
+        middle = hard[0, row] == metrics.GARBAGE
+        assert middle[4:6].all() and (labels[0, row][middle] == metrics.EDGE).all()
+        assert set(labels[0, row].tolist()) <= {metrics.BACKGROUND, label, metrics.EDGE}
+        assert np.array_equal(labels[0, row][~middle], hard[0, row][~middle])
+    assert (labels[0, 2] == metrics.GARBAGE).all()
     assert metrics.blend_distance(frame[0, 0], background).max() < 1.0
     assert metrics.blend_distance(frame[0, 2, :1], background)[0] > metrics.DEFAULT_BLEND_TOLERANCE
+    stats = metrics.object_stats(labels, min_pixels=1)
+    assert stats.garbage[0] == pytest.approx(10 / 30)  # only the teal row; edges count as no colour either
+    assert stats.presence[0, red_label - 1] and stats.presence[0, yellow_label - 1]
+    assert not stats.presence[0, metrics.COLOURS.index("green")]
 
 
 def test_frechet_distance() -> None:

@@ -13,9 +13,9 @@ Three families:
   of frames: `pixstat_features` (built in, cheap, NOT FVD: pooled colour and motion statistics) and
   `i3d_features` (a local TorchScript I3D; with it the distance is the usual FVD);
 - object metrics on the built-in synthetic scenes (`data_pipeline.synthetic`): every pixel is
-  classified to the scene background or a PALETTE colour (or "garbage" when it is near none of
-  them and not a blend of the background and one of them), then per frame and colour: presence,
-  centroid; per frame: garbage fraction.
+  classified to the scene background or a PALETTE colour, or as an edge (a blend of the background
+  and one of them), or as "garbage" (near none of these), then per frame and colour: presence,
+  centroid, largest part; per frame: garbage fraction.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ PSNR_CAP = 100.0
 COLOURS: tuple[str, ...] = tuple(PALETTE)
 """Palette colour names in label order: label k + 1 is COLOURS[k]."""
 
-BACKGROUND, GARBAGE = 0, -1
-"""Pixel labels besides the palette colours (1..len(COLOURS))."""
+BACKGROUND, GARBAGE, EDGE = 0, -1, -2
+"""Pixel labels besides the palette colours (1..len(COLOURS)): EDGE is a blend of the background and a
+palette colour that is near neither (an anti-aliased or chroma-subsampled shape edge): not garbage, and
+not counted as any colour."""
 
 DEFAULT_TOLERANCE = 80.0
 """RGB L2 distance within which a pixel counts as a reference colour. Just under half the smallest
@@ -45,13 +47,13 @@ tolerance balls never overlap. Measured on mp4 (libx264 crf 18, yuv420p) round-t
 blends a shape's colour with its neighbour's); `DEFAULT_BLEND_TOLERANCE` accepts most of them."""
 
 DEFAULT_BLEND_TOLERANCE = 60.0
-"""RGB L2 distance within which a pixel outside every reference ball still counts as a blend of the
+"""RGB L2 distance within which a pixel outside every reference ball counts as EDGE, a blend of the
 background and one palette colour (it lies near the segment between the two), rather than garbage.
 Anti-aliased edges (a pixel partly covered by a shape) and yuv420p chroma subsampling make such blends.
-Measured on mp4 round-tripped held-out scenes (32 scenes of 34 frames, docs/experiments.md 2026-12-06):
-garbage of the truth 1.75% -> 0.27% with hard edges, 2.86% -> 0.13% with 4x supersampled edges at speed
-2.5; uniformly random pixels 56% -> 24%. Blends between two palette colours (one shape's edge over
-another) are not accepted: they are rare in the truth and would accept most of the RGB cube."""
+Measured on mp4 round-tripped held-out scenes (docs/experiments.md 2026-12-06): garbage of the truth
+1.75% -> 0.27% with hard edges, 2.86% -> 0.13% with 4x supersampled edges at speed 2.5; uniformly random
+pixels 56% -> 24%. Blends between two palette colours (one shape's edge over another) are not accepted:
+they are rare in the truth and would accept most of the RGB cube."""
 
 
 # ----------------------------------------------------------------------------- pixel metrics
@@ -202,8 +204,8 @@ def reference_colours(background: tuple[int, int, int]) -> np.ndarray:
 
 
 def blend_distance(pixels: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
-    """RGB L2 distance of every pixel to the nearest blend of the background and one palette colour
-    (the segments between them): int or float (..., 3) -> float64 (...)."""
+    """RGB L2 distance of every pixel to the nearest blend of the background and one palette colour (the
+    segments between them): int or float (..., 3) -> float64 (...)."""
     p = pixels.astype(np.float64)
     bg = np.asarray(background, dtype=np.float64)
     best = np.full(pixels.shape[:-1], np.inf)
@@ -220,11 +222,13 @@ def classify(
 ) -> np.ndarray:
     """Label every pixel: uint8 (..., H, W, 3) -> int8 (..., H, W).
 
-    BACKGROUND (0) or k + 1 for COLOURS[k], whichever reference colour is nearest in RGB L2 distance.
-    A pixel farther than `tolerance` from even the nearest one is GARBAGE (-1) unless it lies within
-    `blend_tolerance` of a blend of the background and a palette colour (`blend_distance`): such an
-    edge pixel keeps its nearest reference, so a pixel more than half covered by a shape belongs to
-    the shape. blend_tolerance 0 turns blends off (every pixel outside the balls is garbage).
+    BACKGROUND (0) or k + 1 for COLOURS[k], whichever reference colour is nearest in RGB L2 distance,
+    when it is within `tolerance`. A pixel farther from every reference is EDGE (-2) when it lies within
+    `blend_tolerance` of a blend of the background and a palette colour (`blend_distance`: an
+    anti-aliased edge, or chroma subsampling's), else GARBAGE (-1). Edges are not garbage, and count as
+    no colour: which colour a dark blend belongs to is ambiguous (half-covered yellow is nearest to
+    green, chroma-subsampled yellow to a white blend), and counting them would invent fragments of
+    colours that are not there. blend_tolerance 0: no edges (every pixel outside the balls is garbage).
     """
     if frames.dtype != np.uint8 or frames.ndim < 3 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 (..., H, W, 3), got {frames.dtype} {frames.shape}")
@@ -237,9 +241,9 @@ def classify(
         best[nearer] = d2[nearer]
         labels[nearer] = label
     outside = best > tolerance**2
-    if blend_tolerance > 0 and outside.any():
-        outside[outside] = blend_distance(pixels[outside], background) > blend_tolerance
     labels[outside] = GARBAGE
+    if blend_tolerance > 0 and outside.any():
+        labels[outside] = np.where(blend_distance(pixels[outside], background) <= blend_tolerance, EDGE, GARBAGE)
     return labels
 
 
