@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import multiprocessing
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,12 +176,23 @@ def synthetic_scene(index: int, *, size: int = 64, seed: int = 0, speed: float =
     return Scene(size=size, background=(r, g, b), shapes=tuple(shapes))
 
 
+def _write_one(out_dir: Path, i: int, size: int, frames: int, fps: float, seed: int, task: SyntheticTask) -> str:
+    """Write synth_NNNNN.mp4 and .txt of scene i; return its manifest line."""
+    scene = synthetic_scene(i, size=size, seed=seed, speed=task.speed)
+    path = out_dir / f"synth_{i:05d}.mp4"
+    write_video(path, scene.render(frames, task.supersample), fps)
+    caption = scene.caption()
+    path.with_suffix(".txt").write_text(caption, encoding="utf-8")
+    return json.dumps({"path": path.name, "caption": caption})
+
+
 def make_synthetic_videos(
     out_dir: Path, num: int, *, size: int = 64, frames: int = 48, fps: float = 8.0, seed: int = 0,
-    task: SyntheticTask = SyntheticTask(),
+    task: SyntheticTask = SyntheticTask(), workers: int = 1,
 ) -> list[Path]:
     """Write `num` videos synth_NNNNN.mp4 with captions synth_NNNNN.txt, manifest.jsonl and synthetic.json
-    (the task) into out_dir; return the mp4 paths."""
+    (the task) into out_dir, in `workers` processes (the same files whatever their number); return the mp4
+    paths."""
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     if size < 8 or size % 2:
@@ -187,18 +201,17 @@ def make_synthetic_videos(
         raise ValueError(f"frames must be >= 1, got {frames}")
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    lines: list[str] = []
-    for i in range(num):
-        scene = synthetic_scene(i, size=size, seed=seed, speed=task.speed)
-        path = out_dir / f"synth_{i:05d}.mp4"
-        write_video(path, scene.render(frames, task.supersample), fps)
-        caption = scene.caption()
-        path.with_suffix(".txt").write_text(caption, encoding="utf-8")
-        lines.append(json.dumps({"path": path.name, "caption": caption}))
-        paths.append(path)
+    write = functools.partial(_write_one, out_dir, size=size, frames=frames, fps=fps, seed=seed, task=task)
+    if workers == 1 or num < 2 * workers:
+        lines = [write(i) for i in range(num)]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            lines = pool.map(write, range(num), chunksize=max(1, num // (8 * workers)))
+    paths = [out_dir / f"synth_{i:05d}.mp4" for i in range(num)]
     (out_dir / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     record = {"seed": seed, "size": size, "frames": frames, "fps": fps, **dataclasses.asdict(task)}
     (out_dir / SYNTHETIC_JSON).write_text(json.dumps(record) + "\n", encoding="utf-8")
@@ -228,11 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--supersample", type=int, default=1,
                         help="points per pixel side: 1 draws hard edges, 4 anti-aliases them by area coverage "
                         "(default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="processes writing videos; the files do not depend on it (default: the CPU count, "
+                        "at most 8: %(default)s)")
     args = parser.parse_args(argv)
     try:
         task = SyntheticTask(speed=args.speed, supersample=args.supersample)
         paths = make_synthetic_videos(
-            args.out, args.num, size=args.size, frames=args.frames, fps=args.fps, seed=args.seed, task=task
+            args.out, args.num, size=args.size, frames=args.frames, fps=args.fps, seed=args.seed, task=task,
+            workers=args.workers,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -392,6 +392,25 @@ def test_cli_end_to_end_on_synthetic_truth(tmp_path: Path, capsys: pytest.Captur
     assert str(out / "report.json") in printed
 
 
+def test_cli_samples_as_the_run_config_says_unless_a_flag_does(tmp_path: Path) -> None:
+    """vidgpt-eval's sampling flags start from the export's [eval.sampling] (the run's one declaration)."""
+    export = _export(tmp_path)
+    info = json.loads((export / CONFIG).read_text())
+    info["eval"] = {"sampling": {"chunk": 1, "window": 3, "steps": 3}}
+    (export / CONFIG).write_text(json.dumps(info))
+    fast = ["--clips", "2", "--multiples", "1", "--size", "16"]
+    assert main([str(export), "--out", str(tmp_path / "a"), *fast]) == 0
+    spec = json.loads((tmp_path / "a" / "report.json").read_text())["spec"]
+    assert (spec["chunk"], spec["window"], spec["steps"], spec["prompt_frames"]) == (1, 3, 3, 2)
+    assert main([str(export), "--out", str(tmp_path / "b"), *fast, "--chunk", "2", "--steps", "2"]) == 0
+    spec = json.loads((tmp_path / "b" / "report.json").read_text())["spec"]
+    assert (spec["chunk"], spec["window"], spec["steps"]) == (2, 3, 2)
+    info["eval"] = {"sampling": {"chunk": 0}}
+    (export / CONFIG).write_text(json.dumps(info))
+    with pytest.raises(SystemExit):
+        main([str(export), "--out", str(tmp_path / "c"), *fast])
+
+
 def test_cli_context_guidance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--context-scale reaches the sampler (the videos change, the report records it) for a model trained
     with 0-frame prompts, and is refused in one line for one that was not."""

@@ -115,3 +115,13 @@ def test_the_encoder_records_the_task_and_the_evaluator_takes_it(tmp_path: Path)
     assert eval_spec(args, SamplingSpec(), info, None).task == SyntheticTask()
     args = eval_parser().parse_args(["export", "--speed", "1.5"])
     assert eval_spec(args, SamplingSpec(), info, index).task == SyntheticTask(speed=1.5, supersample=4)
+
+
+def test_the_videos_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    task = SyntheticTask(speed=2.5, supersample=2)
+    one = make_synthetic_videos(tmp_path / "one", 6, size=16, frames=5, seed=2, task=task, workers=1)
+    two = make_synthetic_videos(tmp_path / "two", 6, size=16, frames=5, seed=2, task=task, workers=2)
+    assert [p.name for p in one] == [p.name for p in two]
+    for a, b in zip(one, two, strict=True):
+        assert a.read_bytes() == b.read_bytes() and a.with_suffix(".txt").read_text() == b.with_suffix(".txt").read_text()
+    assert (tmp_path / "one" / "manifest.jsonl").read_text() == (tmp_path / "two" / "manifest.jsonl").read_text()

@@ -25,6 +25,7 @@ from vidgpt.checkpoint import Checkpointer, CheckpointError, StepCheckpoint, fin
 from vidgpt.diffusion import Diffusion, DiffusionConfig, build_diffusion
 from vidgpt.ema import consolidate
 from vidgpt.model import ModelConfig, VidGPT
+from vidgpt.sampling import SamplingSpec
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -50,11 +51,12 @@ def export(found: StepCheckpoint, out_dir: Path, weights: str = "ema") -> Path:
         raise CheckpointError(f"{found.path}: weights do not match the model (missing {missing[:3]}, extra {extra[:3]})")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / WEIGHTS))
-    data = found.meta.get("config", {}).get("data", {})
+    run_config = found.meta.get("config", {})
+    data = run_config.get("data", {})
     info = {"model": found.meta["model"], "weights": weights, "step": found.meta["step"], "source": str(found.path),
-            "data": data, "diffusion": found.meta.get("config", {}).get("diffusion", {}),
-            "objective": found.meta.get("config", {}).get("objective", {}),
-            "sampling": sampling_info(data)}
+            "data": data, "diffusion": run_config.get("diffusion", {}), "objective": run_config.get("objective", {}),
+            "sampling": sampling_info(data),
+            "eval": {"sampling": run_config.get("eval", {}).get("sampling", {})}}  # how to sample: exported_sampling
     (out_dir / CONFIG).write_text(json.dumps(info, indent=1) + "\n")
     return out_dir / WEIGHTS
 
@@ -74,6 +76,17 @@ def sampling_info(data: dict[str, Any]) -> dict[str, Any]:
     out.update(codec=index.get("codec"), size=index.get("size"), fps=index.get("fps"),
                text_encoder=(index.get("text_encoder") or {}).get("path"))
     return out
+
+
+def exported_sampling(info: dict[str, Any]) -> SamplingSpec:
+    """How the run said its model is sampled: its config.json's [eval.sampling] (the trainer's samples use
+    it too), keys it lacks at today's defaults. vidgpt-sample's and vidgpt-eval's flags start from it."""
+    section = (info.get("eval") or {}).get("sampling") or {}
+    known = {f.name for f in dataclasses.fields(SamplingSpec)}
+    try:
+        return SamplingSpec(**{k: v for k, v in section.items() if k in known})
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"export config.json: bad eval.sampling section ({exc})") from exc
 
 
 def exported_diffusion(info: dict[str, Any]) -> Diffusion:

@@ -22,6 +22,7 @@ default to values derived from the training clip length.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -33,8 +34,15 @@ import torch
 from data_pipeline.loader import LatentLoader, LoaderConfig
 from data_pipeline.text import TextEncoder
 from data_pipeline.video import write_gif, write_video
+from vidgpt.checkpoint import CheckpointError
 from vidgpt.cli import OneLineParser, add_dataclass_options, dataclass_from_options
-from vidgpt.export import context_guidance_refusal, exported_diffusion, load_exported, without_prompt_frames
+from vidgpt.export import (
+    context_guidance_refusal,
+    exported_diffusion,
+    exported_sampling,
+    load_exported,
+    without_prompt_frames,
+)
 from vidgpt.latent_space import codec_of, dataset_codec, text_encoder_for
 from vidgpt.prompt_files import PromptError, PromptItem, load_prompt_frames, read_prompt_list
 from vidgpt.sampling import SamplingSpec, generate_as, sampling_autocast
@@ -87,23 +95,24 @@ def _parser() -> OneLineParser:
     ap.add_argument("--vae", help="sd-vae datasets: VAE to decode with (default: the one in the dataset index)")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the network's blocks first (pays off on GPUs for long videos)")
-    add_dataclass_options(ap, SamplingSpec)
+    add_dataclass_options(ap, SamplingSpec, inherited="the export's [eval.sampling]")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
-    try:
-        sampling = dataclass_from_options(SamplingSpec, args)
-    except ValueError as exc:
-        ap.error(str(exc))
     if args.num < 1:
         ap.error(f"--num must be >= 1, got {args.num}")
     if args.frames < 0:
         ap.error(f"--frames must be >= 0, got {args.frames}")
-    if not (Path(args.model) / "config.json").is_file():
+    config = Path(args.model) / "config.json"
+    if not config.is_file():
         ap.error(f"{args.model}: not an export directory (no config.json; write one with vidgpt-export)")
+    try:
+        sampling = dataclass_from_options(SamplingSpec, args, base=exported_sampling(json.loads(config.read_text())))
+    except (ValueError, CheckpointError) as exc:
+        ap.error(str(exc))
     if args.caption is not None and args.prompts is not None:
         ap.error("--caption goes with --prompt or alone; a --prompts file has a caption per line")
     if args.prompt is not None or args.prompts is not None or args.caption is not None:

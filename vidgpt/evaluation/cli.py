@@ -43,6 +43,7 @@ from data_pipeline.loader import DataError
 from data_pipeline.storage import StorageError
 from data_pipeline.synthetic import Scene, SyntheticTask
 from vidgpt import metrics
+from vidgpt.checkpoint import CheckpointError
 from vidgpt.cli import OneLineParser, add_dataclass_options, dataclass_from_options
 from vidgpt.evaluation.generation import continue_videos, pad_text
 from vidgpt.evaluation.measure import evaluate_videos
@@ -50,7 +51,14 @@ from vidgpt.evaluation.pipeline import write_outputs
 from vidgpt.evaluation.report import Source, format_summary
 from vidgpt.evaluation.spec import EvalSpec
 from vidgpt.evaluation.truth import dataset_truth, synthetic_truth
-from vidgpt.export import CONFIG, WEIGHTS, context_guidance_refusal, exported_diffusion, load_exported
+from vidgpt.export import (
+    CONFIG,
+    WEIGHTS,
+    context_guidance_refusal,
+    exported_diffusion,
+    exported_sampling,
+    load_exported,
+)
 from vidgpt.latent_space import codec_for_export, dataset_codec, text_encoder_for, training_index
 from vidgpt.model import ModelConfig, VidGPT
 from vidgpt.sampling import SamplingSpec, sampling_autocast
@@ -81,7 +89,7 @@ def _parser() -> OneLineParser:
     ap.add_argument("--vae", help="sd-vae models: the VAE to decode with (default: the one in the dataset index)")
     ap.add_argument("--i3d", type=Path, help="a TorchScript I3D (StyleGAN-V's i3d_torchscript.pt) for fvd_i3d")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and clip order (default: 0)")
-    add_dataclass_options(ap, SamplingSpec)
+    add_dataclass_options(ap, SamplingSpec, inherited="the export's [eval.sampling]")
     add_dataclass_options(ap, SyntheticTask, inherited="the training dataset's (its index.json)")
     return ap
 
@@ -170,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         _check_paths(args)
-        sampling = dataclass_from_options(SamplingSpec, args)
         model, info = _load(args.export, device)
+        sampling = dataclass_from_options(SamplingSpec, args, base=exported_sampling(info))
         index = training_index(info)
         spec = _spec(args, sampling, info, index)
         clips = _held_out_clips(spec, model.cfg, info, index, args, device)
         i3d = torch.jit.load(str(args.i3d), map_location=device).eval() if args.i3d is not None else None
-    except (ValueError, DataError, DatasetIndexError, StorageError, OSError) as exc:
+    except (ValueError, DataError, DatasetIndexError, StorageError, OSError, CheckpointError) as exc:
         ap.error(str(exc).splitlines()[0])
 
     s = spec.sampling
