@@ -22,20 +22,33 @@ frame) pairs of the first L generated frames, with the true (analytic, bounce-aw
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from typing import Any
 
 import numpy as np
 
-from data_pipeline.synthetic import MovingShape, bounce, synthetic_scene
+from data_pipeline.synthetic import MovingShape, SyntheticTask, bounce, synthetic_scene
+from vidgpt.cli import add_dataclass_options, dataclass_from_options
 from vidgpt.evaluation import EvalSpec, scene_object_stats, synthetic_truth
 from vidgpt.sampling import SamplingSpec
 
 
-def shape_masks(shape: MovingShape, cx: np.ndarray, cy: np.ndarray, size: int) -> np.ndarray:
-    """Pixels covered by `shape` (its kind and radius) centred at (cx, cy) of any shape (...): bool (..., S, S)."""
-    grid = np.arange(size) + 0.5
+def shape_masks(shape: MovingShape, cx: np.ndarray, cy: np.ndarray, size: int, supersample: int = 1) -> np.ndarray:
+    """What the renderer draws of `shape` (its kind and radius) centred at (cx, cy) of any shape (...): bool
+    (..., S, S) pixel masks, or with supersample s > 1 the coverage counts (..., S, S) of each pixel's s x s
+    points (uint8, 0..s^2), which the anti-aliased colours reveal exactly (up to rounding and the mp4)."""
+    if supersample > 1:
+        points = _point_masks(shape, cx, cy, size, supersample)  # (..., S*s, S*s)
+        blocks = points.reshape(*points.shape[:-2], size, supersample, size, supersample)
+        return blocks.sum(axis=(-3, -1), dtype=np.uint8)
+    return _point_masks(shape, cx, cy, size, 1)
+
+
+def _point_masks(shape: MovingShape, cx: np.ndarray, cy: np.ndarray, size: int, supersample: int) -> np.ndarray:
+    """Points covered on a grid of s x s points per pixel: bool (..., S*s, S*s)."""
+    grid = (np.arange(size * supersample) + 0.5) / supersample
     xx, yy = grid[None, :], grid[:, None]  # (1, S), (S, 1)
     cx, cy = cx[..., None, None], cy[..., None, None]
     r = shape.radius
@@ -53,30 +66,43 @@ def centres(x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray, r: flo
     return (bounce(x[:, None] + vx[:, None] * t, r, size - r), bounce(y[:, None] + vy[:, None] * t, r, size - r))
 
 
+def _matches(shape: MovingShape, x: np.ndarray, y: np.ndarray, observed: np.ndarray, size: int,
+             task: SyntheticTask, batch: int = 2000) -> np.ndarray:
+    """bool (M,): whether the shape drawn at (x, y), each (M, ...), equals `observed` (..., S, S); in batches
+    of `batch` rows (supersampled masks are s^2 times larger)."""
+    out = np.empty(len(x), dtype=bool)
+    for i in range(0, len(x), batch):
+        masks = shape_masks(shape, x[i : i + batch], y[i : i + batch], size, task.supersample)
+        out[i : i + batch] = (masks == observed[None]).reshape(len(masks), -1).all(axis=1)
+    return out
+
+
 def posterior(shape: MovingShape, prompt_frames: int, size: int, rng: np.random.Generator, *,
-              want: int = 2000, rounds: int = 40, proposals: int = 20000, per_position: int = 50) -> np.ndarray:
-    """(M, 4) draws of (x, y, vx, vy) whose masks equal the shape's true masks in frames 0..P-1, under
-    the generator's prior (uniform position, speed uniform in [1%, 4%] of the frame, uniform angle).
-    Two-stage rejection: positions matching frame 0 (a +-1.5 px box holds them all), then velocities
-    from the prior matching the later prompt frames; every kept pair is an exact posterior draw."""
+              task: SyntheticTask = SyntheticTask(), want: int = 2000, rounds: int = 40, proposals: int = 20000,
+              per_position: int = 50) -> np.ndarray:
+    """(M, 4) draws of (x, y, vx, vy) whose drawings (`shape_masks` with the task's supersampling) equal the
+    shape's true ones in frames 0..P-1, under the generator's prior (uniform position, speed uniform in
+    [1%, 4%] of the frame times the task's speed, uniform angle). Two-stage rejection: positions matching
+    frame 0 (a +-1.5 px box holds them all), then velocities from the prior matching the later prompt
+    frames; every kept pair is an exact posterior draw."""
     t_prompt = np.arange(prompt_frames, dtype=float)
     tx, ty = centres(np.array([shape.x]), np.array([shape.y]), np.array([shape.vx]), np.array([shape.vy]),
                      shape.radius, t_prompt, size)
-    observed = shape_masks(shape, tx[0], ty[0], size)  # (P, S, S)
+    observed = shape_masks(shape, tx[0], ty[0], size, task.supersample)  # (P, S, S)
     kept: list[np.ndarray] = []
     for _ in range(rounds):
         x = shape.x + rng.uniform(-1.5, 1.5, proposals)
         y = shape.y + rng.uniform(-1.5, 1.5, proposals)
-        first = (shape_masks(shape, x, y, size) == observed[0]).all(axis=(-2, -1))
+        first = _matches(shape, x, y, observed[0], size, task)
         x, y = np.repeat(x[first], per_position), np.repeat(y[first], per_position)
         if not len(x):
             continue
-        speed = rng.uniform(0.01, 0.04, len(x)) * size
+        speed = rng.uniform(0.01, 0.04, len(x)) * size * task.speed
         angle = rng.uniform(0, 2 * np.pi, len(x))
         vx, vy = speed * np.cos(angle), speed * np.sin(angle)
         if prompt_frames > 1:
             cx, cy = centres(x, y, vx, vy, shape.radius, t_prompt[1:], size)
-            ok = (shape_masks(shape, cx, cy, size) == observed[1:][None]).all(axis=(-3, -2, -1))
+            ok = _matches(shape, cx, cy, observed[1:], size, task)
             x, y, vx, vy = x[ok], y[ok], vx[ok], vy[ok]
         kept.append(np.stack([x, y, vx, vy], axis=1))
         if sum(len(k) for k in kept) >= want:
@@ -85,14 +111,14 @@ def posterior(shape: MovingShape, prompt_frames: int, size: int, rng: np.random.
 
 
 def ideal_errors(prompt_frames: int, clip_len: int, clips: int, size: int, seed: int, samples: int,
-                 rng: np.random.Generator) -> dict[str, float]:
+                 rng: np.random.Generator, task: SyntheticTask = SyntheticTask()) -> dict[str, float]:
     """Mean centroid errors (px) of copy-last, the posterior mean and a posterior draw, over every shape
     of `clips` scenes and the first `clip_len` frames after the prompt."""
     t_after = np.arange(prompt_frames, prompt_frames + clip_len, dtype=float)
     errors: dict[str, list[np.ndarray]] = {"copy_last": [], "bayes_mean": [], "perfect_sampler": []}
     for i in range(clips):
-        for shape in synthetic_scene(i, size=size, seed=seed).shapes:
-            draws = posterior(shape, prompt_frames, size, rng, want=samples)
+        for shape in synthetic_scene(i, size=size, seed=seed, speed=task.speed).shapes:
+            draws = posterior(shape, prompt_frames, size, rng, task=task, want=samples)
             if not len(draws):
                 continue
             tx, ty = centres(np.array([shape.x]), np.array([shape.y]), np.array([shape.vx]), np.array([shape.vy]),
@@ -107,11 +133,12 @@ def ideal_errors(prompt_frames: int, clip_len: int, clips: int, size: int, seed:
     return {k: float(np.mean(np.concatenate(v))) for k, v in errors.items()}
 
 
-def extrapolation_errors(prompt_frames: int, clip_len: int, clips: int, size: int, seed: int) -> dict[str, float]:
+def extrapolation_errors(prompt_frames: int, clip_len: int, clips: int, size: int, seed: int,
+                         task: SyntheticTask = SyntheticTask()) -> dict[str, float]:
     """Copy-last and linear extrapolation of measured centroids, on mp4 round-tripped frames classified
     as vidgpt-eval does (colours present in every prompt frame and in the target frame)."""
     spec = EvalSpec(sampling=SamplingSpec(prompt_frames=prompt_frames), clip_len=clip_len, multiples=1,
-                    num_clips=clips, synthetic_seed=seed, size=size)
+                    num_clips=clips, synthetic_seed=seed, size=size, task=task)
     truth, scenes = synthetic_truth(spec)
     copy, extrap = [], []
     for stats in scene_object_stats(truth, scenes, spec):
@@ -136,15 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=32, help="frame size (default: 32, the demo's)")
     ap.add_argument("--seed", type=int, default=1000, help="scene seed (default: 1000, vidgpt-eval's held-out)")
     ap.add_argument("--samples", type=int, default=2000, help="posterior draws per shape (default: 2000)")
+    add_dataclass_options(ap, SyntheticTask)  # the task measured (vidgpt-make-synthetic's)
     args = ap.parse_args(argv)
+    try:
+        task = dataclass_from_options(SyntheticTask, args)
+    except ValueError as exc:
+        ap.error(str(exc))
     if min(args.prompt_frames) < 1 or args.clip_len < 1 or args.clips < 1 or args.samples < 1:
         ap.error("--prompt-frames, --clip-len, --clips and --samples must be >= 1")
     start = time.monotonic()
     rng = np.random.default_rng(0)
-    out: dict[str, Any] = {"clip_len": args.clip_len, "clips": args.clips, "size": args.size, "by_prompt_frames": {}}
+    out: dict[str, Any] = {"clip_len": args.clip_len, "clips": args.clips, "size": args.size,
+                           "task": dataclasses.asdict(task), "by_prompt_frames": {}}
     for p in args.prompt_frames:
-        ideal = ideal_errors(p, args.clip_len, args.clips, args.size, args.seed, args.samples, rng)
-        measured = extrapolation_errors(p, args.clip_len, args.clips, args.size, args.seed)
+        ideal = ideal_errors(p, args.clip_len, args.clips, args.size, args.seed, args.samples, rng, task)
+        measured = extrapolation_errors(p, args.clip_len, args.clips, args.size, args.seed, task)
         out["by_prompt_frames"][str(p)] = {
             **{f"{k}_px": v for k, v in ideal.items()},
             "bayes_mean_ratio": ideal["bayes_mean"] / ideal["copy_last"],

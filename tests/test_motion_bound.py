@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipeline.synthetic import MovingShape
+from data_pipeline.synthetic import MovingShape, Scene, SyntheticTask
 from experiments.motion_bound import centres, posterior, shape_masks
 
 SIZE = 32
@@ -34,3 +34,17 @@ def test_a_second_frame_pins_the_velocity_and_every_draw_reproduces_the_masks() 
     observed = shape_masks(SHAPE, tx[0], ty[0], SIZE)  # (2, S, S)
     cx, cy = centres(*two.T, SHAPE.radius, t, SIZE)
     assert (shape_masks(SHAPE, cx, cy, SIZE) == observed[None]).all()
+
+
+def test_anti_aliased_frames_pin_the_position_tighter_and_match_the_renderer() -> None:
+    task = SyntheticTask(speed=2.5, supersample=4)
+    shape = MovingShape(kind="square", colour="white", radius=4.3, x=15.3, y=14.1, vx=2.1, vy=-1.0)
+    # the bound's coverage counts are what the renderer draws: a white square on black, 240 * count / 16
+    frame = Scene(SIZE, (0, 0, 0), (shape,)).render(1, supersample=4)[0, :, :, 0].astype(int)
+    counts = shape_masks(shape, np.array(shape.x), np.array(shape.y), SIZE, supersample=4).astype(int)
+    assert np.array_equal(np.rint(counts * 240 / 16).astype(int), frame)
+    hard = posterior(shape, 1, SIZE, np.random.default_rng(0), want=300, proposals=4000)
+    soft = posterior(shape, 1, SIZE, np.random.default_rng(0), task=task, want=300, proposals=20000)
+    assert len(soft) >= 300 and soft[:, :2].std(axis=0).max() < hard[:, :2].std(axis=0).min() / 2
+    speed = np.hypot(soft[:, 2], soft[:, 3])  # one frame: the velocity is the task's prior, 2.5x faster
+    assert abs(speed.mean() - 2.5 * 0.025 * SIZE) < 0.1
