@@ -68,38 +68,61 @@ def centres(x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray, r: flo
 
 def _matches(shape: MovingShape, x: np.ndarray, y: np.ndarray, observed: np.ndarray, size: int,
              task: SyntheticTask, batch: int = 2000) -> np.ndarray:
-    """bool (M,): whether the shape drawn at (x, y), each (M, ...), equals `observed` (..., S, S); in batches
-    of `batch` rows (supersampled masks are s^2 times larger)."""
+    """bool (M,): whether the shape drawn at (x, y), each (M, ...), matches `observed` (..., S, S): the same
+    hard-edged pixels, or with anti-aliased edges every pixel's coverage count within one point (of s^2: the
+    8-bit colours' rounding; exact counts would make the posterior of a circle a sliver no proposal hits);
+    in batches of `batch` rows (supersampled masks are s^2 times larger)."""
     out = np.empty(len(x), dtype=bool)
     for i in range(0, len(x), batch):
         masks = shape_masks(shape, x[i : i + batch], y[i : i + batch], size, task.supersample)
-        out[i : i + batch] = (masks == observed[None]).reshape(len(masks), -1).all(axis=1)
+        diff = np.abs(masks.astype(np.int16) - observed[None].astype(np.int16))
+        out[i : i + batch] = (diff <= (task.supersample > 1)).reshape(len(masks), -1).all(axis=1)
     return out
+
+
+def position_box(supersample: int) -> float:
+    """Half-width in px of the proposal box around the true position (and velocity): `posterior`."""
+    return 1.5 if supersample == 1 else 2.0 / supersample
 
 
 def posterior(shape: MovingShape, prompt_frames: int, size: int, rng: np.random.Generator, *,
               task: SyntheticTask = SyntheticTask(), want: int = 2000, rounds: int = 40, proposals: int = 20000,
               per_position: int = 50) -> np.ndarray:
-    """(M, 4) draws of (x, y, vx, vy) whose drawings (`shape_masks` with the task's supersampling) equal the
-    shape's true ones in frames 0..P-1, under the generator's prior (uniform position, speed uniform in
+    """(M, 4) draws of (x, y, vx, vy) whose drawings (`shape_masks` with the task's supersampling) match the
+    shape's true ones in frames 0..P-1 (`_matches`), under the generator's prior (uniform position, speed uniform in
     [1%, 4%] of the frame times the task's speed, uniform angle). Two-stage rejection: positions matching
-    frame 0 (a +-1.5 px box holds them all), then velocities from the prior matching the later prompt
-    frames; every kept pair is an exact posterior draw."""
+    frame 0 (a +-1.5 px box holds them all with hard edges; with s x s points per pixel the drawing changes
+    whenever an edge crosses a point 1/s px away, so +-2/s px holds them), then velocities matching the later
+    prompt frames: from the prior with hard edges; with anti-aliased ones from a +-2/s px-per-frame box around
+    the true velocity, kept with probability proportional to the prior's density there (uniform speed and
+    angle: 1/|v| on its annulus), which the likelihood never reaches beyond. Every kept pair is an exact
+    posterior draw as long as those boxes hold the likelihood's support (the tests check that no draw comes
+    near their edges)."""
     t_prompt = np.arange(prompt_frames, dtype=float)
     tx, ty = centres(np.array([shape.x]), np.array([shape.y]), np.array([shape.vx]), np.array([shape.vy]),
                      shape.radius, t_prompt, size)
     observed = shape_masks(shape, tx[0], ty[0], size, task.supersample)  # (P, S, S)
     kept: list[np.ndarray] = []
+    s = task.supersample
+    box = position_box(s)
+    lo, hi = 0.01 * size * task.speed, 0.04 * size * task.speed  # the prior's speeds
     for _ in range(rounds):
-        x = shape.x + rng.uniform(-1.5, 1.5, proposals)
-        y = shape.y + rng.uniform(-1.5, 1.5, proposals)
+        x = shape.x + rng.uniform(-box, box, proposals)
+        y = shape.y + rng.uniform(-box, box, proposals)
         first = _matches(shape, x, y, observed[0], size, task)
         x, y = np.repeat(x[first], per_position), np.repeat(y[first], per_position)
         if not len(x):
             continue
-        speed = rng.uniform(0.01, 0.04, len(x)) * size * task.speed
-        angle = rng.uniform(0, 2 * np.pi, len(x))
-        vx, vy = speed * np.cos(angle), speed * np.sin(angle)
+        if s == 1 or prompt_frames == 1:
+            speed = rng.uniform(lo, hi, len(x))
+            angle = rng.uniform(0, 2 * np.pi, len(x))
+            vx, vy = speed * np.cos(angle), speed * np.sin(angle)
+        else:  # near the true velocity, kept in proportion to the prior's density 1/|v| on [lo, hi]
+            vx = shape.vx + rng.uniform(-box, box, len(x))
+            vy = shape.vy + rng.uniform(-box, box, len(x))
+            speed = np.hypot(vx, vy)
+            keep = (speed >= lo) & (speed <= hi) & (rng.uniform(0, 1, len(x)) < lo / np.maximum(speed, lo))
+            x, y, vx, vy = x[keep], y[keep], vx[keep], vy[keep]
         if prompt_frames > 1:
             cx, cy = centres(x, y, vx, vy, shape.radius, t_prompt[1:], size)
             ok = _matches(shape, cx, cy, observed[1:], size, task)

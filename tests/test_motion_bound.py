@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_pipeline.synthetic import MovingShape, Scene, SyntheticTask
-from experiments.motion_bound import centres, posterior, shape_masks
+from experiments.motion_bound import centres, position_box, posterior, shape_masks
 
 SIZE = 32
 SHAPE = MovingShape(kind="circle", colour="red", radius=5.0, x=15.3, y=14.1, vx=0.9, vy=-0.4)
@@ -44,7 +44,13 @@ def test_anti_aliased_frames_pin_the_position_tighter_and_match_the_renderer() -
     counts = shape_masks(shape, np.array(shape.x), np.array(shape.y), SIZE, supersample=4).astype(int)
     assert np.array_equal(np.rint(counts * 240 / 16).astype(int), frame)
     hard = posterior(shape, 1, SIZE, np.random.default_rng(0), want=300, proposals=4000)
-    soft = posterior(shape, 1, SIZE, np.random.default_rng(0), task=task, want=300, proposals=20000)
+    soft = posterior(shape, 1, SIZE, np.random.default_rng(0), task=task, want=300, proposals=4000)
     assert len(soft) >= 300 and soft[:, :2].std(axis=0).max() < hard[:, :2].std(axis=0).min() / 2
+    box = position_box(4)  # the proposals' box holds the whole posterior: no draw comes near its edge
+    assert np.abs(soft[:, 0] - shape.x).max() < 0.7 * box and np.abs(soft[:, 1] - shape.y).max() < 0.7 * box
     speed = np.hypot(soft[:, 2], soft[:, 3])  # one frame: the velocity is the task's prior, 2.5x faster
     assert abs(speed.mean() - 2.5 * 0.025 * SIZE) < 0.1
+    two = posterior(shape, 2, SIZE, np.random.default_rng(1), task=task, want=200, proposals=4000)
+    assert len(two) >= 200
+    assert np.abs(two[:, 2] - shape.vx).max() < 0.7 * box and np.abs(two[:, 3] - shape.vy).max() < 0.7 * box
+    assert np.linalg.norm(two[:, 2:] - [shape.vx, shape.vy], axis=1).mean() < 0.2  # two frames pin the motion
