@@ -125,3 +125,23 @@ def test_the_videos_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> No
     for a, b in zip(one, two, strict=True):
         assert a.read_bytes() == b.read_bytes() and a.with_suffix(".txt").read_text() == b.with_suffix(".txt").read_text()
     assert (tmp_path / "one" / "manifest.jsonl").read_text() == (tmp_path / "two" / "manifest.jsonl").read_text()
+
+
+def test_the_anti_aliased_centroid_moves_by_the_velocity_and_bounces() -> None:
+    shape = MovingShape("square", "white", 3.0, 10.3, 16.0, 2.35, 0.0)  # reaches the right wall at frame 7
+    frames = Scene(32, BLACK, (shape,)).render(12, supersample=8)[..., 0].astype(float)  # (T, H, W)
+    xs = np.arange(32) + 0.5
+    measured = (frames.sum(axis=1) * xs).sum(axis=1) / frames.sum(axis=(1, 2))  # intensity-weighted x, (T,)
+    true_x, _ = shape.centres(12, 32)
+    # area coverage on 8 x 8 points per pixel: the centroid is where the shape is, to the points' 1/16 px
+    assert np.abs(measured - true_x).max() <= 1 / 16 + 1e-9
+    assert np.allclose(np.diff(measured[:6]), 2.35, atol=1 / 8 + 1e-9)  # before the wall: the velocity
+    assert true_x.max() == pytest.approx(32 - 3.0) and np.diff(measured[-3:]).max() < 0  # then reflected
+
+
+def test_the_held_out_scenes_never_appear_in_the_training_data() -> None:
+    training = {synthetic_scene(i, size=32, seed=0, speed=2.5) for i in range(4096)}  # the quality run's videos
+    held_out = [synthetic_scene(i, size=32, seed=1000, speed=2.5) for i in range(64)]  # vidgpt-eval's default
+    assert len(training) == 4096 and not training.intersection(held_out)
+    first_shapes = {(s.shapes[0].x, s.shapes[0].y) for s in training}
+    assert not any((s.shapes[0].x, s.shapes[0].y) in first_shapes for s in held_out)
