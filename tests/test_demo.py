@@ -1,15 +1,20 @@
-"""The demo's planned preemption: torchrun's report of ranks that exited 75 is left out of its output."""
+"""The demo: its planned preemption (torchrun's report of ranks that exited 75 is left out) and its goal lines."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from vidgpt.demo import run_preempted, without_launcher_report
+from data_pipeline.synthetic import SyntheticTask
+from vidgpt.demo import goal_lines, run_preempted, without_launcher_report
 from vidgpt.distributed import free_port
+from vidgpt.evaluation import QUALITY_GOALS, EvalSpec, evaluate_videos, synthetic_truth
+from vidgpt.sampling import SamplingSpec
 
 RANK_LINES = ["a warning from rank 1\n"]
 REPORT = """\
@@ -78,3 +83,19 @@ def test_a_planned_preemption_leaves_no_traceback(tmp_path: Path, capsys: pytest
         err = capsys.readouterr().err
         assert "rank 0 stopping" in err  # the ranks' own lines are kept
         assert ("ChildFailedError" in err) is not planned and ("exitcode: 3" in err) is not planned, err
+
+
+def test_the_goal_lines_name_the_tier_and_what_is_met() -> None:
+    spec = EvalSpec(sampling=SamplingSpec(prompt_frames=2), clip_len=4, multiples=2, num_clips=2, size=16,
+                    task=SyntheticTask(speed=2.5, supersample=4))
+    truth, scenes = synthetic_truth(spec)
+    report = json.loads(json.dumps(evaluate_videos(truth, {"model": truth.copy()}, spec, scenes).to_json()))
+    demo = goal_lines(report)
+    assert "continued from 2 frames for 2 x 4 frames" in demo
+    assert demo.count(": met") == 5 and "NOT met" not in demo and "quality >" not in demo  # the oracle, demo goals
+    quality = goal_lines(report, (QUALITY_GOALS,))
+    assert "quality > copy-last + 2 dB: met" in quality
+    assert "colour-presence F1, 8x: n/a" in quality and "not measured" in quality  # 2 clip lengths only
+    lazy = json.loads(json.dumps(evaluate_videos(truth, {"model": np.repeat(truth[:, 1:2], truth.shape[1], axis=1)},
+                                                 spec, scenes).to_json()))
+    assert "(demo <= 0.7x: NOT met)" in goal_lines(lazy)  # copying the prompt misses the motion
