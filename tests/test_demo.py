@@ -64,6 +64,10 @@ while not stop:
 print(f"rank {rank} stopping", file=sys.stderr, flush=True)
 if rank == 0:
     (run / "status.json").write_text(json.dumps({"state": "preempted", "step": step}))
+else:  # as the trainer's ranks meet before exiting: a rank that fails first would get rank 0 killed unsaved
+    deadline = time.monotonic() + 30
+    while not (run / "status.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 sys.exit(code)
 """
 
