@@ -7,7 +7,7 @@ Issue 22 asks, before any sampler is tuned, whether the network has learned the 
 prompt frames and pure noise (t = 1) for the next `chunk` frames, its one-call clean estimate x0_hat is its
 prediction of those frames (for x0 prediction the network's output itself; for velocity x_1 - v). On the
 nearly deterministic synthetic task the posterior mean is close to the truth, so a network that learned the
-motion places x0_hat's shapes where the truth has them. Measured on the identity codec (pixels):
+motion places x0_hat's shapes where the truth has them. Measured in pixels after the codec's decoding:
 - `mse_ratio`: x0_hat's MSE over the chunk / copy-last's (the last prompt frame repeated); < 1 beats copying;
 - `centroid_ratio`: the mean centroid error of x0_hat's colours / copy-last's, over the colours present in
   both (x0_hat is blurry where the network is unsure, so a colour may be missing: `presence_f1` says how often).
@@ -23,22 +23,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from data_pipeline.codecs import Codec
 from data_pipeline.synthetic import Scene
 from vidgpt import metrics
 from vidgpt.diffusion import Diffusion
 from vidgpt.evaluation import EvalSpec, scene_object_stats
 from vidgpt.model import VidGPT
-
-
-def to_latents(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (N, T, H, W, 3) -> identity-codec latents (N, T, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-
-
-def to_frames(latents: torch.Tensor) -> np.ndarray:
-    """Identity-codec latents (N, T, 3, H, W) -> uint8 (N, T, H, W, 3), clamped to [-1, 1]."""
-    x = ((latents.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 1, 3, 4, 2).numpy()
 
 
 @torch.no_grad()
@@ -55,14 +45,17 @@ def one_step_prediction(model: VidGPT, diffusion: Diffusion, prompts: torch.Tens
     return diffusion.step(pred, noise, 1.0, 0.0)  # the clean estimate at t = 1
 
 
-def one_step_figures(model: VidGPT, diffusion: Diffusion, truth: np.ndarray, scenes: Sequence[Scene],
+def one_step_figures(model: VidGPT, diffusion: Diffusion, codec: Codec, truth: np.ndarray, scenes: Sequence[Scene],
                      spec: EvalSpec, *, seed: int = 0) -> dict[str, float]:
     """mse_ratio, centroid_ratio and presence_f1 of the one-step prediction of the first chunk (module
-    docstring), with the copy-last figures they are ratios of; truth uint8 (N, >= P + chunk, H, W, 3)."""
+    docstring), with the copy-last figures they are ratios of; truth uint8 (N, >= P + chunk, H, W, 3), encoded
+    and decoded with `codec` (the identity codec on the synthetic task)."""
     p, chunk = spec.sampling.prompt_frames, spec.sampling.chunk
     assert chunk is not None
     target = truth[:, p : p + chunk]
-    guess = to_frames(one_step_prediction(model, diffusion, to_latents(truth[:, :p]), chunk, seed=seed))
+    prompts = torch.stack([torch.from_numpy(codec.encode(v[:p])) for v in truth])  # (N, P, C, h, w)
+    latents = one_step_prediction(model, diffusion, prompts, chunk, seed=seed)  # (N, chunk, C, h, w)
+    guess = np.stack([codec.decode(z) for z in latents])  # (N, chunk, H, W, 3) uint8
     copy = np.repeat(truth[:, p - 1 : p], chunk, axis=1)
     true_stats = scene_object_stats(target, scenes, spec)
     out: dict[str, float] = {}

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             videos = continue_videos(model, build_diffusion(diffusion_cfg), codec, truth, eval_spec, seed=0)
             report = evaluate_videos(truth, {"model": videos}, eval_spec, scenes)
             summary = report.to_json()["summary"]["methods"]["model"]
-            one_step = one_step_figures(model, build_diffusion(diffusion_cfg), truth, scenes, eval_spec)
+            one_step = one_step_figures(model, build_diffusion(diffusion_cfg), codec, truth, scenes, eval_spec)
             summary.update(one_step_mse_ratio=one_step["mse_ratio"], one_step_centroid_ratio=one_step["centroid_ratio"])
             rows[arm].append({k: _r(v) if v is not None and math.isfinite(v) else None  # NaN: no colour found
                               for k in FIGURES for v in [summary.get(k)]})
