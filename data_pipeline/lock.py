@@ -1,14 +1,17 @@
-"""An exclusive, self-refreshing lock file on a local path or S3, for one encoder worker's output.
+"""An exclusive, self-refreshing lock file on a local path or S3: one encoder worker's output, one
+trainer's run directory.
 
     with WorkerLock(storage.join(root, "_progress", "w00000-of00001.lock")):
         ...  # only this process writes worker 0's shards and records
 
-The lock is a small JSON file {host, pid, token, started, refreshed} created atomically (O_EXCL
-locally, a conditional PUT on S3), so of two encoders started on the same output the second one is
-refused with a line naming the holder. The holder rewrites `refreshed` every `refresh_s` seconds from
-a background thread. A lock is abandoned, and taken over, when its holder's process is gone (same
-host) or it has not been refreshed for `stale_after_s` seconds (a killed job on another node), so a
-re-run after a crash or preemption is never blocked for long. `break_lock=True` takes it over at once.
+The lock is a small JSON file {host, pid, token, started, refreshed, and under SLURM slurm_job and
+slurm_restart} created atomically (O_EXCL locally, a conditional PUT on S3), so of two processes
+started on the same output the second one is refused with a line naming the holder. The holder
+rewrites `refreshed` every `refresh_s` seconds from a background thread. A lock is abandoned, and taken
+over, when its holder's process is gone (same host), when it was taken by an earlier run of the same
+SLURM job (a requeued job's new run, on whatever node), or when it has not been refreshed for
+`stale_after_s` seconds (a killed job on another node), so a re-run after a crash or preemption is
+never blocked for long. `break_lock=True` takes it over at once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -43,12 +47,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def slurm_job(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """This process's SLURM job and how often it was requeued ({} outside SLURM): a requeued job keeps
+    its id and counts SLURM_RESTART_COUNT up."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    restart = environ.get("SLURM_RESTART_COUNT", "0")
+    return {"slurm_job": job, "slurm_restart": int(restart) if restart.isdigit() else 0}
+
+
 class WorkerLock:
     def __init__(self, uri: str, *, stale_after_s: float = STALE_AFTER_S, refresh_s: float = REFRESH_S,
-                 break_lock: bool = False) -> None:
+                 break_lock: bool = False, held_by: str = "another encoder is writing this worker's output",
+                 advice: str = "run one encoder per --worker-index, or pass --break-lock if that one is dead",
+                 environ: Mapping[str, str] = os.environ) -> None:
+        """held_by, advice: how the refusal describes the holder and what to do (each tool its own words)."""
         self.uri, self.stale_after_s, self.refresh_s, self.break_lock = uri, stale_after_s, refresh_s, break_lock
+        self.held_by, self.advice = held_by, advice
         self.token = uuid.uuid4().hex
-        self.record: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}
+        self.record: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                                       **slurm_job(environ)}
         self.lost: str | None = None
         """Set (to a reason) by the refresh thread when another process took the lock over."""
         self._stop = threading.Event()
@@ -73,6 +92,10 @@ class WorkerLock:
         age = time.time() - float(held.get("refreshed", 0))
         if held.get("host") == socket.gethostname() and isinstance(held.get("pid"), int) and not _alive(held["pid"]):
             return f"its process {held['pid']} on this host is gone"
+        mine = self.record.get("slurm_job")
+        if mine is not None and held.get("slurm_job") == mine and isinstance(held.get("slurm_restart"), int) \
+                and held["slurm_restart"] < self.record["slurm_restart"]:
+            return f"it was taken by run {held['slurm_restart']} of SLURM job {mine}, which was requeued since"
         if age > self.stale_after_s:
             return f"not refreshed for {age:.0f} s (> {self.stale_after_s:.0f} s)"
         return None
@@ -88,11 +111,11 @@ class WorkerLock:
             reason = "--break-lock was given" if self.break_lock else self.abandoned_reason(held)
             if reason is None:
                 age = time.time() - float(held.get("refreshed", 0))
+                job = f", SLURM job {held['slurm_job']}" if held.get("slurm_job") else ""
                 raise LockHeld(
-                    f"{self.uri}: another encoder is writing this worker's output (host {held.get('host')}, pid "
-                    f"{held.get('pid')}, lock refreshed {age:.0f} s ago); run one encoder per --worker-index, or "
-                    f"pass --break-lock if that one is dead (a lock not refreshed for {self.stale_after_s:.0f} s "
-                    "is taken over on its own)"
+                    f"{self.uri}: {self.held_by} (host {held.get('host')}, pid {held.get('pid')}{job}, lock refreshed "
+                    f"{age:.0f} s ago); {self.advice} (a lock not refreshed for {self.stale_after_s:.0f} s is taken "
+                    "over on its own)"
                 )
             storage.delete(self.uri)  # abandoned: take it over (the next create_exclusive decides any race)
         raise LockHeld(f"{self.uri}: could not take the lock (other processes keep taking it)")

@@ -14,7 +14,16 @@ import torch
 from data_pipeline import storage
 from data_pipeline.encode import main as encode
 from vidgpt import distributed
-from vidgpt.checkpoint import Checkpointer, CheckpointError, resolve, tag_for, trainer_state_name
+from vidgpt.checkpoint import (
+    CHECKSUMS,
+    Checkpointer,
+    CheckpointError,
+    find_checkpoint,
+    resolve,
+    tag_for,
+    trainer_state_name,
+    verify,
+)
 
 
 def fake_checkpoint(checkpoints: Path, step: int, world: int = 2) -> Path:
@@ -53,6 +62,50 @@ def test_a_damaged_latest_checkpoint_is_named_with_the_newest_complete_one(tmp_p
         resolve(tmp_path, "auto-fallback")
 
 
+def test_a_run_directory_with_checkpoints_is_never_started_over(tmp_path: Path) -> None:
+    """Without --resume (or with none) a run directory holding a checkpoint is refused, saying what to pass;
+    one that holds only an interrupted first save (no meta.json) starts from step 0."""
+    checkpoints = tmp_path / "checkpoints"
+    assert resolve(tmp_path, None) is None  # a new run directory
+    partial = checkpoints / tag_for(10)
+    partial.mkdir(parents=True)  # a first save killed halfway: nothing to lose
+    assert resolve(tmp_path, None) is None and resolve(tmp_path, "auto") is None
+    fake_checkpoint(checkpoints, 20)
+    for resume in (None, "none"):
+        with pytest.raises(CheckpointError) as exc:
+            resolve(tmp_path, resume)
+        assert "already holds checkpoints (newest: step_0000020)" in str(exc.value)
+        assert "--resume auto" in str(exc.value) and "--run_dir" in str(exc.value)
+        assert len(str(exc.value).splitlines()) == 1
+    (checkpoints / "latest").unlink()  # an interrupted copy: the pointer lost, the steps still there
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        resolve(tmp_path, None)
+
+
+@pytest.mark.parametrize("pointer", [None, "", "../../../etc", "step_0000099", "step_1"])
+def test_resume_auto_without_a_readable_latest_takes_the_newest_complete_step(
+        pointer: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A lost, empty, escaping or dangling `latest` resumes the newest complete step on disk and says so,
+    with auto and auto-fallback alike (never a restart from step 0 that would overwrite the run)."""
+    checkpoints = tmp_path / "checkpoints"
+    fake_checkpoint(checkpoints, 10)
+    newest = fake_checkpoint(checkpoints, 20)
+    (checkpoints / tag_for(30)).mkdir()  # a save interrupted after step 20's
+    latest = checkpoints / "latest"
+    if pointer is None:
+        latest.unlink()
+    else:
+        latest.write_text(pointer + "\n")
+    for resume in ("auto", "auto-fallback"):
+        assert resolve(tmp_path, resume).path == newest
+        err = capsys.readouterr().err
+        assert f"resuming the newest complete checkpoint found on disk, {newest}" in err
+    for step in (10, 20):  # every step damaged: refused, not restarted
+        (checkpoints / tag_for(step) / trainer_state_name(0)).unlink()
+    with pytest.raises(CheckpointError, match="no checkpoint in .* is complete"):
+        resolve(tmp_path, "auto")
+
+
 class _DiskFullEngine:
     """A DeepSpeed engine whose save hits a full disk halfway through its files. (ENOSPC cannot be made
     for real without mounting a small file system, which a test machine may not allow.)"""
@@ -73,6 +126,50 @@ def test_a_full_disk_during_a_save_says_so_and_leaves_no_half_written_step(tmp_p
     assert str(exc.value).startswith(f"{checkpoints}: no space left on the device while saving step 200")
     assert not (checkpoints / tag_for(200)).exists()
     assert (checkpoints / "latest").read_text().strip() == previous.name and resolve(tmp_path, "auto").path == previous
+
+
+class _FileEngine:
+    """A DeepSpeed engine's save: the files of a one-rank ZeRO-3 checkpoint, real torch files."""
+
+    def save_checkpoint(self, save_dir: str, tag: str, save_latest: bool) -> None:
+        step = Path(save_dir, tag)
+        step.mkdir(parents=True, exist_ok=True)
+        torch.save({"w": torch.arange(1000.0)}, step / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+        torch.save({"exp_avg": torch.ones(5000)}, step / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+
+
+def _overwrite_inside(file: Path, offset: int, count: int) -> None:
+    """Damage as a failing disk or a stray write does: bytes inside the file change, its size does not."""
+    data = bytearray(file.read_bytes())
+    data[offset : offset + count] = bytes(255 - b for b in data[offset : offset + count])
+    file.write_bytes(bytes(data))
+
+
+def test_checkpoints_record_checksums_and_damage_inside_a_file_is_named(tmp_path: Path) -> None:
+    """meta.json records the size and SHA-256 of every file of the step; bytes changed inside the optimizer
+    shard (its size and zip directory intact) are named by resume and by every export that reads the file,
+    and not by the EMA export, which does not; a truncated optimizer shard does not stop the EMA export."""
+    env = distributed.DistEnv(rank=0, world=1, local_rank=0, master_addr="127.0.0.1", master_port=0, source="single")
+    files = Checkpointer(tmp_path, keep_last=2, env=env)
+    path = files.save(_FileEngine(), 10, {"step": 10, "ema": {"w": torch.zeros(3)}}, {"zero_stage": 3, "ema": True})
+    meta = json.loads((path / "meta.json").read_text())
+    names = sorted(p.name for p in path.iterdir() if p.name != "meta.json")
+    assert sorted(meta[CHECKSUMS]) == names and len(names) == 3
+    optim = path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    assert meta[CHECKSUMS][optim.name]["bytes"] == optim.stat().st_size
+    found = find_checkpoint(tmp_path)
+    assert verify(found) == []
+    _overwrite_inside(optim, 4000, 4000)  # 1,000 exp_avg values
+    assert resolve(tmp_path, "auto").path == path  # cheap checks (zip directory, sizes) cannot see it
+    assert verify(found) == [f"{optim}: its SHA-256 differs from the one recorded when it was saved (damaged on disk)"]
+    for parts in ("all", "model"):
+        with pytest.raises(CheckpointError, match=f"{optim}: its SHA-256 differs"):
+            find_checkpoint(tmp_path, parts)  # type: ignore[arg-type]
+    assert find_checkpoint(tmp_path, "ema").path == path
+    optim.write_bytes(optim.read_bytes()[:-100])  # truncated
+    assert find_checkpoint(tmp_path, "ema").path == path
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        find_checkpoint(tmp_path, "model")
 
 
 @pytest.mark.parametrize("bad", ["s3:/bucket/x", "s3:bucket/x", "S3:/b", "s3://", "s3:///key"])

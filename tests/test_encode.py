@@ -329,6 +329,27 @@ def test_second_encoder_on_one_output_is_refused(videos: Path, tmp_path: Path, c
     assert (out / "index.json").exists() and not lock.exists()
 
 
+def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_run(tmp_path: Path) -> None:
+    """A lock written on another node by run 0 of SLURM job 42 looks alive (fresh, a pid we cannot check),
+    yet job 42's requeued run 1 takes it over at once; another job, or the same run, is refused."""
+    uri = str(tmp_path / "run.lock")
+    now = time.time()
+    old = {"host": "node-that-died", "pid": 4242, "token": "old", "started": now, "refreshed": now,
+           "slurm_job": "42", "slurm_restart": 0}
+    for environ in ({"SLURM_JOB_ID": "43", "SLURM_RESTART_COUNT": "1"}, {"SLURM_JOB_ID": "42"}, {}):
+        Path(uri).write_text(json.dumps(old))
+        with pytest.raises(LockHeld, match="host node-that-died, pid 4242, SLURM job 42"):
+            WorkerLock(uri, environ=environ).acquire()
+    requeued = WorkerLock(uri, environ={"SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": "1"})
+    requeued.acquire()
+    try:
+        held = json.loads(Path(uri).read_text())
+        assert held["token"] == requeued.token and held["slurm_job"] == "42" and held["slurm_restart"] == 1
+    finally:
+        requeued.release()
+    assert not Path(uri).exists()
+
+
 def test_s3_lock_is_a_conditional_put(s3_bucket: str) -> None:
     uri = f"{s3_bucket}/out/_progress/w00000-of00001.lock"
     assert storage.create_exclusive(uri, b"first") and not storage.create_exclusive(uri, b"second")

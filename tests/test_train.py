@@ -230,9 +230,10 @@ def test_preemption_during_evaluation_saves_and_resumes_exactly(run_a: Path, tmp
 
 
 def test_ctrl_c_under_train_local_saves_and_exits_75(run_a: Path, tmp_path: Path, data: Path) -> None:
-    """Ctrl-C reaches the whole foreground process group (bash, torchrun, ranks) as SIGINT: every rank
-    finishes its step and saves, status.json says preempted, train_local.sh exits 75 (whatever torchrun
-    reports), and the resumed run logs every step once, with the uninterrupted run's losses."""
+    """Ctrl-C, pressed five times within 150 ms, reaches the foreground process group as SIGINT: the script
+    passes one stop on to the ranks, every rank finishes its step and saves, status.json says preempted,
+    train_local.sh exits 75 once the ranks are done (not 130 while they still save), and the resumed run
+    logs every step once, with the uninterrupted run's losses."""
     run = tmp_path / "I"
     env = {**os.environ, "CONFIG": str(DEMO), "RUN_DIR": str(run), "NPROC": "2", "DS_ACCELERATOR": "cpu",
            "OMP_NUM_THREADS": "1"}
@@ -244,13 +245,95 @@ def test_ctrl_c_under_train_local_saves_and_exits_75(run_a: Path, tmp_path: Path
         assert proc.poll() is None, (tmp_path / "I.log").read_text()
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGINT)
+    for _ in range(5):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.03)
     assert proc.wait(timeout=180) == 75, (tmp_path / "I.log").read_text()[-3000:]
+    assert not (run / "run.lock").exists()  # the ranks had finished when the script returned
     assert json.loads((run / "status.json").read_text())["state"] == "preempted"
     resumed = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     a, got = losses(run_a), losses(run)  # losses() refuses a step logged twice
     assert sorted(got) == list(range(1, 9)) and all(abs(a[s] - got[s]) <= 1e-6 for s in a)
+
+
+def _snapshot(run: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a run directory but the test's own rank logs: (size, mtime in ns)."""
+    return {str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(run.rglob("*"))
+            if p.is_file() and not p.name.startswith("rank")}
+
+
+def test_a_run_with_checkpoints_is_never_started_over(run_a: Path, tmp_path: Path, data: Path) -> None:
+    """A copy of a finished run trained again without --resume is refused in one line, and nothing in it
+    changes; with its `latest` pointer lost (an interrupted copy), --resume auto continues from the newest
+    complete step and says so, and every step is logged once."""
+    run = tmp_path / "copy"
+    shutil.copytree(run_a, run, ignore=shutil.ignore_patterns("rank*.log"))
+    before = _snapshot(run)
+    assert train(run, 1, "--training.steps=10", data=data) == [1]
+    assert "already holds checkpoints (newest: step_0000008)" in logs(run) and "Traceback" not in logs(run)
+    assert _snapshot(run) == before
+    (run / "checkpoints" / "latest").unlink()
+    assert train(run, 2, "--training.steps=10", "--resume", "auto", data=data) == [0, 0], logs(run)
+    log = logs(run)
+    assert "resuming the newest complete checkpoint found on disk" in log
+    assert f"resumed from {run / 'checkpoints' / 'step_0000008'} at step 8" in log
+    assert sorted(losses(run)) == list(range(1, 11))  # losses() refuses a step logged twice
+    meta = "checkpoints/step_0000008/meta.json"
+    assert _snapshot(run)[meta] == before[meta]  # the first run's checkpoint resumed, not overwritten
+
+
+def test_a_second_trainer_on_a_running_run_is_refused_before_writing(tmp_path: Path, data: Path) -> None:
+    """Trainer A runs; trainer B (2 ranks under torchrun) on the same run directory is refused in one line
+    naming the holder, and writes nothing (A is paused meanwhile, so any change would be B's). A then
+    stops on SIGUSR1, releasing the lock, and a third trainer resumes the run."""
+    run = tmp_path / "L"
+    procs = launch(run, 1, "--training.steps=400", "--checkpoint.interval=1000", data=data)
+    deadline = time.monotonic() + 180
+    while not ((run / "losses.jsonl").exists() and len((run / "losses.jsonl").read_text().splitlines()) >= 2):
+        assert procs[0].poll() is None, logs(run)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    lock = json.loads((run / "run.lock").read_text())
+    assert lock["pid"] == procs[0].pid
+    procs[0].send_signal(signal.SIGSTOP)
+    try:
+        before = _snapshot(run)
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+        b = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                            str(free_port()), "-m", "vidgpt.train", "--config", str(DEMO), f"--run_dir={run}",
+                            f"--data.path={data}", *BASE, "--training.steps=400", "--resume", "auto"],
+                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert b.returncode != 0
+        refusals = [line for line in b.stderr.splitlines() if "another trainer is running in this run directory" in line]
+        assert len(refusals) == 1 and f"pid {procs[0].pid}" in refusals[0], b.stderr[-3000:]
+        assert _snapshot(run) == before
+    finally:
+        procs[0].send_signal(signal.SIGCONT)
+    procs[0].send_signal(signal.SIGUSR1)
+    assert wait(procs) == [75], logs(run)
+    assert not (run / "run.lock").exists()
+    assert train(run, 1, "--training.steps=12", "--checkpoint.interval=1000", "--resume", "auto", data=data) == [0], \
+        logs(run)
+    assert sorted(losses(run)) == list(range(1, 13))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_a_signal_during_start_up_is_a_preemption(sig: signal.Signals, run_a: Path, tmp_path: Path,
+                                                  data: Path) -> None:
+    """A preemption signal while the trainer starts (importing torch, building the engine) ends it with
+    exit 75 and status.json "preempted" at the step on disk, so that launchers requeue; nothing is saved."""
+    run = tmp_path / "U"
+    shutil.copytree(run_a, run, ignore=shutil.ignore_patterns("rank*.log", "status.json"))
+    procs = launch(run, 1, "--training.steps=12", "--resume", "auto", data=data)
+    time.sleep(1.0)  # inside the imports of start-up (they take seconds)
+    assert procs[0].poll() is None
+    procs[0].send_signal(sig)
+    assert wait(procs) == [75], logs(run)
+    assert json.loads((run / "status.json").read_text()) == {"state": "preempted", "step": 8}
+    assert "stop requested (signal)" in logs(run) and "Traceback" not in logs(run)
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_0000004", "step_0000008"]
+    assert not (run / "run.lock").exists()
 
 
 def _short_clips(root: Path, frames: int) -> Path:
@@ -450,6 +533,29 @@ def test_damaged_resume_files_and_another_dataset_are_one_line(run_a: Path, tmp_
     assert train(run, 2, "--resume", "auto", "--training.steps=10", data=other / "latents") == [1, 1]
     last = logs(run).strip().splitlines()[-1]
     assert last.startswith("vidgpt-train: data error: ") and "not the dataset this run was trained on" in last
+
+
+def test_bytes_changed_inside_an_optimizer_shard_are_named_and_skipped_by_auto_fallback(
+        run_a: Path, tmp_path: Path, data: Path) -> None:
+    """4,000 bytes overwritten inside rank 1's optimizer shard of step 8 (1,000 exp_avg values; size and zip
+    directory intact): --resume auto stops on every rank naming the file; --resume auto-fallback resumes
+    step 4 instead, and the run then reproduces the uninterrupted one."""
+    run = tmp_path / "X"
+    shutil.copytree(run_a, run, ignore=shutil.ignore_patterns("rank*.log"))
+    (optim,) = (run / "checkpoints" / "step_0000008").glob("*zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    blob = bytearray(optim.read_bytes())
+    blob[-8000:-4000] = bytes(255 - b for b in blob[-8000:-4000])
+    optim.write_bytes(bytes(blob))
+    assert train(run, 2, "--resume", "auto", "--training.steps=10", data=data) == [1, 1]
+    errors = [line for line in logs(run).splitlines() if line.startswith("vidgpt-train: error: ")]
+    assert len(errors) == 2 and f"{optim}: its SHA-256 differs" in errors[0], logs(run)
+    assert "--resume auto-fallback" in errors[0] and "Traceback" not in logs(run)
+    for log in run.glob("rank*.log"):
+        log.unlink()
+    assert train(run, 2, "--resume", "auto-fallback", data=data) == [0, 0], logs(run)
+    assert f"resumed from {run / 'checkpoints' / 'step_0000004'} at step 4" in logs(run)
+    a, x = losses(run_a), losses(run)
+    assert sorted(x) == list(range(1, 9)) and all(abs(a[s] - x[s]) <= 1e-6 for s in a)
 
 
 def test_tensorboard_scalars_read_back(run_a: Path) -> None:

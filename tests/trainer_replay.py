@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --nproc_per_node 1 tests/trainer_replay.py OUT --config C [--key=value ...]
 
-Runs `vidgpt.train.Trainer` as `vidgpt-train` does, recording before every micro-step the batch and the
+Runs `vidgpt.trainer.Trainer` as `vidgpt-train` does, recording before every micro-step the batch and the
 states of the trainer's two generators (prompt lengths, noise), and writes to OUT the records, the
 final weights and the final EMA. `replay(cfg, records)` then trains one plain-torch model on exactly
 those batches and random draws (AdamW, clip_grad_norm_, LambdaLR(lr_factor), an EMA by lerp): the
@@ -24,7 +24,7 @@ from vidgpt.config import Config, load_config
 from vidgpt.diffusion import build_diffusion
 from vidgpt.model import VidGPT, text_mask_or_none
 from vidgpt.objective import LossBatch
-from vidgpt.train import Trainer
+from vidgpt.trainer import Trainer
 
 KEYS = ("latents", "valid", "text", "text_mask")
 

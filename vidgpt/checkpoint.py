@@ -8,6 +8,9 @@
 
 A save is complete once every rank has written its part: only then does rank 0 write meta.json and
 replace `latest` (atomically), so a process killed mid-save leaves the previous checkpoint as `latest`.
+meta.json records every file's size and SHA-256 (each rank hashes a share of the files once they are
+written, reading them back from the page cache); resume and export verify the files they read against
+it, so a file damaged on disk is named instead of loaded.
 Older complete checkpoints beyond keep_last, and incomplete ones older than the newest complete one,
 are then removed. Trainer state files are read with `torch.load(weights_only=True)`.
 """
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -25,7 +30,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -34,6 +39,12 @@ from vidgpt.errors import ConfigError
 
 LATEST = "latest"
 META = "meta.json"
+CHECKSUMS = "checksums"
+"""meta.json's record of every other file of the step: {name: {"bytes": N, "sha256": HEX}}."""
+
+Parts = Literal["all", "ema", "model"]
+"""What of a checkpoint a reader needs: all (resume), ema (the trainer states that hold the EMA shards:
+EMA export), model (DeepSpeed's model and optimizer shards, which hold the fp32 weights: weight export)."""
 
 
 class CheckpointError(RuntimeError):
@@ -57,6 +68,32 @@ class CheckpointConfig:
 
 def tag_for(step: int) -> str:
     return f"step_{step:07d}"
+
+
+TAG = re.compile(r"step_\d{7}")
+"""What `latest` may name: a step directory of the same checkpoints/ directory, nothing else."""
+
+
+def read_latest(checkpoints: Path) -> tuple[str | None, str]:
+    """The tag `checkpoints/latest` names, or None with why not (missing, unreadable, empty, not a step
+    tag such as '../../etc' (a pointer never leads outside its directory), or a step that is not there)."""
+    latest = checkpoints / LATEST
+    try:
+        text = latest.read_text().strip()
+    except FileNotFoundError:
+        return None, f"{latest} is missing"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{latest} is unreadable ({one_line(exc)})"
+    if not TAG.fullmatch(text):
+        return None, f"{latest} names {text[:40]!r}, not a step directory"
+    if not (checkpoints / text).is_dir():
+        return None, f"{latest} names {text}, which is not there"
+    return text, ""
+
+
+def step_dirs(checkpoints: Path) -> list[Path]:
+    """The step directories of `checkpoints`, newest first (universal conversions excluded)."""
+    return sorted((p for p in checkpoints.glob("step_*") if p.is_dir() and TAG.fullmatch(p.name)), reverse=True)
 
 
 def trainer_state_name(rank: int) -> str:
@@ -91,9 +128,17 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_step_checkpoint(path: Path) -> StepCheckpoint:
+def _needed(name: str, parts: Parts) -> bool:
+    """Whether a reader of `parts` reads the checkpoint file `name`."""
+    if parts == "all":
+        return True
+    is_trainer_state = name.startswith("trainer_rank")
+    return is_trainer_state if parts == "ema" else not is_trainer_state
+
+
+def read_step_checkpoint(path: Path, parts: Parts = "all") -> StepCheckpoint:
     """The checkpoint in step directory `path`, checked for completeness: meta.json readable, and every
-    saving rank's trainer state and DeepSpeed model state present."""
+    saving rank's trainer state and DeepSpeed model state present (of them, the files `parts` needs)."""
     meta_path = path / META
     if not meta_path.exists():
         raise CheckpointError(f"{path}: not a complete checkpoint (no {META}; was its save interrupted?)")
@@ -108,12 +153,56 @@ def read_step_checkpoint(path: Path) -> StepCheckpoint:
                     if not (path / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt").exists()]
         missing += [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)  # bf16_ prefix under bf16
                     if not list(path.glob(f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt"))]
+    recorded = meta.get(CHECKSUMS) or {}
+    missing += [name for name in recorded if not (path / name).exists() and name not in missing]
+    missing = [name for name in missing if _needed(name, parts)]
     if missing:
         raise CheckpointError(f"{path}: damaged checkpoint, missing {', '.join(missing[:4])}"
                               + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
     for file in sorted(path.glob("*.pt")):  # every rank checks every file: they all fail alike, before any collective
-        _check_torch_file(file)
+        if _needed(file.name, parts):
+            _check_torch_file(file)
+        if file.name in recorded and file.stat().st_size != recorded[file.name]["bytes"] and _needed(file.name, parts):
+            raise CheckpointError(f"{file}: {file.stat().st_size} bytes, {recorded[file.name]['bytes']} when it was "
+                                  "saved: damaged; resume an older checkpoint")
     return StepCheckpoint(path, meta)
+
+
+def sha256(file: Path) -> str:
+    with open(file, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def checksum_share(path: Path, rank: int, world: int) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of this rank's share of the files of step directory `path` (of the sorted names,
+    every world-th from the rank's; meta.json aside), so the ranks hash a checkpoint in parallel."""
+    names = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != META)
+    return {name: {"bytes": (path / name).stat().st_size, "sha256": sha256(path / name)}
+            for name in names[rank::world]}
+
+
+def checksum_problems(found: StepCheckpoint, names: list[str]) -> list[str]:
+    """One line per file of `names` whose bytes are not those recorded at save (files without a record
+    are not checked)."""
+    recorded = found.meta.get(CHECKSUMS) or {}
+    problems = []
+    for name in names:
+        file, want = found.path / name, recorded.get(name)
+        if want is None:
+            continue
+        if not file.exists():
+            problems.append(f"{file}: missing")
+        elif file.stat().st_size != want["bytes"]:
+            problems.append(f"{file}: {file.stat().st_size} bytes, {want['bytes']} when it was saved")
+        elif sha256(file) != want["sha256"]:
+            problems.append(f"{file}: its SHA-256 differs from the one recorded when it was saved (damaged on disk)")
+    return problems
+
+
+def verify(found: StepCheckpoint, parts: Parts = "all", *, rank: int = 0, world: int = 1) -> list[str]:
+    """checksum_problems of this rank's share of the files `parts` needs (all of them for one process)."""
+    names = sorted(name for name in (found.meta.get(CHECKSUMS) or {}) if _needed(name, parts))
+    return checksum_problems(found, names[rank::world])
 
 
 def _check_torch_file(file: Path) -> None:
@@ -128,36 +217,54 @@ def _check_torch_file(file: Path) -> None:
                               "an older checkpoint (--resume PATH)") from exc
 
 
-def newest_complete(checkpoints: Path, before: str | None = None) -> StepCheckpoint | None:
+def newest_complete(checkpoints: Path, before: str | None = None, parts: Parts = "all") -> StepCheckpoint | None:
     """The newest step directory of `checkpoints` that `read_step_checkpoint` accepts (older than `before`)."""
-    steps = sorted((p for p in checkpoints.glob("step_*") if p.is_dir() and not p.name.endswith("_universal")),
-                   reverse=True)
-    for path in steps:
+    for path in step_dirs(checkpoints):
         if before is not None and path.name >= before:
             continue
         try:
-            return read_step_checkpoint(path)
+            return read_step_checkpoint(path, parts)
         except CheckpointError:
             continue
     return None
 
 
-def resolve(run_dir: Path, resume: str | None) -> StepCheckpoint | None:
-    """--resume auto: the run's `latest` checkpoint if any (a damaged one is an error naming the newest
-    complete one); auto-fallback: that newest complete one instead, said on stderr; PATH: that step
-    directory."""
+def resolve(run_dir: Path, resume: str | None, parts: Parts = "all") -> StepCheckpoint | None:
+    """The checkpoint a run starts from.
+
+    None (no --resume) or "none": a fresh run, refused when `run_dir` already holds a checkpoint that was
+    complete once (starting over would overwrite it). auto: the checkpoint `latest` names (a damaged one
+    is an error naming the newest complete one); when `latest` is missing or unreadable (a partial copy,
+    an interrupted rsync), the newest complete step found on disk, said on stderr; None when the run has
+    no checkpoint yet. auto-fallback: as auto, but past a damaged `latest` to the newest complete one.
+    PATH: that step directory (or a checkpoints/ directory's latest). parts: what the caller reads of it
+    (a damaged file it does not read does not count)."""
+    checkpoints = run_dir / "checkpoints"
     if resume is None or resume == "none":
+        saved = [p for p in step_dirs(checkpoints) if (p / META).exists()]
+        if saved:
+            raise CheckpointError(
+                f"{run_dir} already holds checkpoints (newest: {saved[0].name}); starting a new run there would "
+                "overwrite them: pass --resume auto to continue it, or another --run_dir to start a new run")
         return None
     if resume in ("auto", "auto-fallback"):
-        checkpoints = run_dir / "checkpoints"
-        latest = checkpoints / LATEST
-        if not latest.exists():
-            return None
-        tag = latest.read_text().strip()
+        tag, why = read_latest(checkpoints)
+        if tag is None:
+            found = newest_complete(checkpoints, parts=parts)
+            if found is not None:
+                print(f"vidgpt: {why}; resuming the newest complete checkpoint found on disk, {found.path}",
+                      file=sys.stderr)
+                return found
+            once_complete = [p.name for p in step_dirs(checkpoints) if (p / META).exists()]
+            if once_complete:
+                raise CheckpointError(f"{why}, and no checkpoint in {checkpoints} is complete "
+                                      f"({', '.join(once_complete[:3])} damaged); repair one and pass it as --resume "
+                                      "PATH, or start a new --run_dir")
+            return None  # no checkpoint yet (at most a first save that was interrupted): start from step 0
         try:
-            return read_step_checkpoint(checkpoints / tag)
+            return read_step_checkpoint(checkpoints / tag, parts)
         except CheckpointError as exc:
-            older = newest_complete(checkpoints, before=tag)
+            older = newest_complete(checkpoints, before=tag, parts=parts)
             if resume == "auto-fallback" and older is not None:
                 print(f"vidgpt: {exc}; resuming the newest complete checkpoint, {older.path} (--resume "
                       "auto-fallback)", file=sys.stderr)
@@ -167,21 +274,30 @@ def resolve(run_dir: Path, resume: str | None) -> StepCheckpoint | None:
             raise CheckpointError(f"{exc} (latest){hint}") from exc
     path = Path(resume)
     if (path / LATEST).exists():  # a checkpoints/ directory
-        path = path / (path / LATEST).read_text().strip()
+        tag, why = read_latest(path)
+        if tag is None:
+            raise CheckpointError(f"--resume {resume}: {why}; pass a step directory instead")
+        path = path / tag
     if not path.is_dir():
         raise CheckpointError(f"--resume {resume}: no such checkpoint directory")
-    return read_step_checkpoint(path)
+    return read_step_checkpoint(path, parts)
 
 
-def find_checkpoint(path: Path) -> StepCheckpoint:
+def find_checkpoint(path: Path, parts: Parts = "all") -> StepCheckpoint:
     """The checkpoint a command-line argument names: a run directory or a checkpoints/ directory (its
-    `latest`), or a step directory (vidgpt-export, vidgpt-convert)."""
+    `latest`), or a step directory (vidgpt-export, vidgpt-convert); its files that `parts` needs are
+    verified against the checksums recorded at save."""
     if (path / "checkpoints").is_dir():
-        found = resolve(path, "auto")
+        found = resolve(path, "auto", parts)
         if found is None:
             raise CheckpointError(f"{path}: the run has no complete checkpoint")
-        return found
-    return resolve(path, str(path)) if (path / LATEST).exists() else read_step_checkpoint(path)
+    else:
+        found = resolve(path, str(path), parts) if (path / LATEST).exists() else read_step_checkpoint(path, parts)
+    problems = verify(found, parts)
+    if problems:
+        raise CheckpointError(f"{problems[0]}" + (f" (and {len(problems) - 1} more files)" if len(problems) > 1 else "")
+                              + "; use an older checkpoint")
+    return found
 
 
 def check_model_config(found: StepCheckpoint, model_cfg: dict[str, Any]) -> None:
@@ -216,9 +332,12 @@ class Checkpointer:
             what = "no space left on the device" if nospace else f"write failed ({one_line(exc)})"
             raise CheckpointError(f"{self.dir}: {what} while saving step {step}; the half-written {path.name} was "
                                   f"removed, the previous checkpoint is intact") from exc
-        distributed.barrier()  # every rank's part is on disk
+        distributed.barrier()  # every rank's part is on disk: hash it, each rank a share
+        shares = distributed.all_gather_objects(checksum_share(path, self.env.rank, self.env.world))
         if self.env.is_main:
-            _write_atomic(path / META, json.dumps({**meta, "step": step, "world": self.env.world}, indent=1))
+            sums = {name: entry for share in shares for name, entry in share.items()}  # type: ignore[union-attr]
+            _write_atomic(path / META, json.dumps({**meta, "step": step, "world": self.env.world, CHECKSUMS: sums},
+                                                  indent=1))
             _write_atomic(self.dir / LATEST, tag + "\n")
             self._prune(tag)
         distributed.barrier()

@@ -136,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA or raw weights (default: ema)")
     args = ap.parse_args(argv)
     try:
-        found = find_checkpoint(Path(args.checkpoint))
+        found = find_checkpoint(Path(args.checkpoint), args.weights)  # only the files this export reads
         if args.weights == "ema" and not found.meta.get("ema"):
             print("vidgpt-export: no EMA in this checkpoint; exporting the model weights", file=sys.stderr)
             args.weights = "model"
+            found = find_checkpoint(Path(args.checkpoint), args.weights)
         out = export(found, Path(args.out), args.weights)
     except CheckpointError as exc:
         print(f"vidgpt-export: error: {exc}", file=sys.stderr)

@@ -26,6 +26,13 @@ the caption: every denoising step also runs the network on the chunk alone, with
 (no cache, no window), and moves the prediction to u + s (c - u), c with the context, u without. It
 needs a model trained with some 0-frame prompts (`FramePromptObjective.prompt_min_len` 0), which has
 learned u; it costs a second network call per step.
+
+Context noise (`context_noise` u > 0, Diffusion Forcing's stabilisation, SkyReels-V2's
+addnoise_condition): every generated frame enters the context noised to the fraction u of the noise
+range and labelled with that time, so later chunks lean less on its fine errors. Prompt frames stay
+clean. The noise is drawn from the sampler's generator after each chunk that later chunks see (not after
+the last), in the same order with and without the cache. It needs a model that saw noisy earlier frames
+in training (per-frame noise).
 """
 
 from __future__ import annotations
@@ -75,6 +82,9 @@ class SamplingSpec:
     """Classifier-free guidance on the caption (1 = none; used when captions are given)."""
     kv_cache: bool = True
     """Keep the earlier frames' keys and values (false: recompute the window at every step, the reference)."""
+    context_noise: float = 0.0
+    """Generated frames enter the context noised to this fraction of the noise range and labelled with that
+    time (prompt frames stay clean; 0 = clean context; for models trained with per-frame noise)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Network precision: auto is bf16 on GPUs of compute capability >= 8.0, fp32 elsewhere; the
     sampler's state stays fp32."""
@@ -95,6 +105,8 @@ class SamplingSpec:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be a number > 0 (1 = no guidance), got {value}")
+        if not (math.isfinite(self.context_noise) and 0 <= self.context_noise < 1):
+            problems.append(f"context_noise must be a number in [0, 1), got {self.context_noise}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if problems:
@@ -183,6 +195,7 @@ def generate(
     autocast: torch.dtype | None = None,
     context_scale: float = 1.0,
     sink: int = 0,
+    context_noise: float = 0.0,
 ) -> Tensor:
     """Generate `num_frames` frames after `prompt` (B, P, C, H, W); returns (B, P + num_frames, C, H, W).
     P may be 0 (text to video, for models trained with 0-frame prompts: `FramePromptObjective.prompt_min_len` 0).
@@ -197,6 +210,8 @@ def generate(
     earlier frame (the first one of text to video) is not guided: there is nothing to guide on.
     sink: the first `sink` prompt frames stay in every chunk's context, within the window (see the module
     docstring); 0 <= sink <= P, and sink < window when > 0; 0 = none.
+    context_noise: generated frames enter the context noised to this fraction of the noise range, labelled
+    with that time (see the module docstring); 0 = clean.
     """
     if prompt.ndim != 5:
         raise ValueError(f"prompt must be (B, P, C, H, W) latents, got {tuple(prompt.shape)}")
@@ -211,6 +226,8 @@ def generate(
         raise ValueError(f"context_scale must be a finite number > 0 (1 = no context guidance), got {context_scale}")
     if sink < 0 or (sink and sink >= window):
         raise ValueError(f"sink ({sink}) must be >= 0 and < window ({window}): the sink counts within the window")
+    if not (math.isfinite(context_noise) and 0 <= context_noise < 1):
+        raise ValueError(f"context_noise must be a number in [0, 1), got {context_noise}")
     if sink > prompt.shape[1]:
         raise ValueError(f"sink ({sink}) must be <= the prompt frames ({prompt.shape[1]}): the sink holds prompt frames")
     guided = cfg_scale != 1.0
@@ -252,20 +269,25 @@ def generate(
     if cache is not None and P:  # P = 0: text to video, the first chunk starts from noise alone
         net(prompt, zeros(P), cache=cache, write_cache=True)
 
-    frames = [prompt]
+    frames = [prompt]  # what the video is
+    seen = [prompt]  # what later chunks see of it: generated frames noised by context_noise
+    seen_t = [zeros(P)]  # (1, F) their model times
+    t_seen = diffusion.time_at(torch.tensor(context_noise, device=prompt.device)) if context_noise else None
     done = 0
     plan = list(chunks(P, num_frames, chunk))
     for i, (start, size) in enumerate(plan):
         shape = (B, size, *prompt.shape[2:])
         x = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)  # fp32 or fp64
-        context = None if cache is not None else _context(torch.cat(frames, dim=1), window, sink)  # (B, <=W, C, H, W)
+        if cache is None:  # (B, <=W, C, H, W) and (1, <=W)
+            context = _context(torch.cat(seen, dim=1), window, sink)
+            context_t = _context(torch.cat(seen_t, dim=1), window, sink)
         for t, t_next in schedule:
             t_model = diffusion.model_time(torch.full((1, size), t, device=prompt.device))
             if cache is not None:
                 out = net(x, t_model, cache=cache)
             else:
                 n_ctx = context.shape[1]
-                t_all = torch.cat([zeros(n_ctx), t_model], dim=1)
+                t_all = torch.cat([context_t, t_model], dim=1)
                 out = net(torch.cat([context, x], dim=1), t_all, frame_offset=start - n_ctx)[:, n_ctx:]
             if context_scale != 1.0 and start > 0:  # the same chunk without any earlier frame
                 free = net(x, t_model, frame_offset=start)
@@ -275,8 +297,17 @@ def generate(
                 noise = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)
             x = diffusion.step(guide(out), x, t, t_next, noise)
         frames.append(x)
-        if cache is not None and i + 1 < len(plan):
-            net(x, zeros(size), cache=cache, write_cache=True)
+        if i + 1 < len(plan):  # later chunks see this one
+            x_seen, t_x = x, zeros(size)
+            if t_seen is not None:
+                eps = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)
+                x_seen = diffusion.add_noise(x, eps, t_seen.expand(B, size))
+                t_x = diffusion.model_time(t_seen.expand(1, size))
+            if cache is not None:
+                net(x_seen, t_x, cache=cache, write_cache=True)
+            else:
+                seen.append(x_seen)
+                seen_t.append(t_x)
         done += size
         if progress is not None:
             progress(done, num_frames)
@@ -306,7 +337,7 @@ def generate_as(
         model, diffusion, prompt, num_frames, chunk=spec.chunk, window=spec.window, steps=spec.steps,
         text=text, text_mask=text_mask, cfg_scale=spec.cfg_scale if text is not None else 1.0,
         use_cache=spec.kv_cache and model.cfg.causal, generator=generator, progress=progress, autocast=autocast,
-        context_scale=spec.context_scale, sink=spec.sink,
+        context_scale=spec.context_scale, sink=spec.sink, context_noise=spec.context_noise,
     )
 
 

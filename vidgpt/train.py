@@ -4,278 +4,41 @@
     torchrun --nproc_per_node 8 -m vidgpt.train --config configs/xl.toml --resume auto
     srun python -m vidgpt.train --config ...          # one task per GPU; SLURM variables give the ranks
 
-Device and backend come from DeepSpeed's accelerator, so the trainer and ZeRO-3 agree: CPU (gloo, fp32)
-when DS_ACCELERATOR=cpu or no GPU is visible (DS_ACCELERATOR=cpu is then set), else the GPU
-local_rank % device_count (NCCL; bf16 from compute capability 8.0, fp32 with a warning below). A job
-allocated GPUs that torch cannot use stops with a message rather than training on the CPUs.
-Exit status: 0 finished; 75 stopped on SIGUSR1/SIGTERM/SIGINT after saving a checkpoint (requeue and
-run again with --resume auto); 1 failed (the message names the reason: data, checkpoint, training);
-2 bad configuration. Rank 0 also writes RUN/status.json ({"state": "finished" | "preempted", "step": N})
-for launchers such as torchrun that report any non-zero rank status as their own failure.
-
-The trainer builds its components (`vidgpt.components`) and runs the loop; each component owns its job.
+One trainer per run directory: rank 0 holds RUN/run.lock while it runs (a second trainer is refused; the
+lock of a trainer that is gone, or of a requeued SLURM job's earlier run, is taken over). A run directory
+that holds checkpoints is only ever continued (--resume auto), never started over.
+Exit status: 0 finished; 75 stopped on SIGUSR1/SIGTERM/SIGINT (requeue and run again with --resume auto:
+a checkpoint was saved, or the signal came during start-up, before the first step, and the checkpoint on
+disk is where to go on from); 1 failed (the message names the reason: data, checkpoint, training, another
+trainer); 2 bad configuration. Rank 0 also writes RUN/status.json ({"state": "finished" | "preempted",
+"step": N}) for launchers such as torchrun that report any non-zero rank status as their own failure.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import os
-import sys
-import time
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import torch
-
-from data_pipeline.loader import DataError, error_line
-from data_pipeline.storage import StorageError
-from vidgpt import attention, distributed
-from vidgpt.checkpoint import CheckpointError
-from vidgpt.components.checkpointing import TrainingCheckpoints
-from vidgpt.components.data import build_loaders, check_datasets, loss_batch
-from vidgpt.components.engine import build_engine, deepspeed_config, make_deterministic, resolve_precision
-from vidgpt.components.loss_log import LossLog
-from vidgpt.components.seeds import RandomStreams
-from vidgpt.components.step_guard import NonFiniteGuard, StopFlag
-from vidgpt.components.tensorboard import Console, TensorBoardWriter, describe_run
-from vidgpt.components.throughput import StepCost, Throughput
-from vidgpt.components.validation import build_validator
-from vidgpt.config import Config, ConfigError, dumps, load_config
-from vidgpt.diffusion import build_diffusion
-from vidgpt.ema import ShardedEMA
-from vidgpt.errors import TrainingError
-
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved; run again with --resume auto
-
-
-class Trainer:
-    def __init__(self, cfg: Config, resume: str | None) -> None:
-        """Checks that cost nothing to fail: data, devices, the checkpoint to resume. No file is written."""
-        self.cfg = cfg
-        self.datasets = check_datasets(cfg.data, cfg.eval.data, cfg.eval.holdout_shards)
-        self.env = distributed.detect_env()
-        problem = distributed.allocated_gpus_without_cuda(os.environ, torch.cuda.is_available())
-        if problem:
-            raise TrainingError(problem)
-        if not torch.cuda.is_available():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        if cfg.training.deterministic:  # cuBLAS reads it when CUDA starts
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        self.run_dir = Path(cfg.run_dir)
-        self.checkpoints = TrainingCheckpoints(cfg.checkpoint, self.run_dir, self.env, resume, cfg.model)
-        self.log = Console(self.env.is_main)
-        self.writer = TensorBoardWriter(None)
-
-    def setup(self) -> None:
-        cfg, env, t = self.cfg, self.env, self.cfg.training
-        # DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates
-        # (all_gather_into_tensor, reduce_scatter_tensor), every step: library noise, filtered here only
-        warnings.filterwarnings("ignore", message=r".*`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-        self.device, backend = distributed.accelerator_device(env.local_rank)
-        self.precision = resolve_precision(t.precision, self.device)
-        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32  # the network's input
-        self.checkpoints.convert_if_needed(self.log)  # before any collective
-        distributed.init(env, backend)
-        if t.deterministic:
-            make_deterministic()
-        self.log(f"rank {env.rank}: {self.device} ({backend}, {self.precision}); "
-                 f"attention: {attention.describe(self.device)}")
-        if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-
-        ds_config = deepspeed_config(t, cfg.optimizer, cfg.data.batch_size, self.precision,
-                                     self.checkpoints.universal_tag is not None)
-        self.engine, self.scheduler = build_engine(t, cfg.optimizer, cfg.model, ds_config)
-        self.diffusion = build_diffusion(cfg.diffusion)
-        eval_source = (cfg.eval.data or cfg.data.path) if cfg.eval.interval else None
-        self.loader, eval_loader = build_loaders(cfg.data, self.datasets, seed=t.seed, rank=env.rank, world=env.world,
-                                                 pin_memory=self.device.type == "cuda", eval_source=eval_source,
-                                                 eval_seed=cfg.eval.seed)
-        self.streams = RandomStreams.for_training(t.seed, env.rank, self.device)
-        self.ema = ShardedEMA(self.engine.module, t.ema_decay) if t.ema_decay > 0 else None
-        self.step, self.guard = 0, NonFiniteGuard(t.max_bad_steps)
-        self.stop_agreed, self.flops_said = False, False
-        self.losses = LossLog(self.run_dir, env.is_main)
-        if self.checkpoints.resume_from is not None:
-            self.restore()
-        self.writer = TensorBoardWriter(self.run_dir / "tensorboard" if env.is_main else None)
-        self.validator = None if eval_loader is None else build_validator(
-            cfg.eval, loader=eval_loader, objective=cfg.objective, diffusion=self.diffusion, data=cfg.data,
-            model_cfg=cfg.model, held_out=self.datasets.held_out, env=env, device=self.device, input_dtype=self.dtype,
-            run_dir=self.run_dir, writer=self.writer, log=self.log)
-        self.throughput = Throughput.for_device(t.peak_tflops, env.world, self.device)
-        if env.is_main:  # only once the run really starts: a run that fails to start keeps the old one
-            (self.run_dir / "config.toml").write_text(dumps(cfg))
-        self.log(describe_run(cfg, self.loader, self.datasets.held_out, env, self.device.type, self.precision,
-                              self.step))
-        if self.datasets.short_clips:
-            self.log(f"warning: {self.datasets.short_clips} of {self.loader.num_samples} clips are shorter than "
-                     f"data.num_frames={cfg.data.num_frames}: they are padded (padding carries no loss), and a "
-                     "batch's prompt stays shorter than its shortest clip")
-
-    @property
-    def samples_per_step(self) -> int:
-        return self.cfg.data.batch_size * self.cfg.optimizer.grad_accum * self.env.world
-
-    # -- state ---------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """This rank's trainer state, saved beside DeepSpeed's shards."""
-        state: dict[str, Any] = {"step": self.step, **self.guard.state_dict(),
-                                 "loader": json.dumps(self.loader.state_dict()), **self.streams.state_dict()}
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
-
-    def restore(self) -> None:
-        restored, self.streams = self.checkpoints.restore(
-            self.engine, loader=self.loader, streams=self.streams, ema=self.ema, seed=self.cfg.training.seed,
-            device=self.device, data=self.cfg.data, log=self.log)
-        self.step = restored.step
-        self.guard.load_state_dict(restored.own)
-        self.losses.resumed_at(self.step)
-        self.log(f"resumed from {self.checkpoints.resume_from.path} at step {self.step}")  # type: ignore[union-attr]
-
-    def save(self) -> Path:
-        self.losses.flush()  # a checkpoint's losses.jsonl has every step up to it
-        meta = {"model": dataclasses.asdict(self.cfg.model), "zero_stage": self.cfg.training.zero_stage,
-                "ema": self.ema is not None, "config": dataclasses.asdict(self.cfg)}
-        path = self.checkpoints.save(self.engine, self.step, self.state_dict(), meta)
-        self.log(f"step {self.step}: checkpoint {path}")
-        return path
-
-    # -- the loop ------------------------------------------------------------------------------
-
-    def micro_step(self, batch: dict[str, Any], stop: StopFlag | None = None) -> torch.Tensor | None:
-        """Forward, backward and DeepSpeed step of one micro-batch; returns the loss, still on the device
-        (read once per logging interval), or None when some rank's loss was not finite (then no rank
-        steps, and the count of bad steps in a row grows). The ranks agree on finiteness before backward
-        with one small all-reduce, the step's only host sync; the last micro-batch of a step carries the
-        stop request in the same collective (`self.stop_agreed`)."""
-        loss = self.cfg.objective.loss(self.engine, self.diffusion,
-                                       loss_batch(batch, self.device, bool(self.cfg.model.text_dim)),
-                                       self.streams.noise, self.streams.prompt, input_dtype=self.dtype)
-        flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
-                             torch.tensor(float(stop is not None and stop.requested), device=loss.device)])
-        bad, stop_any = distributed.all_reduce(flags, "max").tolist()
-        self.stop_agreed = self.stop_agreed or bool(stop_any)
-        if not self.guard.passed(bool(bad), self.step, str(self.checkpoints.files.dir / "latest"), self.log):
-            return None
-        self.engine.backward(loss)
-        self.engine.step()
-        return loss.detach().float()
-
-    def batches(self) -> Iterator[dict[str, Any]]:
-        while True:
-            yield from self.loader
-
-    def validate(self) -> None:
-        assert self.validator is not None
-        values = self.validator.validate(self.engine, self.ema, self.step, str(self.run_dir / "samples"))
-        self.throughput.exclude(values["seconds"])  # its time is not a step's
-
-    def train(self) -> int:
-        cfg, stop, data = self.cfg, StopFlag(), self.batches()
-        accum, last_step = cfg.optimizer.grad_accum, cfg.training.steps
-        latent_hw: tuple[int, int] | None = None
-        self.throughput.restart()
-        if self.validator is not None and self.step == 0:
-            self.validate()  # before the first step
-        while self.step < last_step:
-            step_losses: list[torch.Tensor] = []
-            while len(step_losses) < accum:  # a skipped micro-batch is replaced
-                t0 = time.perf_counter()
-                batch = next(data)
-                self.throughput.waited(time.perf_counter() - t0)
-                latent_hw = batch["latents"].shape[-2:]
-                loss = self.micro_step(batch, stop if len(step_losses) == accum - 1 else None)
-                if loss is not None:
-                    step_losses.append(loss)
-            self.step += 1
-            self.throughput.step_done()
-            if self.ema is not None:
-                self.ema.update()
-            self.losses.add(self.step, torch.stack(step_losses).mean())
-            if self.step % cfg.logging.interval == 0 or self.step == last_step:
-                assert latent_hw is not None
-                self.report(*latent_hw)
-            if self.validator is not None and self.validator.due(self.step):
-                self.validate()
-            if self.checkpoints.due(self.step, last_step):
-                self.save()
-            if self.stop_agreed:
-                if self.step % cfg.checkpoint.interval:
-                    self.save()
-                self.log(f"step {self.step}: stop requested (signal); checkpoint saved, exiting {EXIT_PREEMPTED}")
-                return self.finish("preempted", EXIT_PREEMPTED)
-        self.save()
-        return self.finish("finished", 0)
-
-    def report(self, lat_h: int, lat_w: int) -> None:
-        """The logging interval's figures: TensorBoard scalars and one console line."""
-        cfg = self.cfg
-        window_losses = self.losses.flush()
-        cost = StepCost.of(cfg.model, cfg.data.num_frames, lat_h, lat_w, self.samples_per_step)
-        values = {"loss": sum(window_losses) / len(window_losses), "lr": self.scheduler.get_last_lr()[0],
-                  "grad_norm": float(self.engine.get_global_grad_norm() or 0.0), "skipped_steps": self.guard.skipped,
-                  **self.throughput.report(cost)}
-        if not self.flops_said:  # once per run, at the first logged step
-            self.flops_said = True
-            self.log(f"model: {cost.flops / 1e12:.4g} TFLOP per optimizer step ({lat_h}x{lat_w} latents, "
-                     f"{(lat_h // cfg.model.patch) * (lat_w // cfg.model.patch)} tokens per frame)")
-        self.writer.scalars(self.step, values)
-        self.log(f"step {self.step}/{cfg.training.steps} loss {values['loss']:.5f} lr {values['lr']:.2e} "
-                 f"{values['samples_per_s']:.1f} samples/s")
-
-    def finish(self, state: str, code: int) -> int:
-        """Record how the run ended (for launchers such as torchrun that report any non-zero rank status
-        as their own failure), before any rank exits."""
-        if self.env.is_main:
-            (self.run_dir / "status.json").write_text(json.dumps({"state": state, "step": self.step}) + "\n")
-        self.writer.close()
-        distributed.barrier()
-        return code
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def run(cfg: Config, resume: str | None) -> int:
-    trainer = Trainer(cfg, resume)
-    try:
-        trainer.setup()
-        code = trainer.train()  # every rank ends here together (finished or preempted, see finish)
-    finally:
-        trainer.close()
-    distributed.shutdown()  # only on that path: after an error another rank may be inside a collective
-    return code
+from vidgpt.components.step_guard import StopFlag
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop = StopFlag()  # first, before the seconds of importing torch and DeepSpeed: a signal during start-up
+    # is a preemption (exit 75, status.json), never a process killed by SIGUSR1/SIGTERM and a lost requeue
     ap = argparse.ArgumentParser(prog="vidgpt-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="TOML run config (see configs/ and docs/config.md)")
     ap.add_argument("--resume", default=None,
-                    help="auto: continue from RUN/checkpoints/latest if any (a damaged one is an error naming the newest "
-                         "complete one); auto-fallback: resume that newest complete one instead; PATH: a checkpoint "
-                         "step directory")
+                    help="auto: continue from RUN/checkpoints/latest, or when that pointer is lost the newest complete "
+                         "step on disk (a damaged latest is an error naming the newest complete one); auto-fallback: "
+                         "resume that newest complete one instead; PATH: a checkpoint step directory. Without it the "
+                         "run directory must hold no checkpoint")
+    ap.add_argument("--break-lock", action="store_true",
+                    help="take over RUN/run.lock although its holder looks alive: only when you know that trainer is "
+                         "dead (a lock its holder stopped refreshing 5 minutes ago is taken over anyway)")
     args, overrides = ap.parse_known_args(argv)
-    try:
-        cfg = load_config(args.config, overrides)
-        return run(cfg, args.resume)
-    except ConfigError as exc:
-        print(f"vidgpt-train: config error: {exc}", file=sys.stderr)
-        return 2
-    except (CheckpointError, TrainingError) as exc:
-        print(f"vidgpt-train: error: {exc}", file=sys.stderr)
-        return 1
-    except (DataError, StorageError) as exc:
-        print(f"vidgpt-train: data error: {error_line(exc)}", file=sys.stderr)
-        return 1
+    from vidgpt.trainer import command  # noqa: PLC0415 - torch and DeepSpeed load after the signal handlers
+
+    return command(args.config, overrides, args.resume, stop, break_lock=args.break_lock)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from vidgpt import distributed
 from vidgpt.components.throughput import measured_cpu_peak_flops
 from vidgpt.config import load_config
 from vidgpt.model import FLAVORS, model_stats
-from vidgpt.train import Trainer
+from vidgpt.trainer import Trainer
 
 
 def write_dataset(root: Path, samples: int, frames: int, channels: int, size: int) -> None:

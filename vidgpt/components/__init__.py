@@ -1,5 +1,5 @@
 """The trainer's components: each owns one job of training, its `[section]` config dataclass where it
-has settings, and `state_dict`/`load_state_dict` where it has state. `vidgpt.train` builds them and runs
+has settings, and `state_dict`/`load_state_dict` where it has state. `vidgpt.trainer` builds them and runs
 the loop.
 
 - `data`: dataset checks, the train and validation loaders, batches on the device (`[data]`);

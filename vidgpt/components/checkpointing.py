@@ -17,14 +17,17 @@ import torch
 
 from vidgpt import distributed
 from vidgpt.checkpoint import (
+    CHECKSUMS,
     CheckpointConfig,
     Checkpointer,
     CheckpointError,
     StepCheckpoint,
     check_model_config,
+    newest_complete,
     one_line,
     resolve,
     to_universal,
+    verify,
     wait_for_universal,
 )
 from vidgpt.components.data import DataConfig
@@ -56,10 +59,11 @@ class TrainingCheckpoints:
 
     def __init__(self, cfg: CheckpointConfig, run_dir: Path, env: distributed.DistEnv, resume: str | None,
                  model_cfg: ModelConfig) -> None:
-        self.cfg, self.env = cfg, env
+        self.cfg, self.env, self.mode = cfg, env, resume
+        self.model = dataclasses.asdict(model_cfg)
         self.resume_from: StepCheckpoint | None = resolve(run_dir, resume)
         if self.resume_from is not None:
-            check_model_config(self.resume_from, dataclasses.asdict(model_cfg))
+            check_model_config(self.resume_from, self.model)
         self.files = Checkpointer(run_dir, cfg.keep_last, env)
         self.universal_tag: str | None = None
 
@@ -67,10 +71,36 @@ class TrainingCheckpoints:
     def needs_conversion(self) -> bool:
         return self.resume_from is not None and int(self.resume_from.meta["world"]) != self.env.world
 
+    def verify(self, log: Callable[[str], None]) -> None:
+        """Once the process group has started, before anything is read: every rank hashes a share of the
+        files to resume and the ranks agree on what is damaged (all of them raise, or fall back, alike). A
+        file whose bytes differ from those recorded at save is an error naming it, or with --resume
+        auto-fallback the next older complete checkpoint is verified and resumed instead."""
+        while self.resume_from is not None:
+            found = self.resume_from
+            if not found.meta.get(CHECKSUMS):
+                log(f"{found.path}: saved without checksums (by an older vidgpt): its files are not verified")
+                return
+            shares = distributed.all_gather_objects(verify(found, rank=self.env.rank, world=self.env.world))
+            problems = sorted(line for share in shares for line in share)  # type: ignore[union-attr]
+            if not problems:
+                return
+            older = newest_complete(found.path.parent, before=found.tag)
+            more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
+            if self.mode == "auto-fallback" and older is not None:
+                log(f"{problems[0]}{more}; resuming the newest complete checkpoint before it, {older.path} "
+                    "(--resume auto-fallback)")
+                check_model_config(older, self.model)
+                self.resume_from = older
+                continue
+            hint = (f"; the newest complete one before it is {older.path}: resume it with --resume auto-fallback"
+                    if older is not None else "; no older complete checkpoint is left")
+            raise CheckpointError(f"{problems[0]}{more}{hint}")
+
     def convert_if_needed(self, log: Any) -> None:
-        """Before any collective: a checkpoint of another number of ranks is converted to the universal
-        format by rank 0 while the others poll the file system for its completion marker, so a long
-        conversion cannot run into a collective's timeout."""
+        """Before the engine's first collective: a checkpoint of another number of ranks is converted to the
+        universal format by rank 0 while the others poll the file system for its completion marker (not
+        wait in a collective), so a long conversion cannot run into a collective's timeout."""
         found = self.resume_from
         if found is None or not self.needs_conversion:
             return
