@@ -418,9 +418,32 @@ def test_conversion_killed_partway_is_redone_by_the_next_resume(run_a: Path, tmp
     assert "universal format" in logs(run) and "at step 4" in logs(run)
     assert sorted(losses(run)) == [5, 6, 7, 8]
     assert universal_done(found) and not list(step.parent.glob(".step_0000004_universal.tmp-*"))
-    assert "resuming with a changed data.batch_size 2 -> 3" in logs(run)
+    assert "resuming with changed settings: data.batch_size 2 -> 3" in logs(run)
     assert convert_main([str(step)]) == 0  # already complete: nothing to redo
     assert convert_main([str(tmp_path / "nowhere")]) == 1
+
+
+def test_overrides_on_resume_take_effect_or_are_refused(run_a: Path, tmp_path: Path, data: Path) -> None:
+    """Resumed from step 4 with another lr and clipping: step 5's loss (before any resumed update) equals the
+    uninterrupted run's, later ones differ (the new lr is used, not the checkpoint's), the change is
+    announced, and config.toml records it. A seed change cannot take effect (the random streams continue):
+    refused in one line naming the key, before anything is written."""
+    step4 = run_a / "checkpoints" / "step_0000004"
+    run = tmp_path / "O"
+    assert train(run, 2, "--resume", str(step4), "--optimizer.lr=1e-2", "--optimizer.grad_clip=0.5", data=data) \
+        == [0, 0], logs(run)
+    log = logs(run)
+    assert "resuming with changed settings: optimizer.grad_clip 1.0 -> 0.5, optimizer.lr 0.002 -> 0.01" in log
+    assert "step 6/8 loss" in log and "lr 1.00e-02" in log.split("step 6/8 loss")[1].splitlines()[0]
+    a, o = losses(run_a), losses(run)
+    assert sorted(o) == [5, 6, 7, 8] and abs(o[5] - a[5]) <= 1e-6
+    assert all(abs(o[s] - a[s]) > 1e-4 for s in (6, 7, 8)), (a, o)
+    assert load_config(run / "config.toml", []).optimizer.lr == 1e-2
+    refused = tmp_path / "S"
+    assert train(refused, 1, "--resume", str(step4), "--training.seed=7", data=data) == [2]
+    errors = [line for line in logs(refused).splitlines() if "config error" in line]
+    assert len(errors) == 1 and "cannot change on resume: training.seed 0 -> 7" in errors[0], logs(refused)
+    assert [p.name for p in refused.iterdir()] == ["rank0.log"]  # nothing written but the test's own log
 
 
 def test_gpus_allocated_but_unusable_stop_the_run_with_a_message(tmp_path: Path, data: Path) -> None:

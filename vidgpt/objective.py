@@ -164,6 +164,7 @@ class FramePromptObjective:
         text_mask: Tensor | None = None,
         training: bool = True,
         input_dtype: torch.dtype | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """The loss of one batch at given prompt lengths.
 
@@ -173,11 +174,18 @@ class FramePromptObjective:
         the one the network is told.
         prompt_len: P clean prompt frames (0 <= P < L; 0: the whole clip is generated, text to video),
         one for the batch or (B,) one per clip; valid: (B, L) bool, False for padding frames.
+        context: None, or latents shaped like x0 that the network sees in place of x0's prompt frames (for
+        instance its own generated frames, to train on its own rollouts); they get the same prompt noise and
+        label t = 0, while the noisy frames, the target and the random draws stay those of x0. Frames at or
+        after the prompt length are not read.
         """
         B, L = x0.shape[:2]
         device = x0.device
         lens = prompt_lengths(prompt_len, B, L).to(device, non_blocking=True)  # (B,)
+        if context is not None and context.shape != x0.shape:
+            raise ValueError(f"context must be shaped like x0 {tuple(x0.shape)}, got {tuple(context.shape)}")
         x0 = x0.float()
+        seen = x0 if context is None else context.to(device=device, dtype=torch.float32)  # what prompts show
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32)
         is_prompt = torch.arange(L, device=device)[None, :] < lens[:, None]  # (B, L)
         levels = L if self.per_frame_noise else 1  # noise levels per clip: one per frame, or one shared
@@ -187,9 +195,9 @@ class FramePromptObjective:
         lo, hi = self.prompt_noise
         if hi > 0:  # noise augmentation of prompt frames, still labelled t = 0
             u = lo + (hi - lo) * torch.rand(B, generator=generator, device=device)
-            prompt_in = diffusion.add_noise(x0, noise, diffusion.time_at(u)[:, None].expand(B, L))
+            prompt_in = diffusion.add_noise(seen, noise, diffusion.time_at(u)[:, None].expand(B, L))
         else:
-            prompt_in = x0
+            prompt_in = seen
         x_in = torch.where(is_prompt[:, :, None, None, None], prompt_in, diffusion.add_noise(x0, noise, t))
 
         drop = None

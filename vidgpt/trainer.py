@@ -71,7 +71,8 @@ class Trainer:
         if cfg.training.deterministic:  # cuBLAS reads it when CUDA starts
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.run_dir = Path(cfg.run_dir)
-        self.checkpoints = TrainingCheckpoints(cfg.checkpoint, self.run_dir, self.env, resume, cfg.model)
+        self.checkpoints = TrainingCheckpoints(cfg.checkpoint, self.run_dir, self.env, resume, cfg.model,
+                                               dataclasses.asdict(cfg))
         self.log = Console(self.env.is_main)
         self.writer = TensorBoardWriter(None)
 
@@ -154,7 +155,7 @@ class Trainer:
     def restore(self) -> None:
         restored, self.streams = self.checkpoints.restore(
             self.engine, loader=self.loader, streams=self.streams, ema=self.ema, seed=self.cfg.training.seed,
-            device=self.device, data=self.cfg.data, log=self.log)
+            device=self.device, log=self.log)
         self.step = restored.step
         self.guard.load_state_dict(restored.own)
         self.losses.resumed_at(self.step)

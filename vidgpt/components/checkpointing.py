@@ -30,10 +30,50 @@ from vidgpt.checkpoint import (
     verify,
     wait_for_universal,
 )
-from vidgpt.components.data import DataConfig
 from vidgpt.components.seeds import RandomStreams
 from vidgpt.ema import ShardedEMA
+from vidgpt.errors import ConfigError
 from vidgpt.model import ModelConfig
+
+NOT_ON_RESUME = {
+    "training.seed": "the data order and the random streams continue from the checkpoint",
+    "training.zero_stage": "the checkpoint's shards are laid out for its ZeRO stage",
+    "training.precision": "the optimizer's master weights and states were saved for its precision",
+    "training.ema_decay": None,  # refused only when it switches the EMA on or off (see override_problem)
+}
+"""Settings a resume cannot honour, and why; every other changed setting takes effect from the first
+resumed step (the lr schedule and AdamW's hyperparameters are re-applied over the loaded optimizer state)."""
+IGNORED_ON_RESUME = ("run_dir", "data.path")
+"""Where the run and its data live: a run directory copied elsewhere, a dataset moved (whether it is
+still the same dataset is checked on its own, `vidgpt.components.data`)."""
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"section.key": value} of a run config as `dataclasses.asdict` gives it (training.deepspeed whole)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name != "training.deepspeed":
+            out.update(flat_config(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (checkpoint's value, this run's)} of the settings that differ (keys the checkpoint's run did not
+    have yet, and `IGNORED_ON_RESUME`, aside)."""
+    old, new = flat_config(saved), flat_config(current)
+    return {k: (old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k] and k not in IGNORED_ON_RESUME
+            and not k.startswith("model.")}  # model settings: check_model_config
+
+
+def override_problem(key: str, old: Any, new: Any) -> str | None:
+    """Why a changed setting cannot take effect on resume, or None."""
+    if key == "training.ema_decay":
+        return None if (old > 0) == (new > 0) else "the checkpoint's run kept an EMA" if old > 0 else \
+            "the checkpoint's run kept no EMA to continue"
+    return NOT_ON_RESUME.get(key)
 
 
 @dataclass
@@ -58,18 +98,32 @@ class TrainingCheckpoints:
     cheap), and saving every `checkpoint.interval` steps."""
 
     def __init__(self, cfg: CheckpointConfig, run_dir: Path, env: distributed.DistEnv, resume: str | None,
-                 model_cfg: ModelConfig) -> None:
+                 model_cfg: ModelConfig, run_config: dict[str, Any] | None = None) -> None:
+        """run_config: this run's whole config (`dataclasses.asdict`), compared with the checkpoint's."""
         self.cfg, self.env, self.mode = cfg, env, resume
         self.model = dataclasses.asdict(model_cfg)
+        self.run_config = run_config or {}
+        self.changes: dict[str, tuple[Any, Any]] = {}
         self.resume_from: StepCheckpoint | None = resolve(run_dir, resume)
         if self.resume_from is not None:
-            check_model_config(self.resume_from, self.model)
+            self.check_target(self.resume_from)
         self.files = Checkpointer(run_dir, cfg.keep_last, env)
         self.universal_tag: str | None = None
 
     @property
     def needs_conversion(self) -> bool:
         return self.resume_from is not None and int(self.resume_from.meta["world"]) != self.env.world
+
+    def check_target(self, found: StepCheckpoint) -> None:
+        """CheckpointError for another model; ConfigError naming every changed setting a resume of `found`
+        cannot honour (nothing is written or loaded yet); the honoured changes are kept to announce."""
+        check_model_config(found, self.model)
+        self.changes = config_changes(found.meta.get("config", {}), self.run_config)
+        refused = [f"{k} {old!r} -> {new!r} ({why})" for k, (old, new) in self.changes.items()
+                   if (why := override_problem(k, old, new))]
+        if refused:
+            raise ConfigError(f"cannot change on resume: {'; '.join(refused)}; drop the override, or start a new "
+                              f"run directory from {found.path} with --resume PATH")
 
     def verify(self, log: Callable[[str], None]) -> None:
         """Once the process group has started, before anything is read: every rank hashes a share of the
@@ -90,7 +144,7 @@ class TrainingCheckpoints:
             if self.mode == "auto-fallback" and older is not None:
                 log(f"{problems[0]}{more}; resuming the newest complete checkpoint before it, {older.path} "
                     "(--resume auto-fallback)")
-                check_model_config(older, self.model)
+                self.check_target(older)
                 self.resume_from = older
                 continue
             hint = (f"; the newest complete one before it is {older.path}: resume it with --resume auto-fallback"
@@ -136,7 +190,7 @@ class TrainingCheckpoints:
         return Restored(int(own["step"]), own, every_rank, found.meta.get("config", {}))
 
     def restore(self, engine: Any, *, loader: Any, streams: RandomStreams, ema: ShardedEMA | None, seed: int,
-                device: torch.device, data: DataConfig, log: Callable[[str], None]) -> tuple[Restored, RandomStreams]:
+                device: torch.device, log: Callable[[str], None]) -> tuple[Restored, RandomStreams]:
         """Resume: the engine, the loader's position, the EMA and the random streams (restarted at the step,
         still deterministic, when the number of ranks changed) from the checkpoint; returns what was read
         and the streams to train on."""
@@ -155,12 +209,26 @@ class TrainingCheckpoints:
                 ema.load_shards(own["ema"])
             else:
                 ema.load_state_dict([s["ema"] for s in restored.every_rank], self.env.rank)
-        saved = restored.saved_config.get("data", {})
-        changed = [f"data.{k} {saved[k]} -> {getattr(data, k)}" for k in ("batch_size", "num_frames")
-                   if k in saved and saved[k] != getattr(data, k)]
-        if changed:  # the data position stays right; the optimizer sees other batches from here on
-            log(f"resuming with a changed {', '.join(changed)} (the checkpoint's run used the former)")
+        apply_optimizer_settings(engine, self.run_config.get("optimizer", {}))
+        if self.changes:  # each takes effect from the first resumed step; config.toml records them
+            log("resuming with changed settings: " + ", ".join(f"{k} {old} -> {new}" for k, (old, new)
+                                                                in self.changes.items()))
         return restored, streams
 
     def save(self, engine: Any, step: int, trainer_state: dict[str, Any], meta: dict[str, Any]) -> Path:
         return self.files.save(engine, step, trainer_state, meta)
+
+
+def apply_optimizer_settings(engine: Any, optimizer: dict[str, Any]) -> None:
+    """Loading a checkpoint restores AdamW's param-group hyperparameters and the schedule's base lr as they
+    were saved; put this run's `[optimizer]` back over them, and the lr at the restored step (the schedule's
+    shape, warm-up and length are this run's already: its lambda is built from this config)."""
+    scheduler = engine.lr_scheduler
+    groups = scheduler.optimizer.param_groups
+    for group in groups:
+        group.update(betas=tuple(optimizer["betas"]), eps=optimizer["eps"], weight_decay=optimizer["weight_decay"])
+    scheduler.base_lrs = [optimizer["lr"]] * len(groups)
+    step = scheduler.last_epoch
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [group["lr"] for group in groups]
