@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline import storage
+from data_pipeline.cli_types import finite_float
 from data_pipeline.index import (
     PROGRESS,
     SHARDS,
@@ -440,14 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--vae", help="sd-vae: local directory or hub id of the AutoencoderKL (e.g. stabilityai/sd-vae-ft-ema)")
     ap.add_argument("--size", type=int, nargs="+", metavar=("H", "W"), default=[64],
                     help="output frame size: H (square) or H W; short side resized, then centre-cropped (default: 64)")
-    ap.add_argument("--fps", type=float, help="resample to this frame rate (default: keep the source rate)")
+    ap.add_argument("--fps", type=finite_float, help="resample to this frame rate (default: keep the source rate)")
     ap.add_argument("--frame-stride", type=int, default=1, help="then keep every k-th frame (default: 1)")
     ap.add_argument("--min-frames", type=int, default=8, help="drop clips shorter than this (default: 8)")
     ap.add_argument("--max-frames", type=int, default=256,
                     help="split videos into clips of at most this many frames (default: 256)")
     ap.add_argument("--shard-samples", type=int, default=256,
                     help="close a shard at the first video boundary with at least this many clips (default: 256)")
-    ap.add_argument("--shard-mb", type=float, default=1024, help="... or once it holds this many MiB (default: 1024)")
+    ap.add_argument("--shard-mb", type=finite_float, default=1024, help="... or once it holds this many MiB (default: 1024)")
     ap.add_argument("--num-workers-total", type=int, default=_env_int("SLURM_ARRAY_TASK_COUNT", 1),
                     help="independent workers splitting the input list (default: $SLURM_ARRAY_TASK_COUNT or 1)")
     ap.add_argument("--worker-index", type=int, default=None,

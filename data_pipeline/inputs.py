@@ -13,7 +13,10 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
+import sys
+import unicodedata
 from dataclasses import dataclass
 
 from data_pipeline import storage
@@ -44,9 +47,42 @@ def _float_or_none(value: object, where: str) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)  # type: ignore[arg-type]
+        seconds = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise InputError(f"{where}: start/end must be seconds, got {value!r}") from exc
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"{where}: start/end must be seconds >= 0, got {value!r}")
+    return seconds
+
+
+def _caption(value: object, where: str) -> str | None:
+    """A manifest row's caption: a string (or none), without control characters."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"{where}: caption must be text, got {value!r}")
+    return clean_caption(value, where)
+
+
+def clean_caption(text: str, where: str) -> str | None:
+    """Caption text with control characters (NUL, escapes; not tabs or newlines) removed, said on stderr."""
+    cleaned = "".join(c for c in text if c in "\t\n" or unicodedata.category(c) != "Cc").strip()
+    if len(cleaned) != len(text.strip()):
+        print(f"warning: {where}: caption has control characters (removed)", file=sys.stderr)
+    return cleaned or None
+
+
+def read_caption_file(uri: str) -> str | None:
+    """A sidecar caption NAME.txt: UTF-8 text; bytes that are not UTF-8 are replaced (U+FFFD) and said on
+    stderr, naming the file and the first bad byte's offset, so a mis-encoded caption is never silent."""
+    data = storage.read_bytes(uri)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        print(f"warning: {uri}: caption is not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); the bad "
+              "bytes are replaced by U+FFFD; re-save the file as UTF-8 to keep its text", file=sys.stderr)
+        text = data.decode("utf-8", errors="replace")
+    return clean_caption(text, uri)
 
 
 def _resolve(base: str, path: str) -> str:
@@ -83,13 +119,11 @@ def read_manifest(uri: str) -> list[InputItem]:
         path = row.get("path")
         if not path:
             raise InputError(f"{where}: entry has no 'path'")
-        caption = row.get("caption") or None
-        items.append(
-            InputItem(
-                source=_resolve(base, str(path)), name=str(path), caption=caption,
-                start=_float_or_none(row.get("start"), where), end=_float_or_none(row.get("end"), where),
-            )
-        )
+        start, end = _float_or_none(row.get("start"), where), _float_or_none(row.get("end"), where)
+        if start is not None and end is not None and end <= start:
+            raise InputError(f"{where}: end ({end:g} s) must be after start ({start:g} s)")
+        items.append(InputItem(source=_resolve(base, str(path)), name=str(path),
+                               caption=_caption(row.get("caption"), where), start=start, end=end))
     return items
 
 
@@ -101,9 +135,7 @@ def scan_directory(root: str) -> list[InputItem]:
         if not path.lower().endswith(VIDEO_EXTENSIONS):
             continue
         caption_path = path.rsplit(".", 1)[0] + ".txt"
-        caption = None
-        if caption_path in present:
-            caption = storage.read_bytes(caption_path).decode("utf-8", errors="replace").strip() or None
+        caption = read_caption_file(caption_path) if caption_path in present else None
         items.append(InputItem(source=path, name=storage.relative(root, path), caption=caption))
     return items
 

@@ -2,7 +2,10 @@
 
 S3 goes through boto3 with its standard credential chain; `AWS_ENDPOINT_URL` selects an S3-compatible
 endpoint (MinIO, moto, Ceph). Clients retry with exponential backoff (`VIDGPT_S3_MAX_ATTEMPTS`,
-default 5). Writes are atomic: a local file appears under its final name only when complete (written
+default 5), give up on a connection after `VIDGPT_S3_CONNECT_TIMEOUT` seconds (default 10) and on a read
+that receives nothing for `VIDGPT_S3_READ_TIMEOUT` seconds (default 60). A request still unanswered after
+`VIDGPT_S3_SLOW_S` seconds (default 30) is said on stderr once, naming the location, while it goes on.
+Writes are atomic: a local file appears under its final name only when complete (written
 to a temporary name, then renamed), and an S3 object is visible only once its (multipart) upload has
 completed. Every failure becomes a one-line `StorageError` naming the location; credentials are never
 part of a message.
@@ -10,10 +13,13 @@ part of a message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,21 +109,63 @@ def s3_client(endpoint_url: str | None = None) -> Any:
             import boto3
             from botocore.config import Config
 
-            attempts = int(os.environ.get("VIDGPT_S3_MAX_ATTEMPTS", "5"))
             config = Config(
-                retries={"max_attempts": attempts, "mode": "standard"},
-                connect_timeout=10,
-                read_timeout=120,
+                retries={"max_attempts": _setting("VIDGPT_S3_MAX_ATTEMPTS", 5, int), "mode": "standard"},
+                connect_timeout=_setting("VIDGPT_S3_CONNECT_TIMEOUT", 10.0, float),
+                read_timeout=_setting("VIDGPT_S3_READ_TIMEOUT", 60.0, float),
                 max_pool_connections=32,
             )
             _clients[key] = boto3.client("s3", endpoint_url=endpoint_url, config=config)
         return _clients[key]
 
 
+def _setting(name: str, default: Any, kind: type) -> Any:
+    """An S3 setting from the environment: a number > 0, else StorageError naming the variable."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or value == float("inf"):
+        raise StorageError(f"{name}={text!r}: must be a number > 0")
+    return value
+
+
+@contextlib.contextmanager
+def _said_when_slow(uri: str) -> Iterator[None]:
+    """Say on stderr, once, that a request has waited `VIDGPT_S3_SLOW_S` seconds, while it goes on waiting
+    (the endpoint's timeouts and retries then decide), so that a stalled endpoint is never silent."""
+    slow = _setting("VIDGPT_S3_SLOW_S", 30.0, float)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    line = (f"warning: {uri}: no answer from the S3 endpoint {endpoint} for {slow:g} s; still waiting (read timeout "
+            f"{_setting('VIDGPT_S3_READ_TIMEOUT', 60.0, float):g} s x {_setting('VIDGPT_S3_MAX_ATTEMPTS', 5, int)} "
+            "attempts: VIDGPT_S3_READ_TIMEOUT, VIDGPT_S3_MAX_ATTEMPTS)")
+    timer = threading.Timer(slow, lambda: print(line, file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 def _s3_error(uri: str, exc: BaseException) -> StorageError:
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+        what = "did not answer" if isinstance(exc, ReadTimeoutError) else "did not accept a connection"
+        return StorageError(f"{uri}: the S3 endpoint {endpoint} {what} in time, "
+                            f"{_setting('VIDGPT_S3_MAX_ATTEMPTS', 5, int)} attempts ({exc.__class__.__name__}; "
+                            "VIDGPT_S3_READ_TIMEOUT, VIDGPT_S3_CONNECT_TIMEOUT)")
     if isinstance(exc, EndpointConnectionError):
         return StorageError(f"{uri}: cannot reach the S3 endpoint {endpoint} ({exc.__class__.__name__})")
     if isinstance(exc, NoCredentialsError):
@@ -138,7 +186,8 @@ def _s3_call(uri: str, fn: Any, **kwargs: Any) -> Any:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        return fn(**kwargs)
+        with _said_when_slow(uri):
+            return fn(**kwargs)
     except (BotoCoreError, ClientError) as exc:
         raise _s3_error(uri, exc) from exc
 
@@ -163,7 +212,8 @@ def read_with_size(uri: str, start: int | None = None, end: int | None = None) -
         content_range = str(response.get("ContentRange") or "")  # 'bytes 0-99/1234' for a ranged GET
         size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else int(response.get("ContentLength", -1))
         try:
-            return response["Body"].read(), size
+            with _said_when_slow(uri):
+                return response["Body"].read(), size
         except Exception as exc:  # connection dropped mid-stream
             raise StorageError(f"{uri}: read failed: {exc}") from exc
     try:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline.cli_types import finite_float
 from data_pipeline.video import write_video
 
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -231,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--frames", type=int, default=48, help="frames per video (default: %(default)s)")
     parser.add_argument(
-        "--fps", type=float, default=8.0, help="frame rate of the mp4 files (default: %(default)s)"
+        "--fps", type=finite_float, default=8.0, help="frame rate of the mp4 files (default: %(default)s)"
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="dataset seed: same seed, same videos (default: %(default)s)"
     )
-    parser.add_argument("--speed", type=float, default=1.0,
+    parser.add_argument("--speed", type=finite_float, default=1.0,
                         help="multiplier of the shapes' speeds, 1-4%% of the frame per frame at 1 (default: %(default)s)")
     parser.add_argument("--supersample", type=int, default=1,
                         help="points per pixel side: 1 draws hard edges, 4 anti-aliases them by area coverage "

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.cli_types import finite_float
 from data_pipeline.codecs import build_codec
 from data_pipeline.synthetic import SyntheticTask, synthetic_scene
 from vidgpt.cli import add_dataclass_options, dataclass_from_options
@@ -167,23 +168,23 @@ def _better(a: dict[str, Any], b: dict[str, Any]) -> dict[str, bool]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m experiments.longvideo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=20.0,
+    ap.add_argument("--minutes", type=finite_float, default=20.0,
                     help="whole budget; training gets what the evaluation estimate leaves, half per model "
                          "(default: 20)")
     ap.add_argument("--steps", type=int, default=100_000, help="most optimizer steps per model (default: no cap)")
     ap.add_argument("--flavor", choices=sorted(FLAVORS), default="cpu", help="model size (default: cpu)")
     ap.add_argument("--clip-len", type=int, default=8, help="training clip length L (default: 8)")
     ap.add_argument("--batch", type=int, default=8, help="clips per step (default: 8)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    ap.add_argument("--lr", type=finite_float, default=1e-3, help="peak learning rate (default: 1e-3)")
     ap.add_argument("--prediction", choices=("x0", "x0_skip", "velocity"), default="x0",
                     help="what the network predicts (default: x0)")
     ap.add_argument("--loss-weighting", choices=("none", "snr_clamp"), default=None,
                     help="snr_clamp (x0 only): weight each sample's x0 error by its SNR clamped to "
                          "[1, --snr-max] (default: snr_clamp for x0, none otherwise)")
-    ap.add_argument("--snr-max", type=float, default=5.0, help="upper clamp of snr_clamp (default: 5)")
-    ap.add_argument("--prompt-noise", type=float, default=0.1,
+    ap.add_argument("--snr-max", type=finite_float, default=5.0, help="upper clamp of snr_clamp (default: 5)")
+    ap.add_argument("--prompt-noise", type=finite_float, default=0.1,
                     help="prompt frames noised up to this flow time while labelled clean (default: 0.1)")
-    ap.add_argument("--eta", type=float, default=1.0,
+    ap.add_argument("--eta", type=finite_float, default=1.0,
                     help="sampling stochasticity, the share of fresh noise per step (default: 1)")
     ap.add_argument("--multiples", type=int, default=8, help="continue for this many clip lengths (default: 8)")
     ap.add_argument("--prompt-frames", type=int, default=2, help="prompt frames P (default: 2)")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.cli_types import finite_float
 from data_pipeline.codecs import build_codec
 from data_pipeline.synthetic import SyntheticTask
 from experiments.longvideo import TrainSpec, train, training_videos
@@ -164,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps per model (default: 600, the demo's)")
     ap.add_argument("--flavor", choices=sorted(FLAVORS), default="cpu", help="model size (default: cpu)")
     ap.add_argument("--batch", type=int, default=8, help="clips per step (default: 8, the demo's 4 x 2 ranks)")
-    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3, the demo's)")
+    ap.add_argument("--lr", type=finite_float, default=2e-3, help="peak learning rate (default: 2e-3, the demo's)")
     ap.add_argument("--clip-len", type=int, default=8, help="training clip length L (default: 8)")
     ap.add_argument("--pool", type=int, default=512, help="synthetic training videos (default: 512, the demo's)")
     ap.add_argument("--size", type=int, default=32, help="frame height and width (default: 32)")
@@ -173,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompt-frames", type=int, default=2, help="prompt frames P (default: 2)")
     ap.add_argument("--multiples", type=int, default=4, help="continue for k clip lengths (default: 4)")
     ap.add_argument("--sample-steps", type=int, default=20, help="denoising steps per chunk (default: 20)")
-    ap.add_argument("--context-scale", type=float, default=1.0,
+    ap.add_argument("--context-scale", type=finite_float, default=1.0,
                     help="guidance on the earlier frames when sampling (the demo's: 2; default: 1, none)")
     ap.add_argument("--out", type=Path, default=None, help="also write each model's report, plot and sheet here")
     args = ap.parse_args(argv)

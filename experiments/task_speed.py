@@ -15,6 +15,7 @@ import json
 
 import numpy as np
 
+from data_pipeline.cli_types import finite_float
 from data_pipeline.synthetic import synthetic_scene
 
 
@@ -34,7 +35,7 @@ def motion(speed: float, *, scenes: int, size: int, prompt_frames: int, clip_len
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.task_speed", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--speeds", type=float, nargs="+", default=[1.0, 1.5, 2.0, 2.5, 3.0],
+    ap.add_argument("--speeds", type=finite_float, nargs="+", default=[1.0, 1.5, 2.0, 2.5, 3.0],
                     help="task speeds (SyntheticTask.speed) to measure (default: 1 1.5 2 2.5 3)")
     ap.add_argument("--scenes", type=int, default=256, help="held-out scenes (default: 256)")
     ap.add_argument("--size", type=int, default=32, help="frame size in pixels (default: 32, the demo's)")

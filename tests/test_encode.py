@@ -231,6 +231,41 @@ def test_manifest_with_captions_windows_and_text_embeddings(videos: Path, tmp_pa
     assert [v["txt"] for v in samples_of(str(tmp_path / "c")).values()] == [b"from csv"] * 2  # 2 clips
 
 
+@pytest.mark.parametrize("row,match", [
+    ({"caption": 123}, "list.jsonl:2: caption must be text, got 123"),
+    ({"start": 2.0, "end": 1.0}, "list.jsonl:2: end (1 s) must be after start (2 s)"),
+    ({"start": "nan"}, "list.jsonl:2: start/end must be seconds >= 0"),
+])
+def test_a_bad_manifest_line_is_named_before_anything_is_written(videos: Path, tmp_path: Path, row: dict,
+                                                                 match: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole manifest is checked before the output is touched, so the corrected re-run is a first run."""
+    manifest, out = tmp_path / "list.jsonl", tmp_path / "out"
+    good = {"path": str(videos / "synth_00000.mp4"), "caption": "fine"}
+    manifest.write_text(json.dumps(good) + "\n" + json.dumps({"path": str(videos / "synth_00001.mp4"), **row}) + "\n")
+    assert encode([str(manifest), str(out), *ARGS]) == 2  # bad input
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1, err
+    assert not out.exists()
+    manifest.write_text(json.dumps(good) + "\n")
+    assert encode([str(manifest), str(out), *ARGS]) == 0
+
+
+def test_a_caption_file_that_is_not_utf8_is_said_and_cleaned(videos: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(videos / "synth_00000.mp4", src / "clip.mp4")
+    (src / "clip.txt").write_bytes(b"caf\xe9 on a \x00 street")  # Latin-1 and a NUL
+    assert encode([str(src), str(tmp_path / "out"), *ARGS]) == 0
+    err = capsys.readouterr().err
+    assert f"{src / 'clip.txt'}: caption is not UTF-8 (byte 3" in err
+    assert "caption has control characters (removed)" in err
+    shard = next((tmp_path / "out" / "shards").glob("*.tar"))
+    with tarfile.open(shard) as tar:
+        meta = json.loads(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith(".json"))).read())
+    assert meta["caption"] == "caf\ufffd on a  street"
+
+
 def test_captions_are_embedded_in_batches_ahead_of_their_videos(videos: Path, tmp_path: Path) -> None:
     """5 captioned videos, 2 captions per T5 call: 3 calls, not 5, and the same embeddings as one by one."""
     t5 = tmp_path / "t5"

@@ -6,6 +6,9 @@ import dataclasses
 import json
 import logging
 import os
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -372,6 +375,63 @@ def test_unreachable_s3_is_a_network_error_never_replaced_by_other_samples(
         assert sum("(attempt 2 of 3), retrying in" in m for m in messages) >= 1  # retried before giving up
     finally:
         proc.kill()
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 that accepts connections (the kernel's backlog) and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def test_an_s3_endpoint_that_never_answers_is_said_then_given_up(
+    silent_endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in (("AWS_ENDPOINT_URL", silent_endpoint), ("AWS_ACCESS_KEY_ID", "x"),
+                        ("AWS_SECRET_ACCESS_KEY", "x"), ("VIDGPT_S3_READ_TIMEOUT", "1"),
+                        ("VIDGPT_S3_MAX_ATTEMPTS", "2"), ("VIDGPT_S3_SLOW_S", "0.5")):
+        monkeypatch.setenv(name, value)
+    start = time.monotonic()
+    with pytest.raises(storage.StorageError) as exc:
+        storage.read_bytes("s3://bucket/index.json")
+    assert time.monotonic() - start < 30
+    assert f"the S3 endpoint {silent_endpoint} did not answer in time, 2 attempts" in str(exc.value)
+    err = capsys.readouterr().err
+    assert err.count(f"s3://bucket/index.json: no answer from the S3 endpoint {silent_endpoint} for 0.5 s") == 1
+    monkeypatch.setenv("VIDGPT_S3_READ_TIMEOUT", "soon")
+    with pytest.raises(storage.StorageError, match="VIDGPT_S3_READ_TIMEOUT='soon': must be a number > 0"):
+        storage.read_bytes("s3://bucket/other.json")
+
+
+def test_an_endpoint_stalled_mid_epoch_is_said_retried_then_stops(
+    s3_server: str, silent_endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loader reads from a live endpoint, which then stops answering (here: the same location served by
+    a socket that never answers): a line says so within VIDGPT_S3_SLOW_S, the loader retries, then stops
+    with a network error; nothing hangs."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("VIDGPT_S3_MAX_ATTEMPTS", "1")
+    storage.s3_client().create_bucket(Bucket="stall")
+    make_dataset("s3://stall/ds")
+    loader = LatentLoader(cfg("s3://stall/ds", shuffle_buffer=2, read_ahead=0, read_retries=1, retry_backoff_s=0.05))
+    batches = iter(loader)
+    next(batches)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", silent_endpoint)
+    monkeypatch.setenv("VIDGPT_S3_READ_TIMEOUT", "1")
+    monkeypatch.setenv("VIDGPT_S3_SLOW_S", "0.5")
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="vidgpt.data"):
+        with pytest.raises(DataError, match=r"reading failed 2 times, giving up \(a network or storage failure"):
+            for _ in batches:
+                pass
+    assert time.monotonic() - start < 60
+    assert "no answer from the S3 endpoint" in capsys.readouterr().err
 
 
 def test_held_out_shards_are_never_trained_on(dataset) -> None:  # noqa: ANN001

@@ -337,3 +337,36 @@ def test_one_loss_call_draws_prompt_lengths_then_noise_for_training_and_validati
     held_out = objective.loss(model, flow, batch, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2),
                               training=False)
     assert not torch.equal(held_out, got)  # no caption dropped in validation
+
+
+@pytest.mark.parametrize("prompt_noise", [[0.0, 0.0], [0.0, 0.1]], ids=["clean", "prompt-noise"])
+def test_context_replaces_what_the_prompt_frames_show_and_nothing_else(prompt_noise) -> None:  # noqa: ANN001
+    """Training on the model's own rollouts: `context` is what the network sees for the prompt frames (with the
+    same prompt noise and label t = 0); the noisy frames, the target and every random draw stay x0's."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 6, 4, 8, 8, generator=g)
+    context = torch.randn(3, 6, 4, 8, 8, generator=g)  # e.g. generated frames; frames >= P are never read
+    lens = torch.tensor([1, 3, 5])
+    flow, objective = RectifiedFlow("x0"), FramePromptObjective(prompt_noise=prompt_noise, per_frame_noise=True)
+    plain, swapped, same = Recorder(), Recorder(), Recorder()
+    swapped.net.load_state_dict(plain.net.state_dict())
+    same.net.load_state_dict(plain.net.state_dict())
+    ref = objective.loss_at(plain, flow, x0, lens, generator=torch.Generator().manual_seed(4))
+    got = objective.loss_at(swapped, flow, x0, lens, generator=torch.Generator().manual_seed(4), context=context)
+    again = objective.loss_at(same, flow, x0, lens, generator=torch.Generator().manual_seed(4), context=x0.clone())
+    assert again == ref  # the context of x0 itself: the plain loss, from the same draws
+    x_ref, x_got, x_plain_again = plain.calls[0]["x"], swapped.calls[0]["x"], same.calls[0]["x"]
+    assert torch.equal(x_plain_again, x_ref)
+    assert torch.equal(swapped.calls[0]["t"], plain.calls[0]["t"])  # prompts still labelled 0, same times
+    lo_noise = prompt_noise[1] == 0
+    for b, p in enumerate(lens.tolist()):
+        assert torch.equal(x_got[b, p:], x_ref[b, p:])  # the noisy frames are x0's, noised alike
+        if lo_noise:
+            assert torch.equal(x_got[b, :p], context[b, :p])
+        else:  # the context is lightly noised like a prompt: x_t = (1 - u) c + u n, the same u and n as x0's
+            delta = x_got[b, :p] - x_ref[b, :p]
+            scale = (delta / (context[b, :p] - x0[b, :p])).flatten()
+            assert 0.9 <= float(scale.min()) and float(scale.max()) - float(scale.min()) < 1e-4
+    assert got != ref  # the network saw other frames, so it predicts other ones
+    with pytest.raises(ValueError, match="context must be shaped like x0"):
+        objective.loss_at(plain, flow, x0, lens, context=context[:, :4])

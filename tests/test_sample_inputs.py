@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ from vidgpt.testing import randomize_weights_
 from test_codecs import save_tiny_vae
 
 SIZE = 32
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +110,11 @@ def test_animate_an_image_and_a_list_of_prompts(files: dict[str, Path], tmp_path
     (["--prompt", "VIDEO", "--context-scale", "-1"], "context_scale must be a number > 0"),
     (["--prompt", "VIDEO", "--chunk", "0"], "chunk must be >= 1"),
     (["--prompt", "VIDEO", "--frames", "-1"], "--frames must be >= 0"),
+    (["--prompt", "VIDEO", "--fps", "0"], "--fps must be > 0"),
+    (["--prompt", "VIDEO", "--window", "-1"], "window must be >= 1"),
+    (["--prompt", "VIDEO", "--cfg-scale", "nan"], "argument --cfg-scale: not a finite number: 'nan'"),
+    (["--prompt", "VIDEO", "--context-noise", "inf"], "argument --context-noise: not a finite number"),
+    (["--prompt", "VIDEO", "--context-noise", "1.5"], "context_noise must be a number in [0, 1)"),
 ])
 def test_bad_inputs_get_one_line(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                  extra: list[str], match: str) -> None:
@@ -114,6 +123,27 @@ def test_bad_inputs_get_one_line(files: dict[str, Path], tmp_path: Path, capsys:
         sample([str(files["export"]), *extra, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1 and match in err, err
+
+
+def test_ctrl_c_keeps_the_finished_videos_and_says_where(files: dict[str, Path], tmp_path: Path) -> None:
+    """SIGINT while the second of three videos is generated: exit 130, one line naming the finished video,
+    which is a complete, readable mp4; no traceback."""
+    out = tmp_path / "c"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"path": str(files["video"])}) + "\n" for _ in range(3)))
+    proc = subprocess.Popen([sys.executable, "-m", "vidgpt.sample", str(files["export"]), "--prompts", str(prompts),
+                             "--frames", "400", "--chunk", "1", "--steps", "10", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # progress lines: "  video 2/3: ..." once the first video is written
+        if "video 2/3" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "vidgpt-sample: interrupted; 1 finished video(s) are in" in err and "Traceback" not in err
+    assert frames_of(out / "sample_000.mp4").shape == (402, SIZE, SIZE, 3)
+    assert not (out / "sample_001.mp4").exists()
 
 
 def test_dataset_prompts_longer_than_the_clips_are_refused(files: dict[str, Path], tmp_path: Path,

@@ -336,6 +336,56 @@ def test_a_signal_during_start_up_is_a_preemption(sig: signal.Signals, run_a: Pa
     assert not (run / "run.lock").exists()
 
 
+def test_a_stalled_rank_is_said_then_the_run_exits_for_a_requeue(tmp_path: Path, data: Path) -> None:
+    """Rank 1 frozen (SIGSTOP, as a hung node): rank 0 names the step and what it waits for, then its
+    collective times out after training.collective_timeout_s and it exits 75 with one line and
+    status.json "preempted" (the launcher requeues; the run resumes from its last checkpoint)."""
+    run = tmp_path / "W"
+    procs = launch(run, 2, "--training.steps=2000", "--checkpoint.interval=1000", "--training.stall_warning_s=2",
+                   "--training.collective_timeout_s=15", data=data)
+    try:
+        deadline = time.monotonic() + 180
+        while not ((run / "losses.jsonl").exists() and len((run / "losses.jsonl").read_text().splitlines()) >= 2):
+            assert all(p.poll() is None for p in procs), logs(run)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        assert procs[0].wait(timeout=120) == 75, logs(run)
+        assert time.monotonic() - stopped < 90
+    finally:
+        procs[1].send_signal(signal.SIGCONT)
+        procs[1].kill()
+        procs[1].wait()
+    log = (run / "rank0.log").read_text()
+    assert "rank 0: waiting" in log and "another rank may be stalled or gone" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    failed = [line for line in log.splitlines() if line.startswith("vidgpt-train: rank 0: step ")]
+    assert len(failed) == 1 and "stalled past training.collective_timeout_s; exiting 75 (the job is requeued)" \
+        in failed[0], log[-3000:]
+    assert json.loads((run / "status.json").read_text())["state"] == "preempted"
+    assert not (run / "run.lock").exists()
+
+
+def test_a_rank_that_dies_is_named_by_the_others_in_one_line(tmp_path: Path, data: Path) -> None:
+    """Ranks started one by one (as srun does), rank 1 killed: rank 0 says a rank is gone in one line, no
+    gloo traceback, and exits 1 (a crash is not requeued); status.json says failed."""
+    run = tmp_path / "K"
+    procs = launch(run, 2, "--training.steps=2000", "--checkpoint.interval=1000", data=data)
+    deadline = time.monotonic() + 180
+    while not ((run / "losses.jsonl").exists() and len((run / "losses.jsonl").read_text().splitlines()) >= 2):
+        assert all(p.poll() is None for p in procs), logs(run)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    procs[1].kill()
+    assert wait(procs, timeout=120) == [1, -signal.SIGKILL], logs(run)
+    log = (run / "rank0.log").read_text()
+    failed = [line for line in log.splitlines() if line.startswith("vidgpt-train: rank 0: step ")]
+    assert len(failed) == 1 and "another rank is gone" in failed[0] and "exiting 1" in failed[0], log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"
+
+
 def _short_clips(root: Path, frames: int) -> Path:
     make_synthetic_videos(root / "videos", 4, size=32, frames=frames, seed=2)
     assert encode([str(root / "videos"), str(root / "latents"), "--size", "32", "--min-frames", "1",

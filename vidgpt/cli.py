@@ -19,6 +19,8 @@ import types
 import typing
 from typing import Any, Literal
 
+from data_pipeline.cli_types import finite_float
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line ('PROG: error: ...') and exit status 2."""
@@ -78,7 +80,7 @@ def add_dataclass_options(ap: argparse.ArgumentParser, cls: type, inherited: str
         if typing.get_origin(kind) is Literal:
             kw["choices"] = list(typing.get_args(kind))
         else:
-            kw["type"] = kind
+            kw["type"] = finite_float if kind is float else kind
         shown = "derived" if default is None else default
         if inherited is not None:
             shown, default = f"{inherited}, else {shown}", None

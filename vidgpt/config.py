@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import tomllib
 import types
@@ -128,6 +129,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         return float(value)
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     return value
 
 

@@ -9,6 +9,7 @@ defaults to one derived from the job id. A plain `python -m vidgpt.train` is ran
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import os
 import re
@@ -68,16 +69,22 @@ def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port(), "single")
 
 
-def init(env: DistEnv, backend: str) -> None:
-    """Start the default process group through DeepSpeed (which also sets its accelerator up)."""
+def init(env: DistEnv, backend: str, timeout_s: float = 600.0) -> None:
+    """Start the default process group through DeepSpeed (which also sets its accelerator up). timeout_s:
+    how long any collective may wait (a stalled or lost rank); NCCL's asynchronous error handling is set to
+    abort the communicators and raise in the waiting call (2), so that the trainer can exit cleanly instead
+    of the process being torn down, unless TORCH_NCCL_ASYNC_ERROR_HANDLING is set already."""
     import deepspeed
 
     os.environ.update(
         RANK=str(env.rank), WORLD_SIZE=str(env.world), LOCAL_RANK=str(env.local_rank),
         MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port),
     )
+    if backend == "nccl":
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
     with _without_op_build_notices():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                   timeout=datetime.timedelta(seconds=timeout_s))
 
 
 @contextlib.contextmanager

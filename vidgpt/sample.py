@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.cli_types import finite_float
 from data_pipeline.loader import LatentLoader, LoaderConfig
 from data_pipeline.text import TextEncoder
 from data_pipeline.video import write_gif, write_video
@@ -90,7 +92,7 @@ def _parser() -> OneLineParser:
     ap.add_argument("--out", default="samples", help="output directory (default: samples)")
     ap.add_argument("--num", type=int, default=2, help="videos (default: 2)")
     ap.add_argument("--frames", type=int, default=32, help="frames to generate after the prompt (default: 32)")
-    ap.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default: 8)")
+    ap.add_argument("--fps", type=finite_float, default=8.0, help="frame rate of the written videos (default: 8)")
     ap.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     ap.add_argument("--vae", help="sd-vae datasets: VAE to decode with (default: the one in the dataset index)")
     ap.add_argument("--compile", action="store_true",
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--num must be >= 1, got {args.num}")
     if args.frames < 0:
         ap.error(f"--frames must be >= 0, got {args.frames}")
+    if args.fps <= 0:
+        ap.error(f"--fps must be > 0, got {args.fps}")
     config = Path(args.model) / "config.json"
     if not config.is_file():
         ap.error(f"{args.model}: not an export directory (no config.json; write one with vidgpt-export)")
@@ -115,9 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     if args.caption is not None and args.prompts is not None:
         ap.error("--caption goes with --prompt or alone; a --prompts file has a caption per line")
-    if args.prompt is not None or args.prompts is not None or args.caption is not None:
-        return _sample_user_prompts(ap, args, sampling)
-    return _sample_dataset_prompts(ap, args, sampling)
+    started = time.time()
+    try:
+        if args.prompt is not None or args.prompts is not None or args.caption is not None:
+            return _sample_user_prompts(ap, args, sampling)
+        return _sample_dataset_prompts(ap, args, sampling)
+    except KeyboardInterrupt:  # the videos finished so far stay; say where
+        out = Path(args.out)
+        done = sorted(p.name for p in out.glob("sample_*.mp4") if p.stat().st_mtime >= started) if out.is_dir() else []
+        where = f"{len(done)} finished video(s) are in {out} ({done[0]} to {done[-1]})" if done else "no video was finished"
+        print(f"\nvidgpt-sample: interrupted; {where}", file=sys.stderr)
+        return 130
 
 
 def _clip_len(info: dict[str, Any]) -> int | None:

@@ -28,7 +28,7 @@ from data_pipeline.loader import DataError, error_line
 from data_pipeline.lock import LockHeld
 from data_pipeline.storage import StorageError
 from vidgpt import attention, distributed
-from vidgpt.checkpoint import CheckpointError
+from vidgpt.checkpoint import CheckpointError, one_line
 from vidgpt.components.checkpointing import TrainingCheckpoints
 from vidgpt.components.data import build_loaders, check_datasets, loss_batch
 from vidgpt.components.engine import build_engine, deepspeed_config, make_deterministic, resolve_precision
@@ -39,6 +39,7 @@ from vidgpt.components.step_guard import NonFiniteGuard, StopFlag
 from vidgpt.components.tensorboard import Console, TensorBoardWriter, describe_run
 from vidgpt.components.throughput import StepCost, Throughput
 from vidgpt.components.validation import build_validator
+from vidgpt.components.watchdog import StallWatchdog, collective_failure
 from vidgpt.config import Config, ConfigError, dumps, load_config
 from vidgpt.diffusion import build_diffusion
 from vidgpt.ema import ShardedEMA
@@ -61,6 +62,7 @@ class Trainer:
         self.stop = stop or StopFlag()
         self.break_lock = break_lock
         self.lock = None
+        self.watchdog: StallWatchdog | None = None
         self.datasets = check_datasets(cfg.data, cfg.eval.data, cfg.eval.holdout_shards)
         self.env = distributed.detect_env()
         problem = distributed.allocated_gpus_without_cuda(os.environ, torch.cuda.is_available())
@@ -89,13 +91,15 @@ class Trainer:
             self.lock = run_lock(self.run_dir, break_lock=self.break_lock)
             self.lock.acquire()
         self.check_stop("during start-up")
+        self.watchdog = StallWatchdog(env.rank, t.stall_warning_s, t.collective_timeout_s)
         # DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates
         # (all_gather_into_tensor, reduce_scatter_tensor), every step: library noise, filtered here only
         warnings.filterwarnings("ignore", message=r".*`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         self.device, backend = distributed.accelerator_device(env.local_rank)
         self.precision = resolve_precision(t.precision, self.device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32  # the network's input
-        distributed.init(env, backend)
+        with self.watchdog.phase("the process group to start (every rank connecting)"):
+            distributed.init(env, backend, t.collective_timeout_s)
         self.checkpoints.verify(self.log)  # every rank hashes a share of the files, the ranks agree
         self.checkpoints.convert_if_needed(self.log)  # rank 0 converts while the others poll the file system
         self.check_stop("before the engine was built")
@@ -165,7 +169,9 @@ class Trainer:
         self.losses.flush()  # a checkpoint's losses.jsonl has every step up to it
         meta = {"model": dataclasses.asdict(self.cfg.model), "zero_stage": self.cfg.training.zero_stage,
                 "ema": self.ema is not None, "config": dataclasses.asdict(self.cfg)}
-        path = self.checkpoints.save(self.engine, self.step, self.state_dict(), meta)
+        assert self.watchdog is not None
+        with self.watchdog.phase(f"the step {self.step} checkpoint save (every rank writing its part)"):
+            path = self.checkpoints.save(self.engine, self.step, self.state_dict(), meta)
         self.log(f"step {self.step}: checkpoint {path}")
         return path
 
@@ -177,22 +183,27 @@ class Trainer:
         steps, and the count of bad steps in a row grows). The ranks agree on finiteness before backward
         with one small all-reduce, the step's only host sync; the last micro-batch of a step carries the
         stop request in the same collective (`self.stop_agreed`)."""
-        loss = self.cfg.objective.loss(self.engine, self.diffusion,
-                                       loss_batch(batch, self.device, bool(self.cfg.model.text_dim)),
-                                       self.streams.noise, self.streams.prompt, input_dtype=self.dtype)
+        assert self.watchdog is not None
+        step = self.step + 1
+        with self.watchdog.phase(f"step {step}'s forward pass (ZeRO-3 gathers the weights from every rank)"):
+            loss = self.cfg.objective.loss(self.engine, self.diffusion,
+                                           loss_batch(batch, self.device, bool(self.cfg.model.text_dim)),
+                                           self.streams.noise, self.streams.prompt, input_dtype=self.dtype)
         lost = self.lock.lost if self.lock is not None else None
         flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
                              torch.tensor(float(stop is not None and stop.requested), device=loss.device),
                              torch.tensor(float(lost is not None), device=loss.device)])
-        bad, stop_any, lost_any = distributed.all_reduce(flags, "max").tolist()
+        with self.watchdog.phase(f"step {step}'s all-reduce of loss and stop flags"):
+            bad, stop_any, lost_any = distributed.all_reduce(flags, "max").tolist()
         if lost_any:
             raise TrainingError(f"{lost or 'rank 0 lost the run lock'}; stopped at step {self.step} without saving, so "
                                 "that two trainers do not write the same run")
         self.stop_agreed = self.stop_agreed or bool(stop_any)
-        if not self.guard.passed(bool(bad), self.step, str(self.checkpoints.files.dir / "latest"), self.log):
+        if not self.guard.passed(bool(bad), self.step, self.checkpoints.last_good if bad else "", self.log):
             return None
-        self.engine.backward(loss)
-        self.engine.step()
+        with self.watchdog.phase(f"step {step}'s backward pass and optimizer step (gradients reduced across ranks)"):
+            self.engine.backward(loss)
+            self.engine.step()
         return loss.detach().float()
 
     def batches(self) -> Iterator[dict[str, Any]]:
@@ -201,7 +212,9 @@ class Trainer:
 
     def validate(self) -> None:
         assert self.validator is not None
-        values = self.validator.validate(self.engine, self.ema, self.step, str(self.run_dir / "samples"))
+        assert self.watchdog is not None
+        with self.watchdog.phase(f"the validation at step {self.step}"):
+            values = self.validator.validate(self.engine, self.ema, self.step, str(self.run_dir / "samples"))
         self.throughput.exclude(values["seconds"])  # its time is not a step's
 
     def train(self) -> int:
@@ -216,6 +229,7 @@ class Trainer:
         if self.validator is not None and self.step == 0:
             self.validate()  # before the first step
         while self.step < last_step:
+            started = time.perf_counter()
             step_losses: list[torch.Tensor] = []
             while len(step_losses) < accum:  # a skipped micro-batch is replaced
                 t0 = time.perf_counter()
@@ -227,6 +241,8 @@ class Trainer:
                     step_losses.append(loss)
             self.step += 1
             self.throughput.step_done()
+            assert self.watchdog is not None
+            self.watchdog.step_took(time.perf_counter() - started)
             if self.ema is not None:
                 self.ema.update()
             self.losses.add(self.step, torch.stack(step_losses).mean())
@@ -272,9 +288,32 @@ class Trainer:
 
     def close(self) -> None:
         self.writer.close()
+        if self.watchdog is not None:
+            self.watchdog.close()
+            self.watchdog = None
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+        self.watchdog: StallWatchdog | None = None
+
+    def collective_failed(self, exc: BaseException, kind: str) -> int:
+        """A collective failed: another rank stalled past training.collective_timeout_s (kind "timeout") or
+        its connection closed ("gone"). No checkpoint can be saved (saving needs every rank); say so on this
+        rank in one line. A stall exits 75 (rank 0 records "preempted"), so that the job is requeued and
+        resumes from the last complete checkpoint; a lost peer exits 1 (its own error says why)."""
+        what = self.watchdog.failed_in if self.watchdog is not None else None
+        last = self.checkpoints.last_good
+        cause = ("another rank stalled past training.collective_timeout_s" if kind == "timeout" else
+                 "another rank is gone (its connection closed: it failed or its node was lost; see its own error)")
+        code = EXIT_PREEMPTED if kind == "timeout" else 1
+        then = "the job is requeued" if kind == "timeout" else "not requeued"
+        print(f"vidgpt-train: rank {self.env.rank}: step {self.step + 1}: {what or 'a collective'} failed "
+              f"({one_line(exc)}): {cause}; exiting {code} ({then}); the run resumes from {last}",
+              file=sys.stderr, flush=True)
+        if self.env.is_main and self.lock is not None:
+            state = "preempted" if kind == "timeout" else "failed"
+            (self.run_dir / "status.json").write_text(json.dumps({"state": state, "step": self.step}) + "\n")
+        return code
 
     def preempted_in_start_up(self, where: str) -> int:
         """A signal during start-up: rank 0 records "preempted" at the step on disk, so that launchers
@@ -296,9 +335,14 @@ def run(cfg: Config, resume: str | None, stop: StopFlag | None = None, *, break_
     try:
         try:
             trainer.setup()
+            code = trainer.train()  # every rank ends here together (finished or preempted, see finish)
         except Preempted as exc:
             return trainer.preempted_in_start_up(str(exc))
-        code = trainer.train()  # every rank ends here together (finished or preempted, see finish)
+        except RuntimeError as exc:
+            kind = collective_failure(exc)
+            if kind is None:
+                raise
+            return trainer.collective_failed(exc, kind)  # no shutdown: its barrier would wait on the lost rank
     finally:
         trainer.close()
     distributed.shutdown()  # only on that path: after an error another rank may be inside a collective

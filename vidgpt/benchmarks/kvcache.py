@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from data_pipeline.cli_types import finite_float
 from vidgpt.attention import flash_available
 from vidgpt.diffusion import GaussianDiffusion, RectifiedFlow
 from vidgpt.model import FLAVORS, VidGPT, count_params
@@ -51,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, prompt and noise (default: 0)")
     ap.add_argument("--latent-size", type=int, default=32, help="latent height = width (default: 32, i.e. 256px video)")
     ap.add_argument("--batch", type=int, default=1, help="videos generated together (default: 1)")
-    ap.add_argument("--cfg-scale", type=float, default=1.0,
+    ap.add_argument("--cfg-scale", type=finite_float, default=1.0,
                     help="classifier-free guidance scale; != 1 adds a null-text branch")
     ap.add_argument("--process", choices=("flow", "ddpm"), default="flow", help="diffusion process (default: flow)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")

@@ -114,6 +114,12 @@ class TrainingCheckpoints:
     def needs_conversion(self) -> bool:
         return self.resume_from is not None and int(self.resume_from.meta["world"]) != self.env.world
 
+    @property
+    def last_good(self) -> str:
+        """Where training would go on from, for messages: the newest complete checkpoint, or that none is."""
+        found = newest_complete(self.files.dir)
+        return str(found.path) if found is not None else f"none (no checkpoint in {self.files.dir} yet)"
+
     def check_target(self, found: StepCheckpoint) -> None:
         """CheckpointError for another model; ConfigError naming every changed setting a resume of `found`
         cannot honour (nothing is written or loaded yet); the honoured changes are kept to announce."""

@@ -85,6 +85,11 @@ class TrainingConfig:
     """EMA of the weights (paper: 0.9999); 0 disables."""
     max_bad_steps: int = 5
     """Stop after this many non-finite losses in a row (each is skipped)."""
+    collective_timeout_s: float = 600.0
+    """Process-group timeout (gloo and NCCL): a collective still waiting after this long (a rank stalled or
+    gone) fails, and the trainer exits 75 so that the job is requeued and resumes from its last checkpoint."""
+    stall_warning_s: float = 60.0
+    """Say which step and what a rank waits for once it has waited this long and 10x a typical step."""
     peak_tflops: float = 0.0
     """Peak TFLOP/s per device for the MFU metric (0: measured on CPUs, unknown on GPUs)."""
     deepspeed: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +105,9 @@ class TrainingConfig:
             raise ConfigError(f"training.ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.peak_tflops < 0:
             raise ConfigError(f"training.peak_tflops: must be >= 0, got {self.peak_tflops}")
+        if not 0 < self.stall_warning_s < self.collective_timeout_s:
+            raise ConfigError(f"training.stall_warning_s ({self.stall_warning_s}) must be > 0 and below "
+                              f"training.collective_timeout_s ({self.collective_timeout_s})")
 
 
 def lr_factor(step: int, o: OptimizerConfig, total_steps: int) -> float:

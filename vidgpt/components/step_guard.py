@@ -37,7 +37,7 @@ class NonFiniteGuard:
 
     def passed(self, bad: bool, step: int, latest: str, log: Callable[[str], None]) -> bool:
         """False for a bad step (counted and logged; TrainingError after max_in_a_row in a row), True for a
-        good one. latest: where the last good checkpoint is, for the message."""
+        good one. latest: the last good checkpoint (or that there is none), for the message."""
         if not bad:
             self.in_a_row = 0
             return True

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.cli_types import finite_float
 from data_pipeline.codecs import Codec
 from data_pipeline.index import DatasetIndexError
 from data_pipeline.loader import DataError
@@ -79,9 +80,9 @@ def _parser() -> OneLineParser:
     source.add_argument("--data", help="a latent dataset to take held-out clips from instead (no object metrics)")
     ap.add_argument("--size", type=int, default=None,
                     help="synthetic frame size (default: the training dataset's, else 32)")
-    ap.add_argument("--tolerance", type=float, default=metrics.DEFAULT_TOLERANCE,
+    ap.add_argument("--tolerance", type=finite_float, default=metrics.DEFAULT_TOLERANCE,
                     help=f"RGB distance for a pixel to match a scene colour (default: {metrics.DEFAULT_TOLERANCE:g})")
-    ap.add_argument("--blend-tolerance", type=float, default=metrics.DEFAULT_BLEND_TOLERANCE,
+    ap.add_argument("--blend-tolerance", type=finite_float, default=metrics.DEFAULT_BLEND_TOLERANCE,
                     help="RGB distance for a pixel to count as a blend of the background and a scene colour (an "
                     f"anti-aliased edge), not garbage; 0: no blends (default: {metrics.DEFAULT_BLEND_TOLERANCE:g})")
     ap.add_argument("--text-encoder", help="T5 directory to embed the synthetic captions with "
