@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import io
 import json
 import multiprocessing as mp
@@ -518,6 +519,7 @@ def parse_config(argv: list[str]) -> EncodeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    cfg: EncodeConfig | None = None
     try:
         if argv[:1] == ["merge-index"]:
             ap = argparse.ArgumentParser(prog="vidgpt-encode merge-index",
@@ -534,6 +536,12 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, DatasetIndexError, storage.StorageError, LockHeld, ValueError) as exc:
         print(f"vidgpt-encode: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (InputError, ValueError)) else 1
+    except OSError as exc:  # the local disk: staging shards, progress records
+        what = "no space left on the device" if exc.errno == errno.ENOSPC else f"{exc.strerror or exc}"
+        where = exc.filename or (cfg.output if cfg is not None else "the output")
+        print(f"vidgpt-encode: error: {what} writing {where}; the shards written so far "
+              "are kept: free space and re-run the same command to continue", file=sys.stderr)
+        return 1
     out = summary.to_json()
     print(json.dumps(out))
     for err in summary.publish_errors:

@@ -235,8 +235,12 @@ class ShardBuilder:
         )
 
     def abort(self) -> None:
+        """Drop the partial shard. Closing may fail again for the reason that aborted it (a full disk): the
+        file is deleted either way, and the first error is the one reported."""
         try:
             self._tar.close()
+        except OSError:
+            pass
         finally:
             self.local_path.unlink(missing_ok=True)
 

@@ -13,6 +13,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from data_pipeline.shards import read_samples
 from data_pipeline.synthetic import make_synthetic_videos
 from data_pipeline.text import TextEncoder, save_tiny_text_encoder
 from data_pipeline.video import DecodeOptions, decode_clips, write_video
+
+from conftest import remount
 
 ARGS = ["--size", "32", "--min-frames", "8", "--max-frames", "16", "--shard-samples", "3", "--no-progress"]
 BAD = {
@@ -264,6 +267,26 @@ def test_a_caption_file_that_is_not_utf8_is_said_and_cleaned(videos: Path, tmp_p
     with tarfile.open(shard) as tar:
         meta = json.loads(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith(".json"))).read())
     assert meta["caption"] == "caf\ufffd on a  street"
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_after_freeing_space_finishes(
+        tmp_path: Path, small_filesystem: Callable[[str], Path], capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "many"
+    make_synthetic_videos(src, 16, size=32, frames=24, fps=8, seed=4)
+    disk = small_filesystem("1m")  # about a third of what the shards need
+    out = disk / "out"
+    args = [str(src), str(out), "--size", "32", "--min-frames", "8", "--max-frames", "24", "--shard-samples", "2",
+            "--no-progress", "--decode-workers", "0"]
+    assert encode(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vidgpt-encode: error: no space left on the device writing" in err, err
+    assert "re-run the same command" in err
+    kept = len(list((out / "shards").glob("*.tar")))
+    assert kept >= 1  # the shards finished before the disk filled stay
+    remount(disk, "16m")
+    assert encode(args) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["inputs"]["ok"] == 16 and index["num_samples"] == 16
 
 
 def test_captions_are_embedded_in_batches_ahead_of_their_videos(videos: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -384,6 +385,19 @@ def test_a_rank_that_dies_is_named_by_the_others_in_one_line(tmp_path: Path, dat
     assert len(failed) == 1 and "another rank is gone" in failed[0] and "exiting 1" in failed[0], log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     assert json.loads((run / "status.json").read_text())["state"] == "failed"
+
+
+def test_a_full_disk_during_a_checkpoint_save_says_no_space_left(
+        tmp_path: Path, data: Path, small_filesystem: Callable[[str], Path]) -> None:
+    """The run directory on a real, small file system that the first checkpoint does not fit: one line says
+    no space is left (not torch's "unexpected pos"), and no half-written step stays behind."""
+    run = small_filesystem("400k") / "run"
+    codes = train(run, 1, "--checkpoint.interval=2", "--training.steps=4", data=data)
+    log = logs(run)
+    assert codes == [1], log[-3000:]
+    errors = [line for line in log.splitlines() if line.startswith("vidgpt-train: error: ")]
+    assert len(errors) == 1 and "no space left on the device while saving step 2" in errors[0], log[-3000:]
+    assert "Traceback" not in log and not list((run / "checkpoints").glob("step_*"))
 
 
 def _short_clips(root: Path, frames: int) -> Path:

@@ -119,6 +119,17 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+NEARLY_FULL_BYTES = 16 * 2**20
+"""A failed save with less free space than this on the checkpoint's file system is said as a full disk."""
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return NEARLY_FULL_BYTES  # unknown: not called full
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
@@ -327,8 +338,10 @@ class Checkpointer:
             engine.save_checkpoint(str(self.dir), tag=tag, save_latest=False)
             torch.save(trainer_state, path / trainer_state_name(self.env.rank))
         except (OSError, RuntimeError) as exc:  # torch wraps a failed write in RuntimeError
+            # torch reports a full disk as "unexpected pos N vs M", without errno: look at the free space too
+            nospace = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc)
+                       or _free_bytes(self.dir) < NEARLY_FULL_BYTES)
             shutil.rmtree(path, ignore_errors=True)  # never leave a half-written step behind
-            nospace = isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc)
             what = "no space left on the device" if nospace else f"write failed ({one_line(exc)})"
             raise CheckpointError(f"{self.dir}: {what} while saving step {step}; the half-written {path.name} was "
                                   f"removed, the previous checkpoint is intact") from exc

@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="output directory for model.safetensors and config.json")
     ap.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA or raw weights (default: ema)")
     args = ap.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"vidgpt-export: error: {args.out} is a file; give a directory for model.safetensors and config.json",
+              file=sys.stderr)
+        return 1
     try:
         found = find_checkpoint(Path(args.checkpoint), args.weights)  # only the files this export reads
         if args.weights == "ema" and not found.meta.get("ema"):

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 
 from data_pipeline.cli_types import finite_float
-from data_pipeline.loader import LatentLoader, LoaderConfig
+from data_pipeline.index import DatasetIndexError
+from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, error_line
+from data_pipeline.storage import StorageError
 from data_pipeline.text import TextEncoder
 from data_pipeline.video import write_gif, write_video
 from vidgpt.checkpoint import CheckpointError
@@ -150,12 +152,15 @@ def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, samplin
         print("vidgpt-sample: error: no --data given and the checkpoint names no dataset", file=sys.stderr)
         return 2
     spec = with_chunk_and_window(sampling, _clip_len(info))
-    prompt, batch = prompts_from_dataset(data_path, args.num, spec.prompt_frames, args.seed)
+    try:
+        prompt, batch = prompts_from_dataset(data_path, args.num, spec.prompt_frames, args.seed)
+        codec = dataset_codec(data_path, vae=args.vae)
+    except (DataError, DatasetIndexError, StorageError) as exc:
+        ap.error(f"--data {data_path}: {error_line(exc)}")
     if not bool(batch["valid"].all()):
         shortest = int(batch["valid"].sum(dim=1).min())
         ap.error(f"--prompt-frames {spec.prompt_frames}: a clip of {data_path} has only {shortest} frames "
                  "(the rest would be padding)")
-    codec = dataset_codec(data_path, vae=args.vae)
     text = text_mask = None
     if model.cfg.text_dim and "text" in batch:
         text, text_mask = batch["text"].float().to(device), batch["text_mask"].to(device)

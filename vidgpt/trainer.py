@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from data_pipeline.index import DatasetIndexError
 from data_pipeline.loader import DataError, error_line
 from data_pipeline.lock import LockHeld
 from data_pipeline.storage import StorageError
@@ -360,6 +361,6 @@ def command(config: str | None, overrides: list[str], resume: str | None, stop: 
     except (CheckpointError, TrainingError, LockHeld) as exc:
         print(f"vidgpt-train: error: {exc}", file=sys.stderr)
         return 1
-    except (DataError, StorageError) as exc:
+    except (DataError, DatasetIndexError, StorageError) as exc:
         print(f"vidgpt-train: data error: {error_line(exc)}", file=sys.stderr)
         return 1

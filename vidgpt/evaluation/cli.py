@@ -101,8 +101,19 @@ def _check_paths(args: argparse.Namespace) -> None:
                          "vidgpt-export)")
     if args.i3d is not None and not args.i3d.is_file():
         raise ValueError(f"--i3d {args.i3d}: no such file")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a file; give a directory (created if missing)")
     if args.text_encoder is not None and not Path(args.text_encoder).is_dir():
         raise ValueError(f"--text-encoder {args.text_encoder}: no such directory")
+
+
+def _load_i3d(path: Path, device: str) -> torch.jit.ScriptModule:
+    """The TorchScript I3D of --i3d; ValueError in one line for a file that is not TorchScript."""
+    try:
+        return torch.jit.load(str(path), map_location=device).eval()
+    except RuntimeError as exc:
+        raise ValueError(f"--i3d {path}: not a TorchScript model (torch.jit.load: {str(exc).splitlines()[0][:120]}); "
+                         "pass StyleGAN-V's i3d_torchscript.pt") from exc
 
 
 def _load(export: Path, device: str) -> tuple[VidGPT, dict[str, Any]]:
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         index = training_index(info)
         spec = _spec(args, sampling, info, index)
         clips = _held_out_clips(spec, model.cfg, info, index, args, device)
-        i3d = torch.jit.load(str(args.i3d), map_location=device).eval() if args.i3d is not None else None
+        i3d = _load_i3d(args.i3d, device) if args.i3d is not None else None
     except (ValueError, DataError, DatasetIndexError, StorageError, OSError, CheckpointError) as exc:
         ap.error(str(exc).splitlines()[0])
 
