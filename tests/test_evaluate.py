@@ -525,11 +525,15 @@ def test_cli_embeds_synthetic_captions_with_a_text_encoder(tmp_path: Path) -> No
     (["EXPORT", "--i3d", "no_such_i3d.pt"], "no such file"),
     (["EXPORT", "--steps", "many"], "invalid int value"),
     (["EXPORT", "--data", "x", "--synthetic-seed", "3"], "not allowed with"),
+    (["EXPORT", "--out", "A_FILE"], "is a file; give a directory"),
+    (["EXPORT", "--i3d", "A_FILE"], "not a TorchScript model"),
+    (["EXPORT", "--context-noise", "nan"], "not a finite number"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                               args: list[str], message: str) -> None:
     export = _export(tmp_path)
-    argv = [str(export) if a == "EXPORT" else str(tmp_path / a) if a == "MISSING" else a for a in args]
+    (tmp_path / "A_FILE").write_text("not a model, not a directory\n")
+    argv = [str(export) if a == "EXPORT" else str(tmp_path / a) if a in ("MISSING", "A_FILE") else a for a in args]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2

@@ -662,7 +662,11 @@ def test_tensorboard_scalars_read_back(run_a: Path) -> None:
     assert all(e.value == pytest.approx(lr) for e in acc.Scalars("train/lr"))
 
 
-def test_export_then_sample(run_a: Path, tmp_path: Path, data: Path) -> None:
+def test_export_then_sample(run_a: Path, tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a_file").write_text("keep me\n")
+    assert export([str(run_a), str(tmp_path / "a_file")]) == 1
+    assert "a_file is a file; give a directory" in capsys.readouterr().err
+    assert (tmp_path / "a_file").read_text() == "keep me\n"
     assert export([str(run_a), str(tmp_path / "model"), "--weights", "model"]) == 0
     assert export([str(run_a / "checkpoints" / "step_0000008"), str(tmp_path / "ema"), "--weights", "ema"]) == 0
     model, info = load_exported(tmp_path / "model")
