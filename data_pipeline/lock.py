@@ -117,6 +117,7 @@ class WorkerLock:
                     f"{age:.0f} s ago); {self.advice} (a lock not refreshed for {self.stale_after_s:.0f} s is taken "
                     "over on its own)"
                 )
+            print(f"{self.uri}: taking the lock over ({reason})", file=sys.stderr, flush=True)
             storage.delete(self.uri)  # abandoned: take it over (the next create_exclusive decides any race)
         raise LockHeld(f"{self.uri}: could not take the lock (other processes keep taking it)")
 

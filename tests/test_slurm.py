@@ -114,11 +114,16 @@ def test_preempted_job_requeues_and_resumes_exactly(uninterrupted: Path, latents
         time.sleep(0.1)
     subprocess.run(["scancel", "--signal=USR1", "--full", job], check=True)
     assert wait_state(job, {"PENDING", "COMPLETED", "FAILED"}) == "PENDING"  # requeued, held by its BeginTime
+    assert not (run / "run.lock").exists()  # the first run released it
+    now = time.time()  # the lock a first run on a lost node leaves: another host, freshly refreshed
+    (run / "run.lock").write_text(json.dumps({"host": "lost-node", "pid": 1, "token": "old", "started": now,
+                                              "refreshed": now, "slurm_job": job, "slurm_restart": 0}))
     time.sleep(5)  # let the nodes finish revoking the first run's credential, else the restart is refused
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)  # skip the ~2 min delay
     assert wait_state(job, {"COMPLETED", "FAILED", "CANCELLED"}) == "COMPLETED"
     log = next(tmp_path.glob("job-*.out")).read_text()
     assert "requeueing job" in log and "restart 1" in log and "resumed from" in log
+    assert f"taking the lock over (it was taken by run 0 of SLURM job {job}, which was requeued since)" in log
     assert losses(run) == losses(uninterrupted)  # every step once, the same losses
 
 
