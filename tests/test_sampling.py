@@ -441,3 +441,26 @@ def test_sink_refusals_name_both_numbers() -> None:
     with torch.no_grad():  # the cache re-rotates its sink with the model's RoPE base only
         _one_line_error("rope_theta 500.0, the model's is 10000.0", lambda: model(
             _prompt(1), torch.zeros(B, 1), cache=TemporalKVCache(4, sink=1, rope_theta=500.0), write_cache=True))
+
+
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+def test_context_noise_with_cache_equals_without_and_changes_only_later_chunks(diffusion) -> None:  # noqa: ANN001
+    """Generated frames enter the context noised (labelled with their time): the cached and the recomputed
+    context see the same noised frames (same generator stream) until the first eviction; the first chunk,
+    which sees only the clean prompt, is the same as without context noise, later ones differ; 0 is the
+    default bit for bit, and a value outside [0, 1) is refused."""
+    model = tiny_model(text=False)
+    P, chunk, window, n = 2, 2, 8, 6
+    assert frames_before_eviction(P, n, chunk=chunk, window=window) == n
+    prompt = _prompt(P)
+    kw = dict(chunk=chunk, window=window, steps=3)
+    cached = _gen(model, diffusion, prompt, n, use_cache=True, context_noise=0.3, **kw)
+    _assert_roundoff(cached, _gen(model, diffusion, prompt, n, use_cache=False, context_noise=0.3, **kw))
+    clean = _gen(model, diffusion, prompt, n, use_cache=True, **kw)
+    assert torch.equal(clean, _gen(model, diffusion, prompt, n, use_cache=True, context_noise=0.0, **kw))
+    assert torch.equal(cached[:, : P + chunk], clean[:, : P + chunk])
+    assert (cached[:, P + chunk :] - clean[:, P + chunk :]).abs().max() > 1e-4
+    for bad in (1.0, -0.1, float("nan")):
+        _one_line_error("context_noise must be a number in", lambda bad=bad: _gen(model, diffusion, prompt, n,
+                                                                                   context_noise=bad, **kw))
+        _one_line_error("context_noise must be a number in", lambda bad=bad: SamplingSpec(context_noise=bad))
