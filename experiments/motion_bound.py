@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from data_pipeline.cli_types import finite_float
 from data_pipeline.synthetic import MovingShape, SyntheticTask, bounce, synthetic_scene
 from vidgpt.cli import add_dataclass_options, dataclass_from_options
 from vidgpt.evaluation import EvalSpec, scene_object_stats, synthetic_truth
@@ -99,7 +98,7 @@ def posterior(shape: MovingShape, prompt_frames: int, size: int, rng: np.random.
     angle: 1/|v| on its annulus), which the likelihood never reaches beyond. Every kept pair is an exact
     posterior draw as long as those boxes hold the likelihood's support (the tests check that no draw comes
     near their edges)."""
-    t_prompt = np.arange(prompt_frames, dtype=finite_float)
+    t_prompt = np.arange(prompt_frames, dtype=float)
     tx, ty = centres(np.array([shape.x]), np.array([shape.y]), np.array([shape.vx]), np.array([shape.vy]),
                      shape.radius, t_prompt, size)
     observed = shape_masks(shape, tx[0], ty[0], size, task.supersample)  # (P, S, S)
@@ -138,7 +137,7 @@ def ideal_errors(prompt_frames: int, clip_len: int, clips: int, size: int, seed:
                  rng: np.random.Generator, task: SyntheticTask = SyntheticTask()) -> dict[str, float]:
     """Mean centroid errors (px) of copy-last, the posterior mean and a posterior draw, over every shape
     of `clips` scenes and the first `clip_len` frames after the prompt."""
-    t_after = np.arange(prompt_frames, prompt_frames + clip_len, dtype=finite_float)
+    t_after = np.arange(prompt_frames, prompt_frames + clip_len, dtype=float)
     errors: dict[str, list[np.ndarray]] = {"copy_last": [], "bayes_mean": [], "perfect_sampler": []}
     for i in range(clips):
         for shape in synthetic_scene(i, size=size, seed=seed, speed=task.speed).shapes:
@@ -146,7 +145,7 @@ def ideal_errors(prompt_frames: int, clip_len: int, clips: int, size: int, seed:
             if not len(draws):
                 continue
             tx, ty = centres(np.array([shape.x]), np.array([shape.y]), np.array([shape.vx]), np.array([shape.vy]),
-                             shape.radius, np.arange(prompt_frames + clip_len, dtype=finite_float), size)
+                             shape.radius, np.arange(prompt_frames + clip_len, dtype=float), size)
             truth = np.stack([tx[0, prompt_frames:], ty[0, prompt_frames:]], axis=-1)  # (L, 2)
             last = np.array([tx[0, prompt_frames - 1], ty[0, prompt_frames - 1]])
             px, py = centres(*draws.T, shape.radius, t_after, size)  # (M, L)

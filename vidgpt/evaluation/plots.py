@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_pipeline.cli_types import finite_float
 from vidgpt import metrics
 from vidgpt.evaluation.report import COPY_LAST, FRAME_METRICS, Report
 
@@ -35,7 +34,7 @@ def write_plot(report: Report, path: Path) -> Path:
         for name, method in report.methods.items():
             style = {"linestyle": "--", "color": "gray"} if name == COPY_LAST else {}
             if panel in names:
-                ax.plot(frames, np.array(curves[name][panel], dtype=finite_float), label=name, **style)
+                ax.plot(frames, np.array(curves[name][panel], dtype=float), label=name, **style)
             else:
                 x = [np.mean(c.frames) - 0.5 for c in method.per_chunk]
                 ax.plot(x, [c.frechet[panel] for c in method.per_chunk], marker="o", label=name, **style)
