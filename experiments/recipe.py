@@ -126,30 +126,34 @@ def recipe(base: Recipe, pairs: list[str]) -> Recipe:
     return Recipe(diffusion, objective, tuple(sorted(model.items())), steps)
 
 
-def summarize(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float | None]]:
+HIGHER_IS_BETTER = ("presence_f1", "presence_f1_8x", "largest_part")
+"""Figures where more is better (the others: less is better)."""
+
+
+def summarize(per_seed: list[dict[str, Any]], figures: tuple[str, ...] = FIGURES) -> dict[str, dict[str, float | None]]:
     """Mean and sample standard deviation over seeds of each figure (std None for one seed)."""
     out: dict[str, dict[str, float | None]] = {}
-    for k in FIGURES:
+    for k in figures:
         v = np.array([row[k] for row in per_seed if row.get(k) is not None and math.isfinite(row[k])])
-        out[k] = {"mean": _r(v.mean()) if v.size else None, "std": _r(v.std(ddof=1)) if v.size > 1 else None}
+        out[k] = {"mean": rounded(v.mean()) if v.size else None, "std": rounded(v.std(ddof=1)) if v.size > 1 else None}
     return out
 
 
-def paired(a: list[dict[str, float]], b: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], figures: tuple[str, ...] = FIGURES
+           ) -> dict[str, dict[str, Any]]:
     """Per figure: the differences B - A per seed, their mean and standard deviation, and on how many
     seeds B is better (F1 and largest part higher, the others lower) out of how many."""
     out: dict[str, dict[str, Any]] = {}
-    for k in FIGURES:
+    for k in figures:
         d = [rb[k] - ra[k] for ra, rb in zip(a, b)
              if None not in (ra.get(k), rb.get(k)) and math.isfinite(ra[k]) and math.isfinite(rb[k])]
-        higher_is_better = k in ("presence_f1", "largest_part")
-        better = sum((x > 0) if higher_is_better else (x < 0) for x in d)
-        out[k] = {"diffs": [_r(x) for x in d], "mean": _r(np.mean(d)) if d else None,
-                  "std": _r(np.std(d, ddof=1)) if len(d) > 1 else None, "b_better_on": f"{better}/{len(d)}"}
+        better = sum((x > 0) if k in HIGHER_IS_BETTER else (x < 0) for x in d)
+        out[k] = {"diffs": [rounded(x) for x in d], "mean": rounded(np.mean(d)) if d else None,
+                  "std": rounded(np.std(d, ddof=1)) if len(d) > 1 else None, "b_better_on": f"{better}/{len(d)}"}
     return out
 
 
-def _r(v: float) -> float:
+def rounded(v: float) -> float:
     return round(float(v), 4)
 
 
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = report.to_json()["summary"]["methods"]["model"]
             one_step = one_step_figures(model, build_diffusion(diffusion_cfg), codec, truth, scenes, eval_spec)
             summary.update(one_step_mse_ratio=one_step["mse_ratio"], one_step_centroid_ratio=one_step["centroid_ratio"])
-            rows[arm].append({k: _r(v) if v is not None and math.isfinite(v) else None  # NaN: no colour found
+            rows[arm].append({k: rounded(v) if v is not None and math.isfinite(v) else None  # NaN: no colour found
                               for k in FIGURES for v in [summary.get(k)]})
             trained[arm].append(stats)
             if args.out is not None:
