@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data_pipeline.encode import main as encode
@@ -29,6 +31,8 @@ from vidgpt.config import load_config
 from vidgpt.distributed import free_port
 from vidgpt.export import load_exported
 from vidgpt.export import main as export
+from vidgpt.model import ModelConfig, VidGPT
+from vidgpt.testing import randomize_weights_
 
 import dp_step  # tests/ is on sys.path (pytest's prepend import mode)
 import trainer_replay
@@ -688,6 +692,60 @@ def test_export_then_sample(run_a: Path, tmp_path: Path, data: Path, capsys: pyt
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 13 and frames[0].shape == (32, 32, 3)
     assert (out / "sample_000.gif").stat().st_size > 0
+
+
+def _export_of(cfg: ModelConfig, out: Path, seed: int = 3) -> dict[str, torch.Tensor]:
+    """An export-like directory of a model of `cfg` with random (non-initial) weights; returns them."""
+    out.mkdir(parents=True)
+    weights = {k: v.contiguous() for k, v in randomize_weights_(VidGPT(cfg), seed=seed).state_dict().items()}
+    save_file(weights, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({"model": dataclasses.asdict(cfg)}))
+    return weights
+
+
+def test_a_bidirectional_export_fine_tuned_as_causal_starts_from_its_weights(tmp_path: Path, data: Path) -> None:
+    """init_from an export of a bidirectional model, trained as a causal one on 2 ranks under ZeRO-3: after
+    one step at lr 1e-12 the run's weights are the export's (every tensor was loaded, partitioned, and found
+    its place); the checkpoint records where they came from; a longer clip length loads the same file."""
+    source_cfg = dataclasses.replace(load_config(DEMO, BASE).model, temporal="bidirectional")
+    source = _export_of(source_cfg, tmp_path / "bidi")
+    run = tmp_path / "FT"
+    assert train(run, 2, f"--model.init_from={tmp_path / 'bidi'}", "--model.temporal=causal", "--training.steps=1",
+                 "--optimizer.lr=1e-12", "--optimizer.warmup_steps=0", data=data) == [0, 0], logs(run)
+    assert f"initial weights: {len(source)} tensors from {tmp_path / 'bidi' / 'model.safetensors'}" in logs(run)
+    assert export([str(run), str(tmp_path / "ft_export"), "--weights", "model"]) == 0
+    model, info = load_exported(tmp_path / "ft_export")
+    assert info["model"]["temporal"] == "causal" and info["model"]["init_from"] == str(tmp_path / "bidi")
+    got = model.state_dict()
+    assert max((got[k] - source[k]).abs().max().item() for k in source) < 1e-6
+    meta = json.loads((run / "checkpoints" / "step_0000001" / "meta.json").read_text())
+    assert meta["model"]["init_from"] == str(tmp_path / "bidi")
+    longer = tmp_path / "LONG"  # the same weights continued at longer clips
+    assert train(longer, 1, f"--model.init_from={tmp_path / 'bidi'}", "--data.num_frames=12", "--training.steps=2",
+                 data=data) == [0], logs(longer)
+
+
+def test_init_weights_that_do_not_fit_are_named_unless_reinitialised(tmp_path: Path, data: Path) -> None:
+    cfg = load_config(DEMO, BASE).model
+    weights = _export_of(dataclasses.replace(cfg, text_dim=8), tmp_path / "t8")  # captions 8 wide, not 16
+    run = tmp_path / "MM"
+    assert train(run, 1, f"--model.init_from={tmp_path / 't8'}", "--training.steps=2", data=data) == [2]
+    err = logs(run)
+    assert "2 parameter(s) shaped differently: null_text [32, 8] in the file, [32, 16] in the model" in err, err[-3000:]
+    assert "model.init_reinit" in err and "Traceback" not in err
+    assert train(tmp_path / "MM2", 1, f"--model.init_from={tmp_path / 't8'}", "--training.steps=2",
+                 '--model.init_reinit=["null_text", "y_embedder"]', data=data) == [0], logs(tmp_path / "MM2")
+    # a file with one parameter missing and one the model does not have: each said in one line
+    del weights["t_block.1.bias"]
+    weights["extra.weight"] = torch.zeros(2)
+    save_file(weights, str(tmp_path / "odd.safetensors"))
+    assert train(tmp_path / "MM3", 1, f"--model.init_from={tmp_path / 'odd.safetensors'}",
+                 '--model.init_reinit=["null_text", "y_embedder"]', data=data) == [2]
+    err = logs(tmp_path / "MM3")
+    assert "1 parameter(s) missing from the file: t_block.1.bias" in err
+    assert "1 parameter(s) not in the model (unexpected): extra.weight" in err
+    assert train(tmp_path / "MM4", 1, f"--model.init_from={tmp_path / 'nowhere'}", data=data) == [2]
+    assert "model.init_from: " in logs(tmp_path / "MM4") and "no such file or directory" in logs(tmp_path / "MM4")
 
 
 @pytest.fixture(scope="module")

@@ -314,7 +314,8 @@ def find_checkpoint(path: Path, parts: Parts = "all") -> StepCheckpoint:
 def check_model_config(found: StepCheckpoint, model_cfg: dict[str, Any]) -> None:
     """CheckpointError unless the checkpoint's network has these hyperparameters (the flavor label aside)."""
     saved = found.meta.get("model", {})
-    diff = sorted(k for k in set(saved) | set(model_cfg) if k != "flavor" and saved.get(k) != model_cfg.get(k))
+    labels = ("flavor", "init_from", "init_reinit")  # not the network's shape
+    diff = sorted(k for k in set(saved) | set(model_cfg) if k not in labels and saved.get(k) != model_cfg.get(k))
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {model_cfg.get(k)!r}" for k in diff)
         raise CheckpointError(f"{found.path} is from another model config ({details})")

@@ -65,6 +65,13 @@ class ModelConfig:
     recomputing the whole window (no kv-cache is possible)."""
     flavor: str = field(default="custom", compare=False)
     """The named size (a key of FLAVORS) these hyperparameters started from; a label, not compared."""
+    init_from: str = field(default="", compare=False)
+    """Initial weights instead of random ones: an export directory (vidgpt-export) or a .safetensors file,
+    loaded before the first step (a resumed run loads its checkpoint instead); not compared. The settings
+    above must fit its tensors, but for the parameters named in init_reinit."""
+    init_reinit: list[str] = field(default_factory=list, compare=False)
+    """With init_from: parameters that keep their fresh initialisation, by name or name prefix (e.g.
+    "x_embedder" when the latent channels change): they may be missing from the file or shaped otherwise."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -113,7 +113,8 @@ class Trainer:
 
         ds_config = deepspeed_config(t, cfg.optimizer, cfg.data.batch_size, self.precision,
                                      self.checkpoints.universal_tag is not None)
-        self.engine, self.scheduler = build_engine(t, cfg.optimizer, cfg.model, ds_config)
+        self.engine, self.scheduler = build_engine(t, cfg.optimizer, cfg.model, ds_config,
+                                                   load_init=self.checkpoints.resume_from is None, log=self.log)
         self.diffusion = build_diffusion(cfg.diffusion)
         eval_source = (cfg.eval.data or cfg.data.path) if cfg.eval.interval else None
         self.loader, eval_loader = build_loaders(cfg.data, self.datasets, seed=t.seed, rank=env.rank, world=env.world,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from vidgpt import attention
+from vidgpt.components.init_weights import check_init_weights, load_init_weights, weights_file
 from vidgpt.errors import ConfigError, TrainingError
 from vidgpt.model import ModelConfig, VidGPT
 
@@ -168,9 +170,12 @@ def deepspeed_config(t: TrainingConfig, o: OptimizerConfig, batch_size: int, pre
 
 
 def build_engine(t: TrainingConfig, o: OptimizerConfig, model_cfg: ModelConfig,
-                 ds_config: dict[str, Any]) -> tuple[Any, Any]:
-    """The network (initial weights from training.seed, the same on every rank), AdamW and the lr schedule
-    wrapped by DeepSpeed as `ds_config` says: (engine, scheduler). Needs torch.distributed initialised.
+                 ds_config: dict[str, Any], *, load_init: bool = True,
+                 log: Callable[[str], None] | None = None) -> tuple[Any, Any]:
+    """The network (initial weights from training.seed, the same on every rank; then, with load_init, the
+    tensors of model.init_from over them), AdamW and the lr schedule wrapped by DeepSpeed as `ds_config`
+    says: (engine, scheduler). Needs torch.distributed initialised. load_init False: a resume, whose
+    checkpoint brings the weights.
 
     tests/dp_step.py trains through this on several ranks and checks the weights against one process
     with plain torch (AdamW, clip_grad_norm_, LambdaLR(lr_factor)) on the whole batch."""
@@ -182,6 +187,14 @@ def build_engine(t: TrainingConfig, o: OptimizerConfig, model_cfg: ModelConfig,
         model = VidGPT(model_cfg, init_weights=False)
     gather = (lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=0)) if zero3 else None
     model.initialize_weights(gather=gather)
+    if load_init and model_cfg.init_from:
+        file = weights_file(model_cfg.init_from)
+        names = check_init_weights(model, file, model_cfg.init_reinit)
+        count = load_init_weights(model, file, names, reads=not zero3 or torch.distributed.get_rank() == 0,
+                                  gather=gather)
+        if log is not None:
+            kept = f"; freshly initialised: {', '.join(model_cfg.init_reinit)}" if model_cfg.init_reinit else ""
+            log(f"initial weights: {count} tensors from {file}{kept}")
     model.activation_checkpointing = t.activation_checkpointing
     if t.compile:
         model.compile_blocks()
