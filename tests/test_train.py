@@ -244,7 +244,10 @@ def test_ctrl_c_under_train_local_saves_and_exits_75(run_a: Path, tmp_path: Path
            "OMP_NUM_THREADS": "1"}
     cmd = ["bash", str(ROOT / "launchers" / "train_local.sh"), f"--data.path={data}", *BASE, "--checkpoint.interval=100"]
     log = open(tmp_path / "I.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # as a terminal's foreground job: SIGINT not ignored (a test runner started in the background ignores it,
+    # and a shell cannot trap a signal ignored when it starts)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 180
     while not ((run / "losses.jsonl").exists() and len((run / "losses.jsonl").read_text().splitlines()) >= 2):
         assert proc.poll() is None, (tmp_path / "I.log").read_text()
@@ -260,6 +263,11 @@ def test_ctrl_c_under_train_local_saves_and_exits_75(run_a: Path, tmp_path: Path
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     a, got = losses(run_a), losses(run)  # losses() refuses a step logged twice
     assert sorted(got) == list(range(1, 9)) and all(abs(a[s] - got[s]) <= 1e-6 for s in a)
+
+
+def default_sigint() -> None:
+    """In a child before exec: SIGINT back to its default action, as in a terminal's foreground job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _snapshot(run: Path) -> dict[str, tuple[int, int]]:

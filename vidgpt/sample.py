@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -104,6 +105,9 @@ def _parser() -> OneLineParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C ends sampling with the finished videos kept, also when the process was started with SIGINT
+    # ignored (from a script's background job), which would otherwise leave it no way to be interrupted
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ap = _parser()
     args = ap.parse_args(argv)
     if args.num < 1:
