@@ -279,11 +279,16 @@ class Trainer:
         self.log(f"step {self.step}/{cfg.training.steps} loss {values['loss']:.5f} lr {values['lr']:.2e} "
                  f"{values['samples_per_s']:.1f} samples/s")
 
+    def record_status(self, state: str, step: int) -> None:
+        """RUN/status.json, {"state": finished | preempted | failed, "step": N}: rank 0, holding the run lock
+        (only the lock holder writes into the run)."""
+        if self.env.is_main and self.lock is not None:
+            (self.run_dir / "status.json").write_text(json.dumps({"state": state, "step": step}) + "\n")
+
     def finish(self, state: str, code: int) -> int:
         """Record how the run ended (for launchers such as torchrun that report any non-zero rank status
         as their own failure), before any rank exits."""
-        if self.env.is_main:
-            (self.run_dir / "status.json").write_text(json.dumps({"state": state, "step": self.step}) + "\n")
+        self.record_status(state, self.step)
         self.writer.close()
         distributed.barrier()
         return code
@@ -296,7 +301,6 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-        self.watchdog: StallWatchdog | None = None
 
     def collective_failed(self, exc: BaseException, kind: str) -> int:
         """A collective failed: another rank stalled past training.collective_timeout_s (kind "timeout") or
@@ -312,9 +316,7 @@ class Trainer:
         print(f"vidgpt-train: rank {self.env.rank}: step {self.step + 1}: {what or 'a collective'} failed "
               f"({one_line(exc)}): {cause}; exiting {code} ({then}); the run resumes from {last}",
               file=sys.stderr, flush=True)
-        if self.env.is_main and self.lock is not None:
-            state = "preempted" if kind == "timeout" else "failed"
-            (self.run_dir / "status.json").write_text(json.dumps({"state": state, "step": self.step}) + "\n")
+        self.record_status("preempted" if kind == "timeout" else "failed", self.step)
         return code
 
     def preempted_in_start_up(self, where: str) -> int:
@@ -322,8 +324,7 @@ class Trainer:
         requeue; then exit 75."""
         found = self.checkpoints.resume_from
         step = int(found.meta.get("step", 0)) if found is not None else 0
-        if self.env.is_main and self.lock is not None:  # only the lock holder writes into the run
-            (self.run_dir / "status.json").write_text(json.dumps({"state": "preempted", "step": step}) + "\n")
+        self.record_status("preempted", step)
         self.log(f"stop requested (signal) {where}; nothing new to save, exiting {EXIT_PREEMPTED} (resume from "
                  f"step {step} with --resume auto)")
         return EXIT_PREEMPTED
