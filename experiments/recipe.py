@@ -38,7 +38,7 @@ import torch
 from data_pipeline.cli_types import finite_float
 from data_pipeline.codecs import build_codec
 from data_pipeline.synthetic import SyntheticTask
-from experiments.longvideo import TrainSpec, train, training_videos
+from experiments.longvideo import TrainSpec, arm_stats, train, training_videos
 from experiments.predictor import one_step_figures
 from vidgpt.cli import add_dataclass_options, dataclass_from_options
 from vidgpt.config import load_config
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             summary.update(one_step_mse_ratio=one_step["mse_ratio"], one_step_centroid_ratio=one_step["centroid_ratio"])
             rows[arm].append({k: rounded(v) if v is not None and math.isfinite(v) else None  # NaN: no colour found
                               for k in FIGURES for v in [summary.get(k)]})
-            trained[arm].append(stats)
+            trained[arm].append(arm_stats(stats))
             if args.out is not None:
                 write_outputs(report, truth, {"model": videos}, args.out / f"{arm}_seed{seed}")
             log(f"seed {seed}, recipe {arm.upper()}: {rows[arm][-1]} ({stats['seconds']} s of training)")
