@@ -38,6 +38,7 @@ import numpy as np
 
 from data_pipeline import storage
 from data_pipeline.cli_types import finite_float
+from data_pipeline.codec_names import CODEC_NAMES, VAE_CODECS
 from data_pipeline.index import (
     PROGRESS,
     SHARDS,
@@ -104,7 +105,7 @@ class Summary:
     failed: int = 0  # unusable inputs (in failures.jsonl after the merge), committed
     not_written: int = 0  # processed inputs whose shard or record could not be written: a re-run redoes them
     clips: int = 0
-    frames: int = 0
+    frames: int = 0  # video frames encoded (a video VAE turns 1 + 4k of them into 1 + k latent frames)
     bytes: int = 0
     shards: int = 0
     publish_errors: list[str] = field(default_factory=list)
@@ -167,13 +168,19 @@ class Encoder:
 
         self.cfg = cfg
         self.root = cfg.output.rstrip("/") if storage.is_s3(cfg.output) else os.path.abspath(cfg.output)
-        self.opts = DecodeOptions(
-            height=cfg.height, width=cfg.width, fps=cfg.fps, frame_stride=cfg.frame_stride,
-            min_frames=cfg.min_frames, max_frames=cfg.max_frames,
-        )
         self.items = list_inputs(cfg.input)
         self.share = worker_share(self.items, cfg.worker_index, cfg.num_workers_total)
         self.codec = build_codec(cfg.codec, vae=cfg.vae, device=cfg.device, batch_size=cfg.batch_size)
+        # a video VAE takes clips of 1 + f*k frames: clips are split at that length and the last one cut to it
+        low, high = self.codec.on_grid(cfg.min_frames - 1) + self.codec.temporal_factor, self.codec.on_grid(cfg.max_frames)
+        low = 1 if cfg.min_frames <= 1 else low
+        if low > high:
+            raise InputError(f"--min-frames {cfg.min_frames} / --max-frames {cfg.max_frames}: no clip length between "
+                             f"them that the {self.codec.name} codec takes ({self.codec.grid_text()})")
+        self.opts = DecodeOptions(
+            height=cfg.height, width=cfg.width, fps=cfg.fps, frame_stride=cfg.frame_stride,
+            min_frames=low, max_frames=high,
+        )
         self.text = None
         if cfg.text_encoder:
             from data_pipeline.text import TextEncoder  # noqa: PLC0415 - see build_codec above
@@ -241,8 +248,10 @@ class Encoder:
         text = self._caption_embedding(item)
         describe = self.codec.describe()
         for i, clip in enumerate(clips):
+            kept = self.codec.on_grid(len(clip.frames))  # the last clip of a video, cut to the codec's grid
+            clip = dataclasses.replace(clip, frames=clip.frames[:kept], frame_indices=clip.frame_indices[:kept])
             start = time.perf_counter()
-            latents = self.codec.encode(clip.frames)  # (T, C, h, w), scaled
+            latents = self.codec.encode(clip.frames)  # (T', C, h, w), scaled; T' = T unless the codec compresses time
             self.summary.codec_s += time.perf_counter() - start
             meta = {
                 "source": item.name, "input_id": item.id, "clip": i, "frame_indices": clip.frame_indices,
@@ -352,13 +361,13 @@ class Encoder:
                 if clips is None:
                     unit.inputs.append(InputRecord(item.id, item.name, "failed", reason))
                 else:
-                    n = 0
+                    n = 0  # latent frames (as the index counts them)
                     for sample in self.samples(item, clips):
                         builder.add(sample)
                         n += sample.latents.shape[0]
+                        s.frames += self.codec.pixel_frames(sample.latents.shape[0])  # video frames
                     unit.inputs.append(InputRecord(item.id, item.name, "ok", None, len(clips), n))
                     s.clips += len(clips)
-                    s.frames += n
                 progress.update(s)
                 if builder.samples >= cfg.shard_samples or builder.nbytes >= cfg.shard_bytes:
                     finish(unit, builder)
@@ -437,9 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("input", help="directory of videos (local or s3://, searched recursively) or a .jsonl/.csv manifest")
     ap.add_argument("output", help="dataset root: local directory or s3://bucket/prefix")
-    ap.add_argument("--codec", choices=("identity", "sd-vae"), default="identity",
-                    help="identity: pixels in [-1, 1] as latents (CPU demo, tests); sd-vae: diffusers AutoencoderKL")
-    ap.add_argument("--vae", help="sd-vae: local directory or hub id of the AutoencoderKL (e.g. stabilityai/sd-vae-ft-ema)")
+    ap.add_argument("--codec", choices=CODEC_NAMES, default="identity",
+                    help="identity: pixels in [-1, 1] as latents (CPU demo, tests); sd-vae: an image VAE "
+                         "(diffusers AutoencoderKL), frame by frame; wan-vae: a causal video VAE (diffusers "
+                         "AutoencoderKLWan, e.g. the Wan 2.1 VAE): clips are cut to 1 + 4k frames, which become "
+                         "1 + k latent frames")
+    ap.add_argument("--vae", help="sd-vae / wan-vae: local directory or hub id of the VAE (e.g. "
+                                  "stabilityai/sd-vae-ft-ema, or a directory holding the Wan 2.1 VAE in diffusers format)")
     ap.add_argument("--size", type=int, nargs="+", metavar=("H", "W"), default=[64],
                     help="output frame size: H (square) or H W; short side resized, then centre-cropped (default: 64)")
     ap.add_argument("--fps", type=finite_float, help="resample to this frame rate (default: keep the source rate)")
@@ -503,8 +516,10 @@ def parse_config(argv: list[str]) -> EncodeConfig:
             ap.error(f"{name} {exc}")
     if not storage.is_s3(a.output) and os.path.exists(a.output) and not os.path.isdir(a.output):
         ap.error(f"OUTPUT {a.output}: exists and is not a directory")
-    if a.codec == "sd-vae" and not a.vae:
-        ap.error("--codec sd-vae needs --vae PATH_OR_ID")
+    if a.codec in VAE_CODECS and not a.vae:
+        ap.error(f"--codec {a.codec} needs --vae PATH_OR_ID")
+    if a.codec not in VAE_CODECS and a.vae:
+        ap.error(f"--vae is only used with --codec {'/'.join(VAE_CODECS)}, got --codec {a.codec}")
     return EncodeConfig(
         input=a.input, output=a.output, codec=a.codec, vae=a.vae, height=height, width=width, fps=a.fps,
         frame_stride=a.frame_stride, min_frames=a.min_frames, max_frames=a.max_frames,

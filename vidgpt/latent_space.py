@@ -16,19 +16,50 @@ from typing import Any
 
 import torch
 
-from data_pipeline.codecs import Codec, build_codec
+from data_pipeline.codecs import VAE_CODECS, Codec, build_codec
 from data_pipeline.index import DatasetIndexError, read_json
 from data_pipeline.storage import StorageError, join
 from data_pipeline.text import TextEncoder
 from vidgpt.model import ModelConfig
 
+SAME_VAE_KEYS: tuple[str, ...] = (
+    "name", "latent_channels", "downsample", "temporal_factor", "scale_factor", "shift_factor",
+    "latents_mean", "latents_std", "weights_sha256",
+)
+"""What must agree between the codec latents were encoded with and the one decoding them (where both say)."""
+
 
 def codec_of(record: Mapping[str, Any], *, vae: str | None = None, device: str | None = None) -> Codec:
     """The codec a recorded description names (index.json's "codec", or an export's sampling "codec":
-    {"name": ..., "vae": ...}); vae: another VAE location for sd-vae (ignored by other codecs);
-    device: where the VAE runs (None: a GPU when there is one)."""
+    {"name": ..., "vae": ...}); vae: another location of the same VAE (ignored by codecs without one);
+    device: where the VAE runs (None: a GPU when there is one). ValueError of one line when `vae` is
+    not the VAE the record describes (other weights, channels, factors or normalisation)."""
     name = record["name"]
-    return build_codec(name, vae=(vae or record.get("vae")) if name == "sd-vae" else None, device=device)
+    codec = build_codec(name, vae=(vae or record.get("vae")) if name in VAE_CODECS else None, device=device)
+    check_same_codec(record, codec.describe(), location=vae or record.get("vae"))
+    return codec
+
+
+def check_same_codec(recorded: Mapping[str, Any], found: Mapping[str, Any], *, location: str | None) -> None:
+    """ValueError naming the first of SAME_VAE_KEYS on which two codec descriptions differ."""
+    for key in SAME_VAE_KEYS:
+        if key in recorded and key in found and recorded[key] != found[key]:
+            def short(v: Any) -> str:
+                return (v[:12] + "...") if isinstance(v, str) and len(v) > 16 else str(v)
+            raise ValueError(f"the VAE at {location} is not the one these latents were encoded with "
+                             f"({recorded.get('vae')}): {key} differs ({short(found[key])} here, "
+                             f"{short(recorded[key])} recorded); latents of one VAE cannot be decoded by another")
+
+
+def check_model_latents(info: Mapping[str, Any], index: Mapping[str, Any], data: str) -> None:
+    """ValueError when dataset `data` (its index.json, read) was encoded with another codec or VAE than the
+    one the export (`info`: its config.json) was trained on: its latents would be another language."""
+    recorded = (info.get("sampling") or {}).get("codec")
+    if isinstance(recorded, Mapping) and isinstance(index.get("codec"), Mapping):
+        try:
+            check_same_codec(recorded, index["codec"], location=index["codec"].get("vae") or index["codec"].get("name"))
+        except ValueError as exc:
+            raise ValueError(f"--data {data} was not encoded as this model's training data was: {exc}") from None
 
 
 def codec_for_index(index: Mapping[str, Any], *, vae: str | None = None, device: str | None = None) -> Codec:
@@ -36,9 +67,14 @@ def codec_for_index(index: Mapping[str, Any], *, vae: str | None = None, device:
     return codec_of(index["codec"], vae=vae, device=device)
 
 
-def dataset_codec(path: str, *, vae: str | None = None, device: str | None = None) -> Codec:
-    """The codec that decodes the latents of the dataset at `path` (its index.json "codec")."""
-    return codec_for_index(read_json(join(path, "index.json")), vae=vae, device=device)
+def dataset_codec(path: str, *, vae: str | None = None, device: str | None = None,
+                  model: Mapping[str, Any] | None = None) -> Codec:
+    """The codec that decodes the latents of the dataset at `path` (its index.json "codec"); model: an
+    export's config.json, refused (ValueError) when its training data was encoded otherwise."""
+    index = read_json(join(path, "index.json"))
+    if model is not None:
+        check_model_latents(model, index, path)
+    return codec_for_index(index, vae=vae, device=device)
 
 
 def training_index(info: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -56,11 +92,15 @@ def training_index(info: Mapping[str, Any]) -> dict[str, Any] | None:
 def codec_for_export(info: Mapping[str, Any], model_cfg: ModelConfig, *, vae: str | None = None,
                      device: str | None = None) -> Codec:
     """The codec of an export (`info`: its config.json): its training dataset's, when the dataset's index
-    is readable here; else sd-vae with `vae` when given; else identity for a 3-channel (pixel) model;
+    is readable here; else the codec the export records (its sampling "codec", with `vae` as the VAE's
+    location here); else sd-vae with `vae` when given; else identity for a 3-channel (pixel) model;
     else ValueError."""
     index = training_index(info)
     if index is not None:
         return codec_for_index(index, vae=vae, device=device)
+    recorded = (info.get("sampling") or {}).get("codec")
+    if isinstance(recorded, Mapping) and recorded.get("name"):
+        return codec_of(recorded, vae=vae, device=device)
     if vae:
         return build_codec("sd-vae", vae=vae, device=device)
     if model_cfg.in_channels == 3:

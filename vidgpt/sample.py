@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from data_pipeline.cli_types import finite_float
+from data_pipeline.codecs import Codec
 from data_pipeline.index import DatasetIndexError
 from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, error_line
 from data_pipeline.storage import StorageError
@@ -94,10 +95,13 @@ def _parser() -> OneLineParser:
     ap.add_argument("--data", help="latent dataset to take prompt frames from (default: the training data)")
     ap.add_argument("--out", default="samples", help="output directory (default: samples)")
     ap.add_argument("--num", type=int, default=2, help="videos (default: 2)")
-    ap.add_argument("--frames", type=int, default=32, help="frames to generate after the prompt (default: 32)")
+    ap.add_argument("--frames", type=int, default=32,
+                    help="frames to generate after the prompt (default: 32); latent frames with a video VAE, "
+                         "each of which decodes to 4 video frames")
     ap.add_argument("--fps", type=finite_float, default=8.0, help="frame rate of the written videos (default: 8)")
     ap.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    ap.add_argument("--vae", help="sd-vae datasets: VAE to decode with (default: the one in the dataset index)")
+    ap.add_argument("--vae", help="sd-vae / wan-vae models: where the VAE is on this machine (default: the location "
+                    "the dataset index or export records); it must be the VAE the latents were encoded with")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the network's blocks first (pays off on GPUs for long videos)")
     add_dataclass_options(ap, SamplingSpec, inherited="the export's [eval.sampling]")
@@ -158,9 +162,11 @@ def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, samplin
     spec = with_chunk_and_window(sampling, _clip_len(info))
     try:
         prompt, batch = prompts_from_dataset(data_path, args.num, spec.prompt_frames, args.seed)
-        codec = dataset_codec(data_path, vae=args.vae)
+        codec = dataset_codec(data_path, vae=args.vae, model=info)
     except (DataError, DatasetIndexError, StorageError) as exc:
         ap.error(f"--data {data_path}: {error_line(exc)}")
+    except ValueError as exc:  # the codec: its VAE not loadable here, or not the model's
+        ap.error(str(exc).splitlines()[0])
     if not bool(batch["valid"].all()):
         shortest = int(batch["valid"].sum(dim=1).min())
         ap.error(f"--prompt-frames {spec.prompt_frames}: a clip of {data_path} has only {shortest} frames "
@@ -172,14 +178,16 @@ def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, samplin
             print(f"vidgpt-sample: warning: the dataset's captions have up to {text.shape[1]} tokens; the model "
                   f"takes {model.cfg.text_len}, the rest is dropped", file=sys.stderr)
             text, text_mask = text[:, : model.cfg.text_len], text_mask[:, : model.cfg.text_len]
-    video = generate_as(
+    decoding = Decoding(codec, prompt.shape[0])
+    generate_as(
         spec, model, exported_diffusion(info), prompt.to(device), args.frames, text=text, text_mask=text_mask,
         generator=torch.Generator(device).manual_seed(args.seed), autocast=sampling_autocast(spec.precision, device),
-    )  # (B, P + N, C, H, W)
+        on_chunk=decoding,
+    )  # (B, P + N, C, H, W), decoded as it was generated
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for i in range(video.shape[0]):
-        frames = _even(codec.decode(video[i].float().cpu().numpy()))  # (T, H, W, 3) uint8
+    for i in range(prompt.shape[0]):
+        frames = _even(decoding.video(i))  # (T, H, W, 3) uint8
         write_video(out / f"sample_{i:03d}.mp4", frames, args.fps)
         write_gif(out / f"sample_{i:03d}.gif", frames, args.fps)
         caption = batch["captions"][i] if batch.get("captions") else None
@@ -208,17 +216,23 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: 
         items = read_prompt_list(args.prompts) if args.prompts else [PromptItem(args.prompt, args.caption)]
         blank = np.zeros((0, size[0], size[1], 3), dtype=np.uint8)  # text to video: no prompt frame
         frames = [blank if it.path is None else load_prompt_frames(it.path, size=(size[0], size[1]),
-                                                                   fps=recorded.get("fps"), last=sampling.prompt_frames)
+                                                                   fps=recorded.get("fps"),
+                                                                   last=codec.pixel_frames(sampling.prompt_frames))
                   for it in items]
     except PromptError as exc:
         ap.error(str(exc))
+    for item, f in zip(items, frames, strict=True):
+        if item.path is not None and codec.on_grid(len(f)) != len(f):
+            ap.error(f"{item.path}: {len(f)} frames, but the {codec.name} codec takes {codec.grid_text()}; "
+                     f"--prompt-frames {sampling.prompt_frames} (latent frames) needs "
+                     f"{codec.pixel_frames(sampling.prompt_frames)}: give a longer clip or fewer --prompt-frames")
     unguided = without_prompt_frames(info, args.model)
     if any(it.path is None for it in items) and unguided:
         ap.error(f"text to video (a caption without a prompt file) needs a model trained with 0-frame prompts; "
                  f"{unguided}: give it a --prompt")
     if refusal := context_guidance_refusal(sampling.context_scale, info, args.model):
         ap.error(refusal)
-    if sampling.sink and (shortest := min(len(f) for f in frames)) < sampling.sink:
+    if sampling.sink and (shortest := min(codec.latent_frames(len(f)) for f in frames)) < sampling.sink:
         ap.error(f"--sink {sampling.sink}: a prompt has only {shortest} frames (the sink holds prompt frames)")
     if any(it.path is None for it in items) and not model.cfg.text_dim:
         ap.error(f"text to video needs a text-conditioned model; {args.model} has text_dim 0")
@@ -251,19 +265,38 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: 
         def progress(done: int, total: int, i: int = i) -> None:
             print(f"  video {i + 1}/{len(items)}: {done}/{total} frames", file=sys.stderr, flush=True)
 
-        video = generate_as(
+        decoding = Decoding(codec, 1)
+        generate_as(
             spec, model, diffusion, prompt, args.frames, text=None if text is None else text.to(device),
             text_mask=None if text_mask is None else text_mask.to(device),
             generator=torch.Generator(device).manual_seed(args.seed + i), progress=progress,
-            autocast=sampling_autocast(spec.precision, device),
-        )  # (1, P + N, C, h, w)
-        pixels = _even(codec.decode(video[0].float().cpu().numpy()))  # (T, H, W, 3) uint8
+            autocast=sampling_autocast(spec.precision, device), on_chunk=decoding,
+        )  # (1, P + N, C, h, w), decoded as it was generated
+        pixels = _even(decoding.video(0))  # (T, H, W, 3) uint8
         write_video(out / f"sample_{i:03d}.mp4", pixels, fps)
         write_gif(out / f"sample_{i:03d}.gif", pixels, fps)
         source = f"{prompt_frames.shape[0]} from {item.path}" if item.path else "text to video"
         print(f"{out / f'sample_{i:03d}.mp4'} (+ .gif): {pixels.shape[0]} frames ({source}"
               + (f", caption {item.caption!r})" if item.caption else ")"))
     return 0
+
+
+class Decoding:
+    """Decodes each video of a generation chunk by chunk as the sampler finishes it (`generate`'s
+    on_chunk), one StreamDecoder per video, so that the VAE only ever holds one chunk's activations."""
+
+    def __init__(self, codec: Codec, count: int) -> None:
+        self.streams = [codec.stream_decoder() for _ in range(count)]
+        self.frames: list[list[np.ndarray]] = [[] for _ in range(count)]
+
+    def __call__(self, chunk: torch.Tensor) -> None:
+        """chunk: (B, n, C, h, w) latents, the next n frames of every video."""
+        for i, stream in enumerate(self.streams):
+            self.frames[i].append(stream.push(chunk[i].float().cpu().numpy()))  # (m, H, W, 3) uint8
+
+    def video(self, i: int) -> np.ndarray:
+        """uint8 (T, H, W, 3): video i decoded so far."""
+        return np.concatenate(self.frames[i])
 
 
 def _even(frames: np.ndarray) -> np.ndarray:

@@ -65,7 +65,8 @@ class SamplingSpec:
     chunk and window None are derived from the training clip length by `for_clip_len`."""
 
     prompt_frames: int = 2
-    """True frames each video starts from (fewer than the training clip length)."""
+    """True frames each video starts from (fewer than the training clip length). Like every frame count of
+    the model, in latent frames: with a video VAE (wan-vae) P latent frames are 1 + 4(P - 1) video frames."""
     chunk: int | None = None
     """Frames denoised together; derived: half the training clip length, at most 8."""
     window: int | None = None
@@ -196,6 +197,7 @@ def generate(
     context_scale: float = 1.0,
     sink: int = 0,
     context_noise: float = 0.0,
+    on_chunk: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """Generate `num_frames` frames after `prompt` (B, P, C, H, W); returns (B, P + num_frames, C, H, W).
     P may be 0 (text to video, for models trained with 0-frame prompts: `FramePromptObjective.prompt_min_len` 0).
@@ -212,6 +214,8 @@ def generate(
     docstring); 0 <= sink <= P, and sink < window when > 0; 0 = none.
     context_noise: generated frames enter the context noised to this fraction of the noise range, labelled
     with that time (see the module docstring); 0 = clean.
+    on_chunk(frames): called with the prompt (when P > 0) and then each finished chunk (B, n, C, H, W), in
+    order, so that a caller can decode the video while it is generated.
     """
     if prompt.ndim != 5:
         raise ValueError(f"prompt must be (B, P, C, H, W) latents, got {tuple(prompt.shape)}")
@@ -270,6 +274,8 @@ def generate(
         net(prompt, zeros(P), cache=cache, write_cache=True)
 
     frames = [prompt]  # what the video is
+    if on_chunk is not None and P:
+        on_chunk(prompt)
     seen = [prompt]  # what later chunks see of it: generated frames noised by context_noise
     seen_t = [zeros(P)]  # (1, F) their model times
     t_seen = diffusion.time_at(torch.tensor(context_noise, device=prompt.device)) if context_noise else None
@@ -297,6 +303,8 @@ def generate(
                 noise = torch.randn(shape, generator=generator, device=prompt.device, dtype=prompt.dtype)
             x = diffusion.step(guide(out), x, t, t_next, noise)
         frames.append(x)
+        if on_chunk is not None:
+            on_chunk(x)
         if i + 1 < len(plan):  # later chunks see this one
             x_seen, t_x = x, zeros(size)
             if t_seen is not None:
@@ -326,6 +334,7 @@ def generate_as(
     text_mask: Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
     autocast: torch.dtype | None = None,
+    on_chunk: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """`generate` with a spec's settings (chunk and window filled in: `SamplingSpec.for_clip_len`): caption
     guidance only when there is a caption, the kv-cache when the spec asks for it and the model is causal
@@ -337,7 +346,7 @@ def generate_as(
         model, diffusion, prompt, num_frames, chunk=spec.chunk, window=spec.window, steps=spec.steps,
         text=text, text_mask=text_mask, cfg_scale=spec.cfg_scale if text is not None else 1.0,
         use_cache=spec.kv_cache and model.cfg.causal, generator=generator, progress=progress, autocast=autocast,
-        context_scale=spec.context_scale, sink=spec.sink, context_noise=spec.context_noise,
+        context_scale=spec.context_scale, sink=spec.sink, context_noise=spec.context_noise, on_chunk=on_chunk,
     )
 
 

@@ -64,7 +64,7 @@ class Trainer:
         self.break_lock = break_lock
         self.lock = None
         self.watchdog: StallWatchdog | None = None
-        self.datasets = check_datasets(cfg.data, cfg.eval.data, cfg.eval.holdout_shards)
+        self.datasets = check_datasets(cfg.data, cfg.eval.data, cfg.eval.holdout_shards, cfg.model.in_channels)
         self.env = distributed.detect_env()
         problem = distributed.allocated_gpus_without_cuda(os.environ, torch.cuda.is_available())
         if problem:

@@ -10,7 +10,16 @@ from typing import Any
 import torch
 
 from data_pipeline import storage
-from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, LoaderSettings, ShardTable, load_table
+from data_pipeline.index import read_json
+from data_pipeline.loader import (
+    DataError,
+    LatentLoader,
+    LoaderConfig,
+    LoaderSettings,
+    ShardTable,
+    index_location,
+    load_table,
+)
 from vidgpt.errors import ConfigError
 from vidgpt.model import text_mask_or_none
 from vidgpt.objective import LossBatch
@@ -49,9 +58,10 @@ class Datasets:
     """Training clips shorter than data.num_frames (padded; their padding carries no loss)."""
 
 
-def check_datasets(data: DataConfig, eval_data: str, holdout_shards: int) -> Datasets:
+def check_datasets(data: DataConfig, eval_data: str, holdout_shards: int, in_channels: int | None = None) -> Datasets:
     """Read and check the dataset before any process group starts or any file is written: locations,
-    samples, clips long enough for a prompt frame and a noisy one; the held-out shards split off."""
+    samples, clips long enough for a prompt frame and a noisy one, latents of the model's `in_channels`
+    (when the index records its codec); the held-out shards split off."""
     if not data.path:
         raise ConfigError("data.path: not set; pass --data.path=DIR (or s3://bucket/prefix) of vidgpt-encode's shards")
     for key, location in (("data.path", data.path), ("eval.data", eval_data)):
@@ -60,6 +70,12 @@ def check_datasets(data: DataConfig, eval_data: str, holdout_shards: int) -> Dat
         except storage.LocationError as exc:
             raise ConfigError(f"{key}: {exc}") from exc
     table, held_out = load_table(data.path), None
+    if in_channels is not None and (where := index_location(data.path)) is not None:
+        codec = read_json(where).get("codec") or {}
+        channels = codec.get("latent_channels")
+        if channels is not None and channels != in_channels:
+            raise ConfigError(f"model.in_channels is {in_channels} but {data.path} holds {codec.get('name')} latents "
+                              f"of {channels} channels: set --model.in_channels={channels}")
     if holdout_shards and table.uris:  # the last shards validate, the rest train
         table, held_out = table.split(holdout_shards)
     if not table.uris:

@@ -163,7 +163,7 @@ def _held_out_clips(spec: EvalSpec, model_cfg: ModelConfig, info: dict[str, Any]
     """Dataset clips (--data, with their caption embeddings) or synthetic scenes (with their captions
     embedded by --text-encoder or the training dataset's encoder, when there is one)."""
     if args.data:
-        codec = dataset_codec(args.data, vae=args.vae)
+        codec = dataset_codec(args.data, vae=args.vae, model=info)
         clips = dataset_truth(args.data, spec, codec, seed=args.seed)
         if not (model_cfg.text_dim and clips.text is not None and clips.text_mask is not None):
             return HeldOut(clips.frames, None, codec, None, None, "unconditional")
@@ -174,9 +174,10 @@ def _held_out_clips(spec: EvalSpec, model_cfg: ModelConfig, info: dict[str, Any]
     if spec.size % multiple:
         raise ValueError(f"--size {spec.size}: must be a multiple of {multiple} (patch {model_cfg.patch} x "
                          f"codec downsampling {codec.downsample})")
+    video_spec = spec.in_video_frames(codec.temporal_factor)
     print(f"rendering {spec.num_clips} held-out synthetic scenes (seed {spec.synthetic_seed}, "
-          f"{spec.total_frames} frames of {spec.size}px)", flush=True)
-    truth, scenes = synthetic_truth(spec)
+          f"{video_spec.total_frames} frames of {spec.size}px)", flush=True)
+    truth, scenes = synthetic_truth(video_spec)
     encoder = text_encoder_for(args.text_encoder or index, model_cfg, device)
     if encoder is None:
         return HeldOut(truth, scenes, codec, None, None, "unconditional")
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                              text=clips.text, text_mask=clips.text_mask,
                              progress=lambda line: print("  " + line, flush=True))
     try:
-        report = evaluate_videos(clips.truth, {"model": videos}, spec, clips.scenes, i3d)
+        report = evaluate_videos(clips.truth, {"model": videos}, spec.in_video_frames(clips.codec.temporal_factor),
+                                 clips.scenes, i3d)
     except RuntimeError as exc:  # an I3D that cannot take these chunks
         if i3d is None:
             raise

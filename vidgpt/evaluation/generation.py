@@ -29,16 +29,17 @@ def continue_videos(
     progress: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """Continue every truth clip from its first P frames for k*L frames: uint8 (N, P + k*L, H, W, 3)
-    with the (codec round-tripped) prompt frames first.
+    with the (codec round-tripped) prompt frames first. P and k*L count the model's (latent) frames; with a
+    video VAE the video has codec.pixel_frames(P + k*L) frames.
 
-    truth: uint8 (N, >= P, H, W, 3); prompts are codec.encode(truth[i, :P]). The model runs on the
+    truth: uint8 (N, >= P, H, W, 3); prompts are codec.encode(truth[i, :codec.pixel_frames(P)]). The model runs on the
     device of its parameters, in the mode it is in (eval for sampling), with spec.sampling's chunk,
     window, steps, guidance, kv-cache and precision; a bidirectional model is sampled without the
     kv-cache. batch_size: clips per `generate` call (None: all at once). text/text_mask: (N, L, D) /
     (N, L) caption embeddings, or None for unconditional generation (cfg_scale applies with text only).
     """
     s = spec.sampling
-    P = s.prompt_frames
+    P = codec.pixel_frames(s.prompt_frames)  # video frames of the P latent prompt frames
     if truth.ndim != 5 or truth.shape[1] < P:
         raise ValueError(f"truth must be (N, T >= {P}, H, W, 3), got {truth.shape}")
     device = next(model.parameters()).device
@@ -48,7 +49,7 @@ def continue_videos(
     out: list[np.ndarray] = []
     for lo in range(0, truth.shape[0], step):
         hi = min(lo + step, truth.shape[0])
-        prompt = torch.stack([torch.from_numpy(codec.encode(v[:P])) for v in truth[lo:hi]])  # (B, P, C, h, w)
+        prompt = torch.stack([torch.from_numpy(codec.encode(v[:P])) for v in truth[lo:hi]])  # (B, P latent, C, h, w)
 
         def report(done: int, total: int, lo: int = lo, hi: int = hi) -> None:
             if progress is not None:

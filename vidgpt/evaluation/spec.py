@@ -42,6 +42,10 @@ class EvalSpec:
     anti-aliased edge), not garbage; 0: no blends (`metrics.classify`)."""
     min_pixels: int | None = None
     """Pixels a colour needs to be present in a frame; None: `metrics.default_min_pixels`."""
+    temporal_factor: int = 1
+    """1: frame counts are the model's. f > 1 (`in_video_frames`): the counts of the decoded video of a
+    model on video-VAE latents, whose P latent prompt frames are 1 + f(P - 1) frames and whose clip of L
+    latent frames is f*L frames."""
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be >= {low} (got {getattr(self, name)})"
@@ -77,6 +81,16 @@ class EvalSpec:
         start = self.sampling.prompt_frames + j * self.clip_len
         return start, start + self.clip_len
 
+    def in_video_frames(self, temporal_factor: int) -> EvalSpec:
+        """This spec counted in decoded video frames, for a codec that turns f video frames into one
+        latent frame after the first (a video VAE); itself for f = 1. The continuation then starts at frame
+        1 + f(P - 1) and its Step chunks are f*L frames, exactly the frames the latent ones decode to."""
+        if temporal_factor == 1 or self.temporal_factor != 1:
+            return self
+        f, s = temporal_factor, self.sampling
+        return dataclasses.replace(self, clip_len=f * self.clip_len, temporal_factor=f,
+                                   sampling=dataclasses.replace(s, prompt_frames=1 + f * (s.prompt_frames - 1)))
+
     def to_json(self) -> dict[str, Any]:
         """The spec as report.json records it (one flat object)."""
         s = self.sampling
@@ -85,4 +99,5 @@ class EvalSpec:
                 "num_clips": self.num_clips, "synthetic_seed": self.synthetic_seed, "size": self.size,
                 "fps": self.fps, "tolerance": self.tolerance,
                 "blend_tolerance": self.blend_tolerance, "min_pixels": self.min_pixels,
-                **({} if self.task == SyntheticTask() else {"task": dataclasses.asdict(self.task)})}
+                **({} if self.task == SyntheticTask() else {"task": dataclasses.asdict(self.task)}),
+                **({} if self.temporal_factor == 1 else {"temporal_factor": self.temporal_factor})}
