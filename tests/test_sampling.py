@@ -248,9 +248,10 @@ def test_generate_refuses_bad_arguments() -> None:
 
 def test_kvcache_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--flavor", "tiny", "--latent-size", "8", "--frames", "6", "--chunk", "2", "--window", "4", "--steps", "2",
-            "--repeats", "1", "--growth-frames", "8,16"]
+            "--repeats", "1", "--growth-frames", "8,16", "--channels", "16"]  # Wan 2.1 VAE latents: 16 channels
     assert bench.main(args) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["latent"] == [16, 8, 8]
     growth = result["growth"]
     assert growth["frames"] == [8, 16] and len(growth["s_per_frame"]) == 2 and growth["ratio_longest_to_shortest"] > 0
     assert result["frames_compared"] == 4

@@ -19,6 +19,7 @@ ddpm` still reports the relative difference faithfully.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -51,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="timed runs of each mode, interleaved; the fastest counts (default: 2)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, prompt and noise (default: 0)")
     ap.add_argument("--latent-size", type=int, default=32, help="latent height = width (default: 32, i.e. 256px video)")
+    ap.add_argument("--channels", type=int, default=None,
+                    help="latent channels (default: the flavor's, 4 as the SD VAE; 16 for Wan 2.1 VAE latents, whose "
+                         "frames are latent frames of 4 video frames each)")
     ap.add_argument("--batch", type=int, default=1, help="videos generated together (default: 1)")
     ap.add_argument("--cfg-scale", type=finite_float, default=1.0,
                     help="classifier-free guidance scale; != 1 adds a null-text branch")
@@ -70,8 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--growth-frames must be comma-separated integers, got {args.growth_frames!r}")
     if any(n < 1 for n in args.growth):
         ap.error(f"--growth-frames must be >= 1, got {args.growth_frames!r}")
-    for name in ("frames", "prompt_frames", "chunk", "window", "steps", "latent_size", "batch", "repeats"):
-        if getattr(args, name) < 1:
+    for name in ("frames", "prompt_frames", "chunk", "window", "steps", "latent_size", "batch", "repeats", "channels"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
 
@@ -91,6 +95,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     cfg = FLAVORS[args.flavor]
+    if args.channels is not None:
+        cfg = dataclasses.replace(cfg, in_channels=args.channels)
     model = randomize_weights_(VidGPT(cfg), seed=args.seed).to(device=device, dtype=dtype).eval()
     diffusion = RectifiedFlow() if args.process == "flow" else GaussianDiffusion()
     gen = torch.Generator().manual_seed(args.seed)
