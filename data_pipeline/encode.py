@@ -58,7 +58,7 @@ from data_pipeline.inputs import InputError, InputItem, inputs_digest, list_inpu
 from data_pipeline.lock import LockHeld, WorkerLock
 from data_pipeline.shards import Sample, ShardBuilder
 from data_pipeline.synthetic import SYNTHETIC_JSON
-from data_pipeline.video import Clip, DecodeOptions, VideoError, decode_clips
+from data_pipeline.video import Clip, DecodeOptions, VideoError, decode_clips, parse_buckets
 
 MAX_PENDING_UPLOADS = 2
 """Finished shards waiting for their S3 upload before encoding pauses."""
@@ -72,6 +72,8 @@ class EncodeConfig:
     vae: str | None = None
     height: int = 64
     width: int = 64
+    buckets: tuple[tuple[int, int], ...] = ()
+    """(H, W) sizes each video is resized and cropped to the nearest of by aspect ratio; () = height x width."""
     fps: float | None = None
     frame_stride: int = 1
     min_frames: int = 8
@@ -177,9 +179,13 @@ class Encoder:
         if low > high:
             raise InputError(f"--min-frames {cfg.min_frames} / --max-frames {cfg.max_frames}: no clip length between "
                              f"them that the {self.codec.name} codec takes ({self.codec.grid_text()})")
+        d = self.codec.downsample
+        for h, w in cfg.buckets or ((cfg.height, cfg.width),):
+            if h % d or w % d:
+                raise InputError(f"size {h}x{w}: the {self.codec.name} codec needs sizes divisible by {d}")
         self.opts = DecodeOptions(
             height=cfg.height, width=cfg.width, fps=cfg.fps, frame_stride=cfg.frame_stride,
-            min_frames=low, max_frames=high,
+            min_frames=low, max_frames=high, buckets=cfg.buckets,
         )
         self.text = None
         if cfg.text_encoder:
@@ -199,6 +205,7 @@ class Encoder:
         cfg = self.cfg
         return {
             "codec": self.codec.describe(), "size": [cfg.height, cfg.width], "fps": cfg.fps,
+            **({"buckets": [list(b) for b in cfg.buckets]} if cfg.buckets else {}),
             "frame_stride": cfg.frame_stride, "min_frames": cfg.min_frames, "max_frames": cfg.max_frames,
             "num_workers_total": cfg.num_workers_total, "num_inputs": len(self.items),
             "inputs_sha256": inputs_digest(self.items),
@@ -257,7 +264,7 @@ class Encoder:
                 "source": item.name, "input_id": item.id, "clip": i, "frame_indices": clip.frame_indices,
                 "fps": clip.fps, "start_time": clip.start_time, "caption": item.caption,
                 "codec": describe["name"], "scale_factor": describe["scale_factor"],
-                "size": [self.cfg.height, self.cfg.width],
+                "size": list(clip.frames.shape[1:3]),
             }
             yield Sample(key=f"{item.id}-{i:04d}", latents=latents, meta=meta, caption=item.caption, text=text)
 
@@ -455,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "stabilityai/sd-vae-ft-ema, or a directory holding the Wan 2.1 VAE in diffusers format)")
     ap.add_argument("--size", type=int, nargs="+", metavar=("H", "W"), default=[64],
                     help="output frame size: H (square) or H W; short side resized, then centre-cropped (default: 64)")
+    ap.add_argument("--buckets", metavar="HxW,...",
+                    help="aspect-ratio buckets instead of one --size, e.g. 256x256,192x320,320x192: each video goes to "
+                         "the bucket nearest its aspect ratio and is resized and centre-cropped to it; training "
+                         "batches are then each from one bucket")
     ap.add_argument("--fps", type=finite_float, help="resample to this frame rate (default: keep the source rate)")
     ap.add_argument("--frame-stride", type=int, default=1, help="then keep every k-th frame (default: 1)")
     ap.add_argument("--min-frames", type=int, default=8, help="drop clips shorter than this (default: 8)")
@@ -491,6 +502,15 @@ def parse_config(argv: list[str]) -> EncodeConfig:
     if len(a.size) > 2:
         ap.error(f"--size takes H or H W, got {len(a.size)} numbers")
     height, width = a.size[0], a.size[-1]
+    buckets: tuple[tuple[int, int], ...] = ()
+    if a.buckets is not None:
+        if "--size" in argv or any(x.startswith("--size=") for x in argv):
+            ap.error("--buckets replaces --size: give one of them")
+        try:
+            buckets = parse_buckets(a.buckets)
+        except ValueError as exc:
+            ap.error(f"--buckets {a.buckets}: {exc}")
+        height, width = buckets[0]
     worker = a.worker_index
     if worker is None:
         worker = _env_int("SLURM_ARRAY_TASK_ID", 0) - _env_int("SLURM_ARRAY_TASK_MIN", 0)
@@ -521,7 +541,7 @@ def parse_config(argv: list[str]) -> EncodeConfig:
     if a.codec not in VAE_CODECS and a.vae:
         ap.error(f"--vae is only used with --codec {'/'.join(VAE_CODECS)}, got --codec {a.codec}")
     return EncodeConfig(
-        input=a.input, output=a.output, codec=a.codec, vae=a.vae, height=height, width=width, fps=a.fps,
+        input=a.input, output=a.output, codec=a.codec, vae=a.vae, height=height, width=width, buckets=buckets, fps=a.fps,
         frame_stride=a.frame_stride, min_frames=a.min_frames, max_frames=a.max_frames,
         shard_samples=a.shard_samples, shard_bytes=int(a.shard_mb * 1024 * 1024),
         num_workers_total=a.num_workers_total, worker_index=worker, decode_workers=a.decode_workers,

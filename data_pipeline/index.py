@@ -194,6 +194,7 @@ def write_index(
         "version": VERSION,
         "codec": job["codec"],
         "size": job["size"],
+        **({"buckets": job["buckets"]} if job.get("buckets") else {}),
         "fps": job.get("fps"),
         "frame_stride": job.get("frame_stride", 1),
         "min_frames": job.get("min_frames"),

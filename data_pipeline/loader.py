@@ -150,10 +150,17 @@ class ShardTable:
     frames: list[list[int]]
     nbytes: list[int | None] | None = None  # per shard: its size in bytes, checked on every read (None: unknown)
     crc32: list[list[int]] | None = None  # per shard: each sample's CRC-32, checked on every read ([]: none)
+    shapes: list[list[tuple[int, int]]] | None = None  # per shard: each sample's latent (H, W) ([]: not recorded)
 
     @property
     def sizes(self) -> list[int]:
         return [len(f) for f in self.frames]
+
+    def buckets(self) -> list[tuple[int, int]]:
+        """The distinct latent (H, W) of the samples, sorted, when the index records more than one (a dataset
+        encoded with --buckets); [] otherwise: every batch is then any samples."""
+        found = sorted({hw for shard in self.shapes or [] for hw in shard})
+        return found if len(found) > 1 and all(len(s) == n for s, n in zip(self.shapes or [], self.sizes)) else []
 
     def split(self, held_out: int) -> tuple[ShardTable, ShardTable]:
         """(the first shards, the last `held_out` shards): a training table and a held-out one."""
@@ -163,7 +170,8 @@ class ShardTable:
         def part(sl: slice) -> ShardTable:
             return ShardTable(self.uris[sl], self.offsets[sl], self.frames[sl],
                               None if self.nbytes is None else self.nbytes[sl],
-                              None if self.crc32 is None else self.crc32[sl])
+                              None if self.crc32 is None else self.crc32[sl],
+                              None if self.shapes is None else self.shapes[sl])
 
         cut = len(self.uris) - held_out
         return part(slice(0, cut)), part(slice(cut, None))
@@ -218,6 +226,7 @@ def load_table(source: str) -> ShardTable:
         frames=[s["frames"] for s in shards],
         nbytes=[int(s["bytes"]) if "bytes" in s else None for s in shards],
         crc32=[[int(c) for c in s.get("crc32", [])] for s in shards],
+        shapes=[[(int(h), int(w)) for h, w in s.get("sizes", [])] for s in shards],
     )
 
 
@@ -284,18 +293,45 @@ class Layout:
         return max(0, (rank_batches - worker + self.workers - 1) // self.workers)
 
 
+def bucketed_positions(shapes: list[tuple[int, int]], unit: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch sequence of a bucketed dataset: plain epoch positions (shards in the epoch's order, samples
+    in order) reordered so that every `unit` consecutive ones share a latent size. Each size's positions,
+    in order, are cut into units (a remainder under `unit` sits out this epoch), and the units of all
+    sizes are put in a seeded order. shapes: the latent (H, W) of every plain position."""
+    codes = {hw: i for i, hw in enumerate(sorted(set(shapes)))}
+    code = np.array([codes[hw] for hw in shapes], dtype=np.int64)
+    units: list[np.ndarray] = []
+    for b in range(len(codes)):
+        pos = np.flatnonzero(code == b)
+        units += list(pos[: len(pos) // unit * unit].reshape(-1, unit))
+    order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xB0C7])).permutation(len(units))
+    return np.concatenate([units[i] for i in order]) if units else np.zeros(0, dtype=np.int64)
+
+
+def block_size(shuffle_buffer: int, unit: int) -> int:
+    """Positions shuffled together: the shuffle buffer, rounded up to whole units."""
+    return -(-shuffle_buffer // unit) * unit
+
+
 def reader_order(
-    base: list[Segment], layout: Layout, rank: int, worker: int, *, seed: int, epoch: int, block: int
+    base: list[Segment], layout: Layout, rank: int, worker: int, *, seed: int, epoch: int, block: int, unit: int = 1,
 ) -> np.ndarray:
-    """Epoch positions in the order one reader yields them: its part, block-shuffled."""
+    """Epoch positions in the order one reader yields them: its part, block-shuffled. unit > 1 (a bucketed
+    dataset, unit = the batch size): whole units of `unit` consecutive positions move together, so each
+    batch is one unit (one bucket); a reader's part is always whole units."""
     pos = positions(layout.reader_segments(base, rank, worker))
+    block = block_size(block, unit)
     out = []
     for b0 in range(0, len(pos), block):
         chunk = pos[b0 : b0 + block]
         rng = np.random.default_rng(
             np.random.SeedSequence([seed, epoch, rank, worker, b0, layout.world, layout.workers])
         )
-        out.append(chunk[rng.permutation(len(chunk))])
+        if unit == 1:
+            out.append(chunk[rng.permutation(len(chunk))])
+        else:
+            groups = chunk.reshape(-1, unit)[rng.permutation(len(chunk) // unit)]  # (units, unit)
+            out.append(np.concatenate([g[rng.permutation(unit)] for g in groups]))
     return np.concatenate(out) if out else pos
 
 
@@ -338,19 +374,30 @@ class _EpochDataset(IterableDataset):
 
     def __init__(
         self, cfg: LoaderConfig, table: ShardTable, epoch: int, base: list[Segment], layout: Layout,
-        rank: int, start_batches: int,
+        rank: int, start_batches: int, unit: int = 1,
     ) -> None:
         self.cfg, self.table, self.epoch, self.base = cfg, table, epoch, base
-        self.layout, self.rank, self.start_batches = layout, rank, start_batches
+        self.layout, self.rank, self.start_batches, self.unit = layout, rank, start_batches, unit
         order = shard_order(len(table.uris), cfg.seed, epoch)
         self.shard_of_slot = order
         sizes = np.array(table.sizes, dtype=np.int64)[order]
-        self.slot_start = np.concatenate([[0], np.cumsum(sizes)])  # epoch position of each slot's first sample
+        self.slot_start = np.concatenate([[0], np.cumsum(sizes)])  # plain position of each slot's first sample
+        self.plain: np.ndarray | None = None  # bucketed: epoch position -> plain position
+        self.shape_of_plain: list[tuple[int, int]] = []
+        if unit > 1:
+            self.shape_of_plain = [hw for shard in order.tolist() for hw in (table.shapes or [])[shard]]
+            self.plain = bucketed_positions(self.shape_of_plain, unit, cfg.seed, epoch)
 
     def locate(self, pos: int) -> tuple[int, int]:
         """Epoch position -> (shard index, sample index within the shard)."""
+        if self.plain is not None:
+            pos = int(self.plain[pos])
         slot = int(np.searchsorted(self.slot_start, pos, side="right") - 1)
         return int(self.shard_of_slot[slot]), pos - int(self.slot_start[slot])
+
+    def bucket(self, pos: int) -> tuple[int, int] | None:
+        """The latent (H, W) the index records for an epoch position (a bucketed dataset), else None."""
+        return None if self.plain is None else self.shape_of_plain[int(self.plain[pos])]
 
     def _read(self, pos_block: np.ndarray) -> dict[int, Sample | ShardError]:
         """Fetch the samples at some positions: one ranged read per run of neighbours in a shard."""
@@ -446,15 +493,16 @@ class _EpochDataset(IterableDataset):
         # epoch continues with the reader whose batch comes next
         worker = 0 if info is None else (info.id + self.start_batches) % layout.workers
         order = reader_order(
-            self.base, layout, self.rank, worker, seed=cfg.seed, epoch=self.epoch, block=cfg.shuffle_buffer
+            self.base, layout, self.rank, worker, seed=cfg.seed, epoch=self.epoch, block=cfg.shuffle_buffer,
+            unit=self.unit,
         )
         skip = layout.consumed(self.start_batches, worker) * cfg.batch_size
         planned, bad = len(order), 0
-        last_good: Sample | None = None
+        last_good: dict[tuple[int, int] | None, Sample] = {}  # per bucket (None: not bucketed)
         pending: list[dict[str, Any]] = []
         # one block (the shuffle buffer) at a time, read ahead by a thread; a resume starts at the first
         # unconsumed sample
-        size = cfg.shuffle_buffer
+        size = block_size(cfg.shuffle_buffer, self.unit)
         starts = [skip, *range((skip // size + 1) * size, planned, size)] if skip < planned else []
         blocks = iter([order[a : (a // size + 1) * size] for a in starts])
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidgpt-read") as io_thread:
@@ -472,7 +520,7 @@ class _EpochDataset(IterableDataset):
                 fetch_next()
                 samples = reading.result()
                 for p in block.tolist():
-                    sample = samples[p]
+                    sample, bucket = samples[p], self.bucket(p)
                     if isinstance(sample, ShardError):
                         bad += 1
                         log.warning("skipping a bad sample (%d so far): %s", bad, sample)
@@ -483,12 +531,14 @@ class _EpochDataset(IterableDataset):
                                 "(bytes that fail their checksum, a shard of the wrong size, or unparsable data), "
                                 f"above max_bad_fraction={cfg.max_bad_fraction}; last: {sample}"
                             )
-                        if last_good is None:  # nothing to stand in yet: the next good one of this block
-                            last_good = next((s for s in samples.values() if isinstance(s, Sample)), None)
-                            if last_good is None:
+                        if bucket not in last_good:  # nothing to stand in yet: the next good one of this block
+                            stand_in = next((s for q, s in samples.items()
+                                             if isinstance(s, Sample) and self.bucket(q) == bucket), None)
+                            if stand_in is None:
                                 raise DataError(f"{shard}: no readable sample ({sample})")
-                        sample = last_good
-                    last_good = sample
+                            last_good[bucket] = stand_in
+                        sample = last_good[bucket]
+                    last_good[bucket] = sample
                     pending.append(self._item(sample, p))
                     if len(pending) == cfg.batch_size:
                         yield self._collate(pending)
@@ -507,6 +557,13 @@ class LatentLoader:
             raise DataError(f"{cfg.source}: the dataset has no samples")
         self.layout = Layout(world, max(1, cfg.num_workers), cfg.batch_size)
         self.num_samples = sum(self.table.sizes)
+        # a dataset of several latent sizes (vidgpt-encode --buckets): every batch from one bucket
+        self.buckets = self.table.buckets()
+        self.unit = cfg.batch_size if self.buckets else 1
+        self.epoch_samples = self.num_samples  # positions in an epoch's sequence
+        if self.buckets:
+            counts = [sum(hw == b for shard in self.table.shapes or [] for hw in shard) for b in self.buckets]
+            self.epoch_samples = sum(n // self.unit * self.unit for n in counts)
         self.epoch = 0
         self.batches = 0  # consumed by this rank in the current epoch
         self.base: list[Segment] | None = None  # None: the whole epoch; else what a resize left over
@@ -517,7 +574,7 @@ class LatentLoader:
             )
 
     def _base(self) -> list[Segment]:
-        return self.base if self.base is not None else [(0, self.num_samples)]
+        return self.base if self.base is not None else [(0, self.epoch_samples)]
 
     def __len__(self) -> int:
         """Batches this rank yields in the current epoch (from its start)."""
@@ -527,7 +584,8 @@ class LatentLoader:
         self.epoch, self.batches, self.base = epoch, 0, None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        dataset = _EpochDataset(self.cfg, self.table, self.epoch, self._base(), self.layout, self.rank, self.batches)
+        dataset = _EpochDataset(self.cfg, self.table, self.epoch, self._base(), self.layout, self.rank, self.batches,
+                                self.unit)
         loader = DataLoader(
             dataset, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
             prefetch_factor=2 if self.cfg.num_workers else None, persistent_workers=False,
@@ -568,14 +626,24 @@ class LatentLoader:
         if old == self.layout:
             self.base, self.batches = base, int(state["batches"])  # type: ignore[assignment]
             return
+        if self.buckets and old.batch_size != self.layout.batch_size:
+            # the epoch's sequence is made of batch-sized units of one bucket: another batch size is another
+            # sequence, so the rest of this epoch cannot be carried over
+            log.warning("data.batch_size changed from %d to %d on a bucketed dataset: the rest of epoch %d "
+                        "(batch %d of %d) is skipped; the next epoch starts", old.batch_size,
+                        self.layout.batch_size, self.epoch, int(state["batches"]),
+                        old.batches_per_rank(base if base is not None else [(0, self.epoch_samples)]))
+            self.set_epoch(self.epoch + 1)
+            return
         # a different layout: what every old reader had not yet consumed becomes this epoch's sequence
-        old_base = base if base is not None else [(0, self.num_samples)]
+        old_base = base if base is not None else [(0, self.epoch_samples)]
         rest: list[Segment] = []
         for r in range(old.world):
             for w in range(old.workers):
                 done = old.consumed(int(state["batches"]), w) * old.batch_size
                 order = reader_order(
-                    old_base, old, r, w, seed=self.cfg.seed, epoch=self.epoch, block=self.cfg.shuffle_buffer
+                    old_base, old, r, w, seed=self.cfg.seed, epoch=self.epoch, block=self.cfg.shuffle_buffer,
+                    unit=self.unit,
                 )
                 rest += to_segments(np.sort(order[done:]))
         self.base, self.batches = rest, 0

@@ -166,11 +166,13 @@ class ShardInfo:
     frames: list[int]  # frames of each sample
     keys: list[str] = field(default_factory=list)
     crc32: list[int] = field(default_factory=list)  # zlib.crc32 of each sample's bytes; empty: not recorded
+    sizes: list[list[int]] = field(default_factory=list)  # latent [H, W] of each sample; empty: not recorded
 
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256,
             "offsets": self.offsets, "frames": self.frames, "keys": self.keys, "crc32": self.crc32,
+            "sizes": self.sizes,
         }
 
     @staticmethod
@@ -178,7 +180,7 @@ class ShardInfo:
         return ShardInfo(
             path=d["path"], samples=int(d["samples"]), bytes=int(d["bytes"]), sha256=d["sha256"],
             offsets=[int(o) for o in d["offsets"]], frames=[int(f) for f in d["frames"]], keys=list(d.get("keys", [])),
-            crc32=[int(c) for c in d.get("crc32", [])],
+            crc32=[int(c) for c in d.get("crc32", [])], sizes=[[int(v) for v in hw] for hw in d.get("sizes", [])],
         )
 
 
@@ -192,6 +194,7 @@ class ShardBuilder:
         self._tar = tarfile.open(self.local_path, mode="w", format=tarfile.USTAR_FORMAT)
         self.offsets: list[int] = []
         self.frames: list[int] = []
+        self.sizes: list[list[int]] = []
         self.keys: list[str] = []
 
     @property
@@ -211,6 +214,7 @@ class ShardBuilder:
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
         self.frames.append(int(sample.latents.shape[0]))
+        self.sizes.append([int(sample.latents.shape[2]), int(sample.latents.shape[3])])
         self.keys.append(sample.key)
 
     def close(self) -> ShardInfo:
@@ -231,7 +235,7 @@ class ShardBuilder:
                 pos += len(block)
         return ShardInfo(
             path=self.name, samples=self.samples, bytes=self.local_path.stat().st_size,
-            sha256=digest.hexdigest(), offsets=bounds, frames=self.frames, keys=self.keys, crc32=crcs,
+            sha256=digest.hexdigest(), offsets=bounds, frames=self.frames, keys=self.keys, crc32=crcs, sizes=self.sizes,
         )
 
     def abort(self) -> None:

@@ -72,6 +72,9 @@ class DecodeOptions:
     """Seconds into the source where the window starts (inclusive); None is the beginning."""
     end: float | None = None
     """Seconds into the source where the window ends (exclusive); None is the end."""
+    buckets: tuple[tuple[int, int], ...] = ()
+    """(H, W) frame sizes to choose from by the source's aspect ratio (`nearest_bucket`), replacing
+    height x width; () keeps height x width."""
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "frame_stride", "min_frames", "max_frames"):
@@ -129,6 +132,26 @@ class _Decoded:
     stopped_early: bool = False  # the window ended before the stream did
 
 
+def parse_buckets(text: str) -> tuple[tuple[int, int], ...]:
+    """'256x256,192x320' -> ((256, 256), (192, 320)); ValueError of one line naming what does not parse."""
+    out: list[tuple[int, int]] = []
+    for part in text.split(","):
+        h, sep, w = part.strip().lower().partition("x")
+        if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+            raise ValueError(f"bucket {part.strip()!r} is not HxW with positive integers (e.g. 256x256,192x320,320x192)")
+        if (int(h), int(w)) in out:
+            raise ValueError(f"bucket {part.strip()} is listed twice")
+        out.append((int(h), int(w)))
+    return tuple(out)
+
+
+def nearest_bucket(height: int, width: int, buckets: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is nearest to height x width's (on a log scale, so 2:1 and 1:2 are as
+    far from 1:1); the first of equals."""
+    aspect = math.log(width / height)
+    return min(buckets, key=lambda hw: abs(math.log(hw[1] / hw[0]) - aspect))
+
+
 def _decode_frames(
     source: Source, opts: DecodeOptions, info: _Decoded
 ) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -153,6 +176,7 @@ def _decode_frames(
         grid_t0: float | None = None  # time of the first kept frame (origin of the grid)
         passed = 0  # frames that passed the fps resampling (for the stride)
         plan: tuple[int, int, int, int] | None = None
+        out_h, out_w = opts.height, opts.width  # the bucket's, once the first frame shows the source's size
         index = -1
         try:
             for frame in container.decode(stream):
@@ -183,13 +207,15 @@ def _decode_frames(
                 if (passed - 1) % opts.frame_stride:
                     continue
                 if plan is None:
-                    plan = resize_plan(frame.height, frame.width, opts.height, opts.width)
+                    out_h, out_w = (nearest_bucket(frame.height, frame.width, opts.buckets) if opts.buckets
+                                    else (opts.height, opts.width))
+                    plan = resize_plan(frame.height, frame.width, out_h, out_w)
                 new_h, new_w, top, left = plan
                 rgb = frame.reformat(
                     width=new_w, height=new_h, format="rgb24", threads=_SWS_THREADS
                 ).to_ndarray()
                 # (new_h, new_w, 3) -> (H, W, 3); copy so the full-size buffer is freed
-                yield index, t, rgb[top : top + opts.height, left : left + opts.width].copy()
+                yield index, t, rgb[top : top + out_h, left : left + out_w].copy()
         except _INPUT_ERRORS as e:
             raise VideoError(f"decode error after {info.decoded} frames: {_one_line(e)}") from e
 

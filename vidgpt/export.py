@@ -63,7 +63,8 @@ def export(found: StepCheckpoint, out_dir: Path, weights: str = "ema") -> Path:
 
 def sampling_info(data: dict[str, Any]) -> dict[str, Any]:
     """What sampling from the user's own files needs, from the training dataset's index.json: the
-    codec (with its VAE location and latent scale), the text encoder's location, frame size and fps,
+    codec (with its VAE location and latent scale), the text encoder's location, frame size (and the
+    aspect-ratio buckets of a bucketed dataset) and fps,
     and the training clip length (the default window). Empty fields when the index cannot be read."""
     out: dict[str, Any] = {"clip_len": data.get("num_frames"), "codec": None, "size": None, "fps": None,
                            "text_encoder": None}
@@ -75,6 +76,8 @@ def sampling_info(data: dict[str, Any]) -> dict[str, Any]:
         return out
     out.update(codec=index.get("codec"), size=index.get("size"), fps=index.get("fps"),
                text_encoder=(index.get("text_encoder") or {}).get("path"))
+    if index.get("buckets"):
+        out["buckets"] = index["buckets"]
     return out
 
 

@@ -35,6 +35,27 @@ class PromptItem:
     """The caption, or None."""
 
 
+def prompt_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a prompt image or video as stored (before any resizing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptError(f"{path}: no such file")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            with Image.open(path) as img:
+                return img.height, img.width
+        except (UnidentifiedImageError, OSError) as exc:
+            raise PromptError(f"{path}: not a readable image ({type(exc).__name__})") from exc
+    try:
+        import av  # noqa: PLC0415 - PyAV, the data extra
+
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return stream.codec_context.height, stream.codec_context.width
+    except Exception as exc:  # noqa: BLE001 - any reason it cannot be read is one line
+        raise PromptError(f"{path}: not a readable video or image ({type(exc).__name__})") from exc
+
+
 def _load_image(path: Path, height: int, width: int) -> np.ndarray:
     try:
         with Image.open(path) as img:

@@ -39,7 +39,7 @@ from data_pipeline.index import DatasetIndexError
 from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, error_line
 from data_pipeline.storage import StorageError
 from data_pipeline.text import TextEncoder
-from data_pipeline.video import write_gif, write_video
+from data_pipeline.video import nearest_bucket, write_gif, write_video
 from vidgpt.checkpoint import CheckpointError
 from vidgpt.cli import OneLineParser, add_dataclass_options, dataclass_from_options
 from vidgpt.export import (
@@ -50,7 +50,7 @@ from vidgpt.export import (
     without_prompt_frames,
 )
 from vidgpt.latent_space import codec_of, dataset_codec, text_encoder_for
-from vidgpt.prompt_files import PromptError, PromptItem, load_prompt_frames, read_prompt_list
+from vidgpt.prompt_files import PromptError, PromptItem, load_prompt_frames, prompt_size, read_prompt_list
 from vidgpt.sampling import SamplingSpec, generate_as, sampling_autocast
 
 
@@ -99,6 +99,10 @@ def _parser() -> OneLineParser:
                     help="frames to generate after the prompt (default: 32); latent frames with a video VAE, "
                          "each of which decodes to 4 video frames")
     ap.add_argument("--fps", type=finite_float, default=8.0, help="frame rate of the written videos (default: 8)")
+    ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                    help="frame size of --prompt/--prompts/--caption videos (default: the training bucket nearest "
+                         "each prompt's aspect ratio, or the training size); multiples of the model's patch x the "
+                         "codec's downsampling")
     ap.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     ap.add_argument("--vae", help="sd-vae / wan-vae models: where the VAE is on this machine (default: the location "
                     "the dataset index or export records); it must be the VAE the latents were encoded with")
@@ -155,6 +159,9 @@ def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, samplin
         ap.error(refusal)
     if args.compile:
         model.compile_blocks()
+    if args.size:
+        ap.error("--size sets the frame size of your own prompts (--prompt, --prompts, --caption); clips of a "
+                 "latent dataset keep theirs")
     data_path = args.data or info.get("data", {}).get("path")
     if not data_path:
         print("vidgpt-sample: error: no --data given and the checkpoint names no dataset", file=sys.stderr)
@@ -212,13 +219,22 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: 
     if codec.latent_channels != model.cfg.in_channels:
         ap.error(f"codec {codec_info['name']!r} gives {codec.latent_channels} latent channels but the model takes "
                  f"{model.cfg.in_channels}")
+    multiple = model.cfg.patch * codec.downsample
+    if args.size and (min(args.size) < multiple or args.size[0] % multiple or args.size[1] % multiple):
+        ap.error(f"--size {args.size[0]} {args.size[1]}: must be multiples of {multiple} (the model's patch "
+                 f"{model.cfg.patch} x the codec's downsampling {codec.downsample}), at least one patch")
+    buckets = tuple((int(h), int(w)) for h, w in recorded.get("buckets") or [])
     try:
         items = read_prompt_list(args.prompts) if args.prompts else [PromptItem(args.prompt, args.caption)]
-        blank = np.zeros((0, size[0], size[1], 3), dtype=np.uint8)  # text to video: no prompt frame
-        frames = [blank if it.path is None else load_prompt_frames(it.path, size=(size[0], size[1]),
-                                                                   fps=recorded.get("fps"),
-                                                                   last=codec.pixel_frames(sampling.prompt_frames))
-                  for it in items]
+        # each video's frame size: --size, else the training bucket nearest the prompt's aspect ratio, else
+        # the training size
+        sizes = [tuple(args.size) if args.size else
+                 nearest_bucket(*prompt_size(it.path), buckets) if (buckets and it.path) else (size[0], size[1])
+                 for it in items]
+        frames = [np.zeros((0, hw[0], hw[1], 3), dtype=np.uint8) if it.path is None  # text to video: no prompt
+                  else load_prompt_frames(it.path, size=hw, fps=recorded.get("fps"),
+                                          last=codec.pixel_frames(sampling.prompt_frames))
+                  for it, hw in zip(items, sizes, strict=True)]
     except PromptError as exc:
         ap.error(str(exc))
     for item, f in zip(items, frames, strict=True):
@@ -259,7 +275,7 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: 
         if len(prompt_frames):
             prompt = torch.from_numpy(codec.encode(prompt_frames))[None].to(device)  # (1, P, C, h, w)
         else:  # text to video: a 0-frame prompt of the codec's latent shape
-            shape = codec.encode(np.zeros((1, size[0], size[1], 3), dtype=np.uint8)).shape[1:]
+            shape = codec.encode(np.zeros((1, *prompt_frames.shape[1:]), dtype=np.uint8)).shape[1:]
             prompt = torch.zeros((1, 0, *shape), device=device)
 
         def progress(done: int, total: int, i: int = i) -> None:

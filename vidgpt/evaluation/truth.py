@@ -76,6 +76,8 @@ def dataset_truth(path: str, spec: EvalSpec, codec: Codec, *, seed: int = 0) -> 
     for batch in loader:
         if not bool(batch["valid"].all()):
             continue
+        if latents and tuple(batch["latents"].shape[-2:]) != latents[0].shape[-2:]:
+            continue  # a bucketed dataset: the clips of the first clip's bucket (one size per evaluation)
         latents.append(batch["latents"][0].float().numpy())  # (T, C, h, w)
         captions.append(batch["captions"][0])
         text = batch.get("text")
@@ -83,6 +85,10 @@ def dataset_truth(path: str, spec: EvalSpec, codec: Codec, *, seed: int = 0) -> 
                      text[0][batch["text_mask"][0]].float().numpy())  # (L_i, D)
         if len(latents) == spec.num_clips:
             break
+    if len(latents) < spec.num_clips:
+        raise ValueError(f"{path}: only {len(latents)} clips of >= {need} frames have the latent size "
+                         f"{latents[0].shape[-2:] if latents else '?'} of the first (a bucketed dataset is evaluated "
+                         f"one size at a time), need {spec.num_clips}: use fewer --clips")
     frames = np.stack([codec.decode(z) for z in latents])  # (N, T, H, W, 3)
     text_t = mask_t = None
     if all(t is not None for t in texts):
