@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from data_pipeline.codecs import WanVAECodec, build_codec
 from data_pipeline.encode import main as encode
@@ -198,6 +199,19 @@ def test_train_sample_and_decode_real_footage_in_latent_frames(encoded: Path, wa
         fa = np.stack([f.to_ndarray(format="rgb24") for f in a.decode(video=0)]).astype(int)
         fb = np.stack([f.to_ndarray(format="rgb24") for f in b.decode(video=0)]).astype(int)
     assert np.abs(fa - fb).max() <= 2  # the same latents up to float rounding, then the same lossy mp4 encoding
+
+    # image to video: one image is one latent frame
+    Image.fromarray(np.full((48, 80, 3), 200, np.uint8)).save(tmp_path / "still.png")
+    done = run("vidgpt.sample", str(tmp_path / "export"), "--prompt", str(tmp_path / "still.png"), "--frames", "2",
+               "--chunk", "1", "--steps", "2", "--out", str(tmp_path / "i2v"))
+    assert "9 frames (1 from" in done.stdout  # 1 + 2 latent frames -> 1 + 4 * 2 frames
+
+    # evaluation against the dataset's own clips, decoded: frame counts in video frames, prompt and chunks alike
+    done = run("vidgpt.evaluation", str(tmp_path / "export"), "--data", str(encoded), "--clips", "2", "--multiples", "1",
+               "--prompt-frames", "1", "--chunk", "1", "--steps", "2", "--out", str(tmp_path / "eval"))
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["spec"]["temporal_factor"] == 4 and report["spec"]["prompt_frames"] == 1
+    assert report["spec"]["clip_len"] == 12 and report["frames"] == 13  # 1 + 3 latent frames -> 13 frames
 
     # refusals, one line each: a prompt off the VAE's grid, another VAE than the data was encoded with
     short = tmp_path / "short.mp4"
