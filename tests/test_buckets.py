@@ -25,6 +25,7 @@ from data_pipeline.shards import Sample, ShardBuilder
 from data_pipeline.video import DecodeOptions, decode_clips, nearest_bucket, parse_buckets
 from vidgpt.export import main as export
 
+from test_loader import epoch
 from test_real_footage import CLIPS, footage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,15 +75,6 @@ def bucketed(tmp_path: Path) -> tuple[str, dict[str, tuple[int, int]]]:
 def cfg(root: str, **kw: object) -> LoaderConfig:
     return LoaderConfig(root, **{"num_frames": 4, "batch_size": 3, "shuffle_buffer": 5, "num_workers": 0, "seed": 7,
                                  **kw})  # type: ignore[arg-type]
-
-
-def epoch(loader: LatentLoader, limit: int | None = None) -> list[dict]:
-    out = []
-    for batch in loader:
-        out.append(batch)
-        if limit is not None and len(out) == limit:
-            break
-    return out
 
 
 def keys(batches: list[dict]) -> list[str]:
