@@ -111,6 +111,8 @@ def test_evaluation_estimate_counts_the_cached_and_uncached_generations_it_runs(
         runs = longvideo.evaluation_runs(sink)
         assert sum(not c for _, c, _, _ in runs.values()) == uncached and sum(c for _, c, _, _ in runs.values()) == cached
         assert longvideo.evaluation_seconds(2.0, 0.5, uncached_runs=uncached, cached_runs=cached, chunks=64) == seconds
+    lean = longvideo.evaluation_runs(0, no_cache=False)  # --skip-no-cache: the baseline is the one uncached run
+    assert set(lean) == {"causal_cache", "causal_cache_seed2", "bidirectional"}
 
 
 def test_training_time_is_train_minutes_or_what_the_budget_leaves() -> None:
