@@ -27,6 +27,7 @@ from vidgpt.export import main as export
 
 from test_loader import epoch
 from test_real_footage import CLIPS, footage
+from test_train import logs, losses, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(4, 4), (2, 6), (6, 2)]
@@ -165,16 +166,44 @@ def mp4_frames(path: Path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
-def test_real_footage_in_buckets_trained_on_and_continued_at_the_nearest_bucket(tmp_path: Path) -> None:
-    import av
-
-    videos = tmp_path / "videos"
+@pytest.fixture(scope="module")
+def footage_in_buckets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three real clips at 8 fps in 16-frame clips, each in the bucket nearest its aspect ratio."""
+    root = tmp_path_factory.mktemp("buckets")
+    videos = root / "videos"
     videos.mkdir()
     for name in CLIPS:
         os.symlink(footage(name), videos / name)
-    data = tmp_path / "latents"
-    assert encode([str(videos), str(data), "--buckets", BUCKETS, "--fps", "8", "--min-frames", "8", "--max-frames", "16",
-                   "--no-progress", "--decode-workers", "0"]) == 0
+    assert encode([str(videos), str(root / "latents"), "--buckets", BUCKETS, "--fps", "8", "--min-frames", "8",
+                   "--max-frames", "16", "--no-progress", "--decode-workers", "0"]) == 0
+    return root / "latents"
+
+
+def test_bucketed_training_resumes_exactly_on_two_ranks(footage_in_buckets: Path, tmp_path: Path) -> None:
+    """Batches of 24x40 and of 32x32 frames under ZeRO-3 on 2 ranks (each rank's batch one bucket); stopped
+    at step 2 and resumed, the run reproduces the uninterrupted one loss for loss."""
+    uninterrupted, resumed = tmp_path / "A", tmp_path / "B"
+    extra = ["--model.in_channels=3", "--model.text_dim=0", "--checkpoint.interval=2"]
+    assert train(uninterrupted, 2, *extra, "--training.steps=6", data=footage_in_buckets) == [0, 0], logs(uninterrupted)
+    assert train(resumed, 2, *extra, "--training.steps=2", data=footage_in_buckets) == [0, 0], logs(resumed)
+    assert train(resumed, 2, *extra, "--training.steps=6", "--resume", "auto", data=footage_in_buckets) == [0, 0]
+    a, b = losses(uninterrupted), losses(resumed)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert all(abs(a[s] - b[s]) <= 1e-6 for s in a), (a, b)
+    # the 6 steps (3 epochs of 2 batches per rank, the trainer's loader settings) met both buckets
+    shapes = set()
+    for rank in range(2):
+        loader = LatentLoader(LoaderConfig(str(footage_in_buckets), num_frames=8, batch_size=2, shuffle_buffer=64,
+                                           seed=0), rank, 2)
+        shapes |= {tuple(b["latents"].shape[-2:]) for _ in range(3) for b in epoch(loader)}
+    assert shapes == {(24, 40), (32, 32)}
+
+
+def test_real_footage_in_buckets_trained_on_and_continued_at_the_nearest_bucket(footage_in_buckets: Path,
+                                                                                tmp_path: Path) -> None:
+    import av
+
+    data = footage_in_buckets
     index = json.loads((data / "index.json").read_text())
     assert index["buckets"] == [[32, 32], [24, 40], [40, 24]]
     sizes = Counter(tuple(hw) for shard in index["shards"] for hw in shard["sizes"])
