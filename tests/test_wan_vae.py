@@ -98,7 +98,8 @@ def test_chunked_decoding_equals_diffusers_whole_decode(codec: WanVAECodec, spli
     assert np.abs(chunked.astype(int) - whole.astype(int)).max() <= 1
 
 
-def test_a_vae_of_another_kind_or_shape_is_refused_in_one_line(tmp_path: Path, wan_dir: Path) -> None:
+def test_a_vae_of_another_kind_or_shape_is_refused_in_one_line(tmp_path: Path, wan_dir: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     image_vae = tmp_path / "sd"
     diffusers.AutoencoderKL(block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4,
                             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -114,6 +115,20 @@ def test_a_vae_of_another_kind_or_shape_is_refused_in_one_line(tmp_path: Path, w
         build_codec("wan-vae", vae=str(bad_norm), device="cpu")
     with pytest.raises(ValueError, match="--codec wan-vae needs --vae PATH_OR_ID"):
         build_codec("wan-vae")
+    # through vidgpt-encode: one line, exit 2, nothing written
+    (tmp_path / "videos").mkdir()
+    os.symlink(footage("carphone_pristine.mp4"), tmp_path / "videos" / "carphone.mp4")
+    capsys.readouterr()
+    for args, line in (
+        (["--vae", str(image_vae)],
+         "config.json names AutoencoderKL, not a video VAE (AutoencoderKLWan) (use --codec sd-vae)"),
+        (["--vae", str(wan_dir), "--min-frames", "2", "--max-frames", "4"],
+         "--min-frames 2 / --max-frames 4: no clip length between them that the wan-vae codec takes (1 + 4k frames "
+         "(1, 5, 9, 13, ...))"),
+    ):
+        assert encode([str(tmp_path / "videos"), str(tmp_path / "out"), "--codec", "wan-vae", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].endswith(line) and not (tmp_path / "out").exists()
 
 
 def run(module: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
