@@ -37,7 +37,7 @@ import logging
 import os
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -151,6 +151,7 @@ class ShardTable:
     nbytes: list[int | None] | None = None  # per shard: its size in bytes, checked on every read (None: unknown)
     crc32: list[list[int]] | None = None  # per shard: each sample's CRC-32, checked on every read ([]: none)
     shapes: list[list[tuple[int, int]]] | None = None  # per shard: each sample's latent (H, W) ([]: not recorded)
+    codec: dict[str, Any] | None = None  # the index's codec record (None: no index)
 
     @property
     def sizes(self) -> list[int]:
@@ -171,7 +172,7 @@ class ShardTable:
             return ShardTable(self.uris[sl], self.offsets[sl], self.frames[sl],
                               None if self.nbytes is None else self.nbytes[sl],
                               None if self.crc32 is None else self.crc32[sl],
-                              None if self.shapes is None else self.shapes[sl])
+                              None if self.shapes is None else self.shapes[sl], self.codec)
 
         cut = len(self.uris) - held_out
         return part(slice(0, cut)), part(slice(cut, None))
@@ -227,6 +228,7 @@ def load_table(source: str) -> ShardTable:
         nbytes=[int(s["bytes"]) if "bytes" in s else None for s in shards],
         crc32=[[int(c) for c in s.get("crc32", [])] for s in shards],
         shapes=[[(int(h), int(w)) for h, w in s.get("sizes", [])] for s in shards],
+        codec=index.get("codec"),
     )
 
 
@@ -562,8 +564,8 @@ class LatentLoader:
         self.unit = cfg.batch_size if self.buckets else 1
         self.epoch_samples = self.num_samples  # positions in an epoch's sequence
         if self.buckets:
-            counts = [sum(hw == b for shard in self.table.shapes or [] for hw in shard) for b in self.buckets]
-            self.epoch_samples = sum(n // self.unit * self.unit for n in counts)
+            counts = Counter(hw for shard in self.table.shapes or [] for hw in shard)
+            self.epoch_samples = sum(counts[b] // self.unit * self.unit for b in self.buckets)
         self.epoch = 0
         self.batches = 0  # consumed by this rank in the current epoch
         self.base: list[Segment] | None = None  # None: the whole epoch; else what a resize left over

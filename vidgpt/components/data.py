@@ -10,16 +10,7 @@ from typing import Any
 import torch
 
 from data_pipeline import storage
-from data_pipeline.index import read_json
-from data_pipeline.loader import (
-    DataError,
-    LatentLoader,
-    LoaderConfig,
-    LoaderSettings,
-    ShardTable,
-    index_location,
-    load_table,
-)
+from data_pipeline.loader import DataError, LatentLoader, LoaderConfig, LoaderSettings, ShardTable, load_table
 from vidgpt.errors import ConfigError
 from vidgpt.model import text_mask_or_none
 from vidgpt.objective import LossBatch
@@ -70,8 +61,8 @@ def check_datasets(data: DataConfig, eval_data: str, holdout_shards: int, in_cha
         except storage.LocationError as exc:
             raise ConfigError(f"{key}: {exc}") from exc
     table, held_out = load_table(data.path), None
-    if in_channels is not None and (where := index_location(data.path)) is not None:
-        codec = read_json(where).get("codec") or {}
+    if in_channels is not None:
+        codec = table.codec or {}  # shard lists without an index record none
         channels = codec.get("latent_channels")
         if channels is not None and channels != in_channels:
             raise ConfigError(f"model.in_channels is {in_channels} but {data.path} holds {codec.get('name')} latents "
