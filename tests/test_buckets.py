@@ -17,16 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline import storage
 from data_pipeline.encode import main as encode
-from data_pipeline.index import write_index
 from data_pipeline.loader import LatentLoader, LoaderConfig
-from data_pipeline.shards import Sample, ShardBuilder
 from data_pipeline.video import DecodeOptions, decode_clips, nearest_bucket, parse_buckets
 from vidgpt.export import main as export
 
-from test_loader import epoch
-from test_real_footage import CLIPS, footage
+from test_loader import epoch, make_dataset
+from test_real_footage import CLIPS, encode_footage, footage
 from test_train import logs, losses, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,29 +45,11 @@ def test_bucket_lists_parse_and_the_nearest_aspect_ratio_wins() -> None:
     assert nearest_bucket(100, 100, ((10, 20), (20, 10))) == (10, 20)  # equals: the first
 
 
-def make_bucketed_dataset(root: str, sizes: list[int], seed: int = 0) -> dict[str, tuple[int, int]]:
-    """Uneven shards of random clips whose latents come in three sizes; returns key -> (H, W)."""
-    rng = np.random.default_rng(seed)
-    staging = Path(os.environ.get("TMPDIR", "/tmp")) / f"bucket-staging-{os.getpid()}-{rng.integers(1 << 30)}"
-    shards, shape_of = [], {}
-    for s, n in enumerate(sizes):
-        name = f"shards/part-{s:03d}.tar"
-        builder = ShardBuilder(staging / f"{s}.tar", name)
-        for i in range(n):
-            key, hw = f"s{s}-{i}", SHAPES[int(rng.integers(len(SHAPES)))]
-            builder.add(Sample(key, rng.standard_normal((int(rng.integers(6, 9)), 2, *hw)).astype(np.float16), {}))
-            shape_of[key] = hw
-        info = builder.close()
-        storage.upload_file(builder.local_path, storage.join(root, name))
-        shards.append(info.to_json())
-    write_index(root, shards, {"codec": {"name": "identity", "scale_factor": 1.0}, "size": [4, 4], "num_inputs": 1})
-    return shape_of
-
-
 @pytest.fixture
 def bucketed(tmp_path: Path) -> tuple[str, dict[str, tuple[int, int]]]:
     root = str(tmp_path / "ds")
-    return root, make_bucketed_dataset(root, [3, 11, 6, 14, 2, 9])  # 45 samples
+    clips = make_dataset(root, [3, 11, 6, 14, 2, 9], shapes=SHAPES)  # 45 samples in three latent sizes
+    return root, {key: (lat.shape[2], lat.shape[3]) for key, lat in clips.items()}
 
 
 def cfg(root: str, **kw: object) -> LoaderConfig:
@@ -169,14 +148,8 @@ def mp4_frames(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def footage_in_buckets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three real clips at 8 fps in 16-frame clips, each in the bucket nearest its aspect ratio."""
-    root = tmp_path_factory.mktemp("buckets")
-    videos = root / "videos"
-    videos.mkdir()
-    for name in CLIPS:
-        os.symlink(footage(name), videos / name)
-    assert encode([str(videos), str(root / "latents"), "--buckets", BUCKETS, "--fps", "8", "--min-frames", "8",
-                   "--max-frames", "16", "--no-progress", "--decode-workers", "0"]) == 0
-    return root / "latents"
+    return encode_footage(tmp_path_factory.mktemp("buckets"), CLIPS, "--buckets", BUCKETS, "--fps", "8",
+                          "--min-frames", "8", "--max-frames", "16")
 
 
 def test_bucketed_training_resumes_exactly_on_two_ranks(footage_in_buckets: Path, tmp_path: Path) -> None:

