@@ -41,11 +41,8 @@ def prompt_size(path: str | Path) -> tuple[int, int]:
     if not path.is_file():
         raise PromptError(f"{path}: no such file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        try:
-            with Image.open(path) as img:
-                return img.height, img.width
-        except (UnidentifiedImageError, OSError) as exc:
-            raise PromptError(f"{path}: not a readable image ({type(exc).__name__})") from exc
+        rgb = _open_image(path)
+        return rgb.height, rgb.width
     try:
         import av  # noqa: PLC0415 - PyAV, the data extra
 
@@ -56,12 +53,17 @@ def prompt_size(path: str | Path) -> tuple[int, int]:
         raise PromptError(f"{path}: not a readable video or image ({type(exc).__name__})") from exc
 
 
-def _load_image(path: Path, height: int, width: int) -> np.ndarray:
+def _open_image(path: Path) -> Image.Image:
+    """The image as RGB, or a one-line PromptError naming the file."""
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB")
+            return img.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise PromptError(f"{path}: not a readable image ({type(exc).__name__})") from exc
+
+
+def _load_image(path: Path, height: int, width: int) -> np.ndarray:
+    rgb = _open_image(path)
     new_h, new_w, top, left = resize_plan(rgb.height, rgb.width, height, width)
     resized = np.asarray(rgb.resize((new_w, new_h), Image.Resampling.BICUBIC))  # (new_h, new_w, 3)
     return resized[None, top : top + height, left : left + width].copy()  # (1, H, W, 3)

@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{spec.clip_len} frames (chunk {s.chunk}, window {s.window}{f', sink {s.sink}' if s.sink else ''}, "
           f"{s.steps} steps, "
           f"{f'context guidance {s.context_scale:g}, ' if s.context_scale != 1.0 else ''}"
+          f"{f'caption guidance {s.cfg_scale:g}, ' if s.cfg_scale != 1.0 and clips.text is not None else ''}"
           f"{'kv-cache' if use_cache else 'no cache'}, {clips.conditioning})", flush=True)
     videos = continue_videos(model, exported_diffusion(info), clips.codec, clips.truth, spec, seed=args.seed,
                              text=clips.text, text_mask=clips.text_mask,
