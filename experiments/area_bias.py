@@ -1,0 +1,110 @@
+"""Do shapes shrink in one sampled frame, or only over the rollout? Colour areas of sampled frames against the truth.
+
+    python -m experiments.area_bias runs/quality_cpu/export --clips 16 --frames 16 [--context-scale S] [--eta E]
+
+The quality run's sheets show shapes shrinking frame after frame until small ones vanish. Two ways that can
+happen: each sampled frame is a little smaller than its context even when the context is true (a per-frame
+sampling bias, which compounds to area ratio r^n after n frames), or frames are right from true context and
+go wrong only on the model's own context (exposure bias). This measures both on held-out scenes:
+- teacher-forced: frame f sampled from the true frames before it (at most `window` of them), for every f;
+- rollout: the evaluation's continuation from the P prompt frames.
+Each frame's area of a colour is its pixel count (`metrics.classify`: edge blends count for no colour, in the
+truth as in the samples); the ratio is the sum over clips and colours of sampled over true area, per frame.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_pipeline.synthetic import SyntheticTask
+from vidgpt import metrics
+from vidgpt.evaluation import EvalSpec, synthetic_truth
+from vidgpt.export import exported_diffusion, exported_sampling, load_exported
+from vidgpt.sampling import generate_as
+
+
+def colour_areas(videos: np.ndarray, backgrounds: list[tuple[int, int, int]], spec: EvalSpec) -> np.ndarray:
+    """Pixel count of every palette colour: uint8 (N, T, H, W, 3) -> (N, T, K)."""
+    out = []
+    for video, background in zip(videos, backgrounds, strict=True):
+        labels = metrics.classify(video, background, spec.tolerance, spec.blend_tolerance)  # (T, H, W)
+        out.append(np.stack([(labels == k + 1).sum(axis=(-2, -1)) for k in range(len(metrics.COLOURS))], axis=-1))
+    return np.stack(out)
+
+
+def area_ratio(sampled: np.ndarray, true: np.ndarray) -> list[float]:
+    """Per frame: the sum of sampled areas over the sum of true areas, over the colours the truth shows."""
+    shown = true > 0
+    return [float((sampled[:, f] * shown[:, f]).sum() / max(true[:, f].sum(), 1)) for f in range(true.shape[1])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("export", type=Path)
+    ap.add_argument("--clips", type=int, default=16)
+    ap.add_argument("--frames", type=int, default=16, help="frames after the prompt")
+    ap.add_argument("--context-scale", type=float, default=None)
+    ap.add_argument("--eta", type=float, default=None, help="override the export's diffusion.ddim_eta")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speed", type=float, default=2.5)
+    ap.add_argument("--supersample", type=int, default=4)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    model, info = load_exported(args.export, "cpu")
+    if args.eta is not None:
+        info = {**info, "diffusion": {**info["diffusion"], "ddim_eta": args.eta}}
+    diffusion = exported_diffusion(info)
+    base = exported_sampling(info)
+    changes = {k: v for k, v in (("context_scale", args.context_scale), ("steps", args.steps)) if v is not None}
+    clip_len = info["data"]["num_frames"]
+    sampling = dataclasses.replace(base, **changes).for_clip_len(clip_len)
+    spec = EvalSpec(sampling=sampling, clip_len=clip_len, multiples=-(-args.frames // clip_len), num_clips=args.clips,
+                    task=SyntheticTask(speed=args.speed, supersample=args.supersample))
+    p, window = sampling.prompt_frames, sampling.window
+    assert window is not None
+    total = p + args.frames
+    truth, scenes = synthetic_truth(spec)
+    truth = truth[:, :total]  # (N, total, H, W, 3)
+    backgrounds = [s.background for s in scenes]
+    latents = torch.from_numpy(truth).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0  # identity codec (N, T, 3, H, W)
+    to_pixels = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()  # noqa: E731
+
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(args.seed)
+    forced = []
+    for f in range(p, total):  # frame f from the true frames before it
+        context = latents[:, max(0, f - window) : f]
+        forced.append(generate_as(sampling, model, diffusion, context, 1, generator=gen)[:, -1:])
+    forced_px = to_pixels(torch.cat(forced, dim=1))  # (N, frames, H, W, 3)
+    rollout_px = to_pixels(generate_as(sampling, model, diffusion, latents[:, :p], args.frames, generator=gen)[:, p:])
+    true_areas = colour_areas(truth[:, p:], backgrounds, spec)
+    forced_areas = colour_areas(forced_px, backgrounds, spec)
+    rollout_areas = colour_areas(rollout_px, backgrounds, spec)
+    out = {
+        "experiment": "area_bias", "export": str(args.export), "clips": args.clips, "frames": args.frames,
+        "prompt_frames": p, "window": window, "steps": sampling.steps, "context_scale": sampling.context_scale,
+        "eta": info["diffusion"].get("ddim_eta"), "seed": args.seed,
+        "teacher_forced_area_ratio": area_ratio(forced_areas, true_areas),
+        "rollout_area_ratio": area_ratio(rollout_areas, true_areas),
+        "teacher_forced_mse": float(metrics.mse(forced_px, truth[:, p:]).mean()),
+        "rollout_mse": float(metrics.mse(rollout_px, truth[:, p:]).mean()),
+        "seconds": round(time.time() - t0, 1),
+    }
+    for key in ("teacher_forced_area_ratio", "rollout_area_ratio"):
+        out[key + "_mean"] = float(np.mean(out[key]))
+        out[key] = [round(v, 3) for v in out[key]]
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

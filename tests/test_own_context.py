@@ -1,0 +1,78 @@
+"""experiments.own_context (fine-tuning on the model's own teacher-forced samples) and experiments.area_bias."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from data_pipeline.synthetic import PALETTE
+from experiments import area_bias, own_context
+from experiments.recipe import BASE
+from vidgpt import metrics
+from vidgpt.diffusion import build_diffusion
+from vidgpt.evaluation import EvalSpec
+from vidgpt.model import FLAVORS, VidGPT
+from vidgpt.sampling import SamplingSpec
+from vidgpt.testing import randomize_weights_
+
+CFG = dataclasses.replace(FLAVORS["tiny"], in_channels=3, text_dim=0)
+
+
+def _model(seed: int = 0) -> VidGPT:
+    torch.manual_seed(seed)
+    return randomize_weights_(VidGPT(CFG), seed=seed).eval()
+
+
+def test_own_samples_see_only_the_true_frames_before_them() -> None:
+    """Frame f is sampled from the true frames [f - window, f): frame 0 stays true, and changing true frame 2
+    changes the samples of frames 3 and 4 (window 2) but none before."""
+    model, diffusion = _model(), build_diffusion(BASE.diffusion)
+    sampling = SamplingSpec(prompt_frames=1, chunk=1, window=2, steps=2, precision="fp32")
+    true = torch.rand(2, 5, 3, 8, 8) * 2 - 1
+    own = own_context.own_samples(model, diffusion, sampling, true, batch=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(own[:, 0], true[:, 0])
+    assert (own[:, 1:] - true[:, 1:]).abs().amax() > 1e-3  # sampled, not copied
+    assert own.abs().amax() <= 1.0
+    changed = true.clone()
+    changed[:, 2] = -changed[:, 2]
+    again = own_context.own_samples(model, diffusion, sampling, changed, batch=1,
+                                    generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again[:, 1:3], own[:, 1:3])  # frames 1 and 2 come from frames before 2
+    assert not torch.equal(again[:, 3], own[:, 3]) and not torch.equal(again[:, 4], own[:, 4])
+
+
+def test_the_own_arm_shares_every_draw_of_the_plain_arm() -> None:
+    """Own samples equal to the truth make the own arm (prob 1) the plain arm bit for bit: same clips, prompt
+    lengths, noise and timesteps, and the context path adds nothing else. With other samples it differs, and
+    with prob 0 the samples are never read."""
+    diffusion = build_diffusion(BASE.diffusion)
+    true = torch.rand(4, 6, 3, 8, 8) * 2 - 1
+    spec = own_context.FineTune(steps=3, batch=2, prob=0.0)
+
+    def tuned(own: torch.Tensor, prob: float) -> list[torch.Tensor]:
+        ema, stats = own_context.fine_tune(_model(), diffusion, BASE.objective, 4, {"true": true, "own": own},
+                                           dataclasses.replace(spec, prob=prob, ema_decay=0.0))
+        assert stats["own_batches"] == (3 if prob == 1 else 0)
+        return [p.detach().clone() for p in ema.parameters()]
+
+    plain = tuned(torch.zeros_like(true), 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain, tuned(true.clone(), 1.0)))
+    assert any(not torch.equal(a, b) for a, b in zip(plain, tuned(true.flip(1), 1.0)))
+
+
+def test_colour_areas_and_their_ratio_on_constructed_frames() -> None:
+    background = (20, 20, 40)
+    spec = EvalSpec()
+    frames = np.empty((1, 2, 16, 16, 3), dtype=np.uint8)
+    frames[:] = background
+    frames[0, 0, 2:6, 2:6] = PALETTE["red"]  # 16 pixels
+    frames[0, 1, 2:4, 2:6] = PALETTE["red"]  # 8 pixels
+    frames[0, 1, 10:13, 10:13] = PALETTE["blue"]  # 9 pixels
+    areas = area_bias.colour_areas(frames, [background], spec)  # (1, 2, K)
+    red, blue = metrics.COLOURS.index("red"), metrics.COLOURS.index("blue")
+    assert areas[0, 0, red] == 16 and areas[0, 1, red] == 8 and areas[0, 1, blue] == 9
+    assert areas.sum() == 16 + 8 + 9
+    truth = areas[:, :1].repeat(2, axis=1)  # red 16 px in both frames, no blue
+    assert area_bias.area_ratio(areas, truth) == [1.0, 0.5]  # blue is not in the truth: not counted
