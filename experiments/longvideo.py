@@ -128,11 +128,13 @@ def train(
     spec: TrainSpec, *,
     steps: int | None = None, seconds: float = math.inf, lr_factors: Sequence[float] | None = None,
     log: Any = None, clock: Callable[[], float] = time.perf_counter,
+    on_step: Callable[[int, VidGPT], None] | None = None,
 ) -> tuple[VidGPT, dict[str, Any]]:
     """Train one model until `steps` optimizer steps or `seconds` pass (`schedule_progress` drives the
     cosine), or, given lr_factors (another run's record), for exactly len(lr_factors) steps at those lr
     multipliers. Returns its EMA copy and {steps, seconds, loss_last_100, lr_factors: the multiplier of each
-    step}. Everything random is seeded by spec.seed, so two calls see the same data."""
+    step}. Everything random is seeded by spec.seed, so two calls see the same data. on_step(steps done, EMA
+    model) is called after every optimizer step (to measure the model during training; its time counts)."""
     if lr_factors is not None:
         if steps is not None or math.isfinite(seconds):
             raise ValueError("lr_factors fixes the steps: give neither steps nor seconds with it")
@@ -172,6 +174,8 @@ def train(
             torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - spec.ema_decay)
         losses.append(float(loss.detach()))
         step += 1
+        if on_step is not None:
+            on_step(step, ema)
         if log is not None and step % 100 == 0:
             log(f"  {cfg.temporal}: step {step} loss {np.mean(losses[-100:]):.4f} lr x{factor:.3f} "
                 f"({clock() - start:.0f} s)")
