@@ -432,6 +432,24 @@ def test_cli_context_guidance(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert exc.value.code == 2 and "context_scale must be a number > 0" in capsys.readouterr().err
 
 
+def test_cli_eta_overrides_the_exports_sampler_noise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--eta replaces the export's [diffusion] ddim_eta (here 0, deterministic): the videos change, the report
+    records it, and a value the process does not take (flow: above 1) is refused in one line."""
+    export = _export(tmp_path)
+    for eta in (None, "1"):
+        flag = [] if eta is None else ["--eta", eta]
+        assert main([str(export), "--out", str(tmp_path / str(eta)), *FAST, *flag]) == 0
+    plain, noisy = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("None", "1"))
+    assert (plain["source"]["eta"], noisy["source"]["eta"]) == (0.0, 1.0)
+    assert "eta 1," in capsys.readouterr().out
+    assert plain["methods"]["model"]["per_frame"]["mse"] != noisy["methods"]["model"]["per_frame"]["mse"]
+    with pytest.raises(SystemExit) as exc:
+        main([str(export), "--out", str(tmp_path / "no"), *FAST, "--eta", "1.5"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "--eta 1.5" in err and "flow" in err
+
+
 def test_cli_without_the_kv_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval"
     assert main([str(_export(tmp_path)), "--out", str(out), *FAST, "--no-kv-cache"]) == 0

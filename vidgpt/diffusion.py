@@ -227,7 +227,7 @@ class DiffusionConfig:
     """flow: distribution of training timesteps (logit_normal: SD3's sigmoid of a standard normal)."""
     ddim_eta: float = 0.0
     """Sampling stochasticity, 0 = deterministic (ddpm: DDIM's eta; flow: the share of fresh noise in each
-    step's re-noising). Used by vidgpt-sample and vidgpt-eval through the export."""
+    step's re-noising). Used by vidgpt-sample and vidgpt-eval through the export; their --eta overrides it."""
     num_steps: int = 1000
     """ddpm: training steps."""
     beta_start: float = 1e-4

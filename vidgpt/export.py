@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from data_pipeline.cli_types import finite_float
 from data_pipeline.index import DatasetIndexError, read_json
 from data_pipeline.storage import StorageError, join
 from vidgpt.checkpoint import Checkpointer, CheckpointError, StepCheckpoint, find_checkpoint
@@ -92,15 +93,30 @@ def exported_sampling(info: dict[str, Any]) -> SamplingSpec:
         raise CheckpointError(f"export config.json: bad eval.sampling section ({exc})") from exc
 
 
-def exported_diffusion(info: dict[str, Any]) -> Diffusion:
+def exported_diffusion(info: dict[str, Any], eta: float | None = None) -> Diffusion:
     """The diffusion process an export was trained with (its config.json "diffusion" section, as the
-    run config wrote it; keys it lacks take today's defaults)."""
+    run config wrote it; keys it lacks take today's defaults). eta: the sampler's stochasticity instead of
+    the export's `ddim_eta` (a one-line ValueError naming --eta when the process does not take it)."""
     section = info.get("diffusion", {})
     known = {f.name for f in dataclasses.fields(DiffusionConfig)}
     try:
-        return build_diffusion(DiffusionConfig(**{k: v for k, v in section.items() if k in known}))
+        cfg = DiffusionConfig(**{k: v for k, v in section.items() if k in known})
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"export config.json: bad diffusion section ({exc})") from exc
+    if eta is not None:
+        try:
+            cfg = dataclasses.replace(cfg, ddim_eta=eta)
+        except ValueError as exc:
+            raise ValueError(f"--eta {eta:g}: {exc} (the export's process is {cfg.process})") from None
+    return build_diffusion(cfg)
+
+
+def add_eta_option(ap: argparse.ArgumentParser) -> None:
+    """--eta: the sampler's stochasticity, overriding the export's [diffusion] ddim_eta (`exported_diffusion`)."""
+    ap.add_argument("--eta", type=finite_float, default=None,
+                    help="sampling stochasticity: 0 deterministic; flow: the share of fresh noise in each step's "
+                    "re-noising, at most 1 (shapes tend to shrink over long rollouts at 1 and to swell at 0); "
+                    "ddpm: DDIM's eta (default: the export's [diffusion] ddim_eta)")
 
 
 def without_prompt_frames(info: dict[str, Any], model: str) -> str | None:

@@ -42,7 +42,9 @@ from data_pipeline.text import TextEncoder
 from data_pipeline.video import nearest_bucket, write_gif, write_video
 from vidgpt.checkpoint import CheckpointError
 from vidgpt.cli import OneLineParser, add_dataclass_options, dataclass_from_options
+from vidgpt.diffusion import Diffusion
 from vidgpt.export import (
+    add_eta_option,
     context_guidance_refusal,
     exported_diffusion,
     exported_sampling,
@@ -109,6 +111,7 @@ def _parser() -> OneLineParser:
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the network's blocks first (pays off on GPUs for long videos)")
     add_dataclass_options(ap, SamplingSpec, inherited="the export's [eval.sampling]")
+    add_eta_option(ap)
     return ap
 
 
@@ -128,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     if not config.is_file():
         ap.error(f"{args.model}: not an export directory (no config.json; write one with vidgpt-export)")
     try:
-        sampling = dataclass_from_options(SamplingSpec, args, base=exported_sampling(json.loads(config.read_text())))
+        info = json.loads(config.read_text())
+        sampling = dataclass_from_options(SamplingSpec, args, base=exported_sampling(info))
+        diffusion = exported_diffusion(info, eta=args.eta)
     except (ValueError, CheckpointError) as exc:
         ap.error(str(exc))
     if args.caption is not None and args.prompts is not None:
@@ -136,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         if args.prompt is not None or args.prompts is not None or args.caption is not None:
-            return _sample_user_prompts(ap, args, sampling)
-        return _sample_dataset_prompts(ap, args, sampling)
+            return _sample_user_prompts(ap, args, sampling, diffusion)
+        return _sample_dataset_prompts(ap, args, sampling, diffusion)
     except KeyboardInterrupt:  # the videos finished so far stay; say where
         out = Path(args.out)
         done = sorted(p.name for p in out.glob("sample_*.mp4") if p.stat().st_mtime >= started) if out.is_dir() else []
@@ -151,7 +156,8 @@ def _clip_len(info: dict[str, Any]) -> int | None:
     return info.get("data", {}).get("num_frames") or (info.get("sampling") or {}).get("clip_len")
 
 
-def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: SamplingSpec) -> int:
+def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: SamplingSpec,
+                            diffusion: Diffusion) -> int:
     """The first --prompt-frames frames of --data's clips (default: the training data), with their captions."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_exported(Path(args.model), device)
@@ -187,7 +193,7 @@ def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, samplin
             text, text_mask = text[:, : model.cfg.text_len], text_mask[:, : model.cfg.text_len]
     decoding = Decoding(codec, prompt.shape[0])
     generate_as(
-        spec, model, exported_diffusion(info), prompt.to(device), args.frames, text=text, text_mask=text_mask,
+        spec, model, diffusion, prompt.to(device), args.frames, text=text, text_mask=text_mask,
         generator=torch.Generator(device).manual_seed(args.seed), autocast=sampling_autocast(spec.precision, device),
         on_chunk=decoding,
     )  # (B, P + N, C, H, W), decoded as it was generated
@@ -203,7 +209,8 @@ def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, samplin
     return 0
 
 
-def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: SamplingSpec) -> int:
+def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: SamplingSpec,
+                         diffusion: Diffusion) -> int:
     """--prompt / --prompts / --caption: the user's own files, with the export's codec, size, fps and text encoder."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_exported(Path(args.model), device)
@@ -264,7 +271,6 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: 
         except ValueError as exc:
             ap.error(str(exc).splitlines()[0])
     spec = with_chunk_and_window(sampling, _clip_len(info))
-    diffusion = exported_diffusion(info)
     fps = recorded.get("fps") or args.fps
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ from vidgpt.evaluation.truth import dataset_truth, synthetic_truth
 from vidgpt.export import (
     CONFIG,
     WEIGHTS,
+    add_eta_option,
     context_guidance_refusal,
     exported_diffusion,
     exported_sampling,
@@ -91,6 +92,7 @@ def _parser() -> OneLineParser:
     ap.add_argument("--i3d", type=Path, help="a TorchScript I3D (StyleGAN-V's i3d_torchscript.pt) for fvd_i3d")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and clip order (default: 0)")
     add_dataclass_options(ap, SamplingSpec, inherited="the export's [eval.sampling]")
+    add_eta_option(ap)
     add_dataclass_options(ap, SyntheticTask, inherited="the training dataset's (its index.json)")
     return ap
 
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_paths(args)
         model, info = _load(args.export, device)
         sampling = dataclass_from_options(SamplingSpec, args, base=exported_sampling(info))
+        diffusion = exported_diffusion(info, eta=args.eta)
         index = training_index(info)
         spec = _spec(args, sampling, info, index)
         clips = _held_out_clips(spec, model.cfg, info, index, args, device)
@@ -204,11 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     use_cache = s.kv_cache and model.cfg.causal
     print(f"continuing {spec.num_clips} clips from {s.prompt_frames} prompt frames for {spec.multiples} x "
           f"{spec.clip_len} frames (chunk {s.chunk}, window {s.window}{f', sink {s.sink}' if s.sink else ''}, "
-          f"{s.steps} steps, "
+          f"{s.steps} steps, eta {diffusion.eta:g}, "
           f"{f'context guidance {s.context_scale:g}, ' if s.context_scale != 1.0 else ''}"
           f"{f'caption guidance {s.cfg_scale:g}, ' if s.cfg_scale != 1.0 and clips.text is not None else ''}"
           f"{'kv-cache' if use_cache else 'no cache'}, {clips.conditioning})", flush=True)
-    videos = continue_videos(model, exported_diffusion(info), clips.codec, clips.truth, spec, seed=args.seed,
+    videos = continue_videos(model, diffusion, clips.codec, clips.truth, spec, seed=args.seed,
                              text=clips.text, text_mask=clips.text_mask,
                              progress=lambda line: print("  " + line, flush=True))
     try:
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     report.source = Source(
         export=str(args.export), step=info.get("step"), weights=info.get("weights"),
         truth=f"latent dataset {args.data}" if args.data else f"synthetic scenes, seed {spec.synthetic_seed}",
-        conditioning=clips.conditioning, kv_cache=use_cache, temporal=model.cfg.temporal,
+        conditioning=clips.conditioning, kv_cache=use_cache, temporal=model.cfg.temporal, eta=diffusion.eta,
     )
     paths = write_outputs(report, clips.truth, {"model": videos}, args.out)
     print(format_summary(report))

@@ -247,6 +247,8 @@ class Source:
     conditioning: str
     kv_cache: bool
     temporal: str
+    eta: float | None = None
+    """The sampler's stochasticity (`--eta`, else the export's [diffusion] ddim_eta)."""
 
 
 @dataclass
