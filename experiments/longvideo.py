@@ -123,6 +123,16 @@ def lr_summary(factors: Sequence[float]) -> dict[str, float | None]:
     return {"first": round(factors[0], 4), "last": round(factors[-1], 4), "mean": round(float(np.mean(factors)), 4)}
 
 
+def optimizer_step(model: VidGPT, ema: VidGPT, opt: torch.optim.Optimizer, loss: torch.Tensor, ema_decay: float) -> None:
+    """One AdamW step on `loss` (gradients clipped to norm 1), then the EMA copy moved toward the weights."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - ema_decay)
+
+
 def train(
     cfg: ModelConfig, diffusion_cfg: DiffusionConfig, objective: FramePromptObjective, pool: torch.Tensor,
     spec: TrainSpec, *,
@@ -166,12 +176,7 @@ def train(
         x0 = next(data)
         prompt_len = objective.draw_prompt_lengths(spec.clip_len, x0.shape[0], gen)
         loss = objective.loss_at(model, diffusion, x0, prompt_len, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - spec.ema_decay)
+        optimizer_step(model, ema, opt, loss, spec.ema_decay)
         losses.append(float(loss.detach()))
         step += 1
         if on_step is not None:

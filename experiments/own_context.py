@@ -41,6 +41,7 @@ import torch
 from safetensors.torch import save_file
 
 from data_pipeline.synthetic import synthetic_scene
+from experiments.longvideo import optimizer_step
 from vidgpt.diffusion import Diffusion
 from vidgpt.evaluation import mp4_round_trip, pad_text
 from vidgpt.export import exported_diffusion, exported_sampling, load_exported
@@ -139,12 +140,7 @@ def fine_tune(model: VidGPT, diffusion: Diffusion, objective: FramePromptObjecti
         text, text_mask = (pool[k][idx] if k in pool else None for k in ("text", "text_mask"))
         loss = objective.loss_at(model, diffusion, x0, prompt_len, generator=gen, text=text, text_mask=text_mask,
                                  context=context)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - spec.ema_decay)
+        optimizer_step(model, ema, opt, loss, spec.ema_decay)
         losses.append(float(loss.detach()))
         if (step + 1) % 100 == 0:
             log(f"  prob {spec.prob}: step {step + 1} loss {np.mean(losses[-100:]):.4f} ({time.perf_counter() - t0:.0f} s)")

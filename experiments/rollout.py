@@ -44,7 +44,7 @@ import torch
 
 from data_pipeline.codecs import build_codec
 from data_pipeline.synthetic import SyntheticTask
-from experiments.longvideo import TrainSpec, clips, training_videos
+from experiments.longvideo import TrainSpec, clips, optimizer_step, training_videos
 from experiments.predictor import one_step_figures
 from experiments.recipe import BASE, paired, rounded, summarize
 from vidgpt.cli import add_dataclass_options, dataclass_from_options
@@ -159,12 +159,7 @@ def train(cfg: ModelConfig, diffusion_cfg: DiffusionConfig, objective: FrameProm
             if k is not None:
                 rollouts += 1
                 generated += k - min(max(int(prompt_len[0]), 1), spec.clip_len - 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - spec.ema_decay)
+        optimizer_step(model, ema, opt, loss, spec.ema_decay)
         losses.append(float(loss.detach()))
         if log is not None and (step + 1) % 100 == 0:
             log(f"  {'rollout' if rollout else 'baseline'} seed {spec.seed}: step {step + 1} loss "
