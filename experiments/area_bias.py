@@ -8,6 +8,7 @@ sampling bias, which compounds to area ratio r^n after n frames), or frames are 
 go wrong only on the model's own context (exposure bias). This measures both on held-out scenes:
 - teacher-forced: frame f sampled from the true frames before it (at most `window` of them), for every f;
 - rollout: the evaluation's continuation from the P prompt frames.
+`--sheet PATH` also draws the first clips' truth, teacher-forced and rollout frames, one row each.
 Each frame's area of a colour is its pixel count (`metrics.classify`: edge blends count for no colour, in the
 truth as in the samples); the ratio is the sum over clips and colours of sampled over true area, per frame.
 Prints one JSON object.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from data_pipeline.synthetic import SyntheticTask
 from vidgpt import metrics
@@ -46,6 +48,20 @@ def area_ratio(sampled: np.ndarray, true: np.ndarray) -> list[float]:
     return [float((sampled[:, f] * shown[:, f]).sum() / max(true[:, f].sum(), 1)) for f in range(true.shape[1])]
 
 
+def write_sheet(path: Path, *rows: np.ndarray, clips: int = 4, frames: int = 12, scale: int = 3) -> None:
+    """A PNG of `clips` clips, each one row per video of `rows` (uint8 (N, T, H, W, 3)): the first `frames`
+    frames side by side with 1-pixel gaps, scaled up `scale` times."""
+    lines = []
+    for i in range(min(clips, rows[0].shape[0])):
+        for video in rows:
+            tiles = [np.pad(f, ((1, 1), (1, 1), (0, 0)), constant_values=255) for f in video[i, :frames]]
+            lines.append(np.concatenate(tiles, axis=1))
+        lines.append(np.full((4, lines[-1].shape[1], 3), 255, dtype=np.uint8))
+    image = np.concatenate(lines, axis=0).repeat(scale, axis=0).repeat(scale, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("export", type=Path)
@@ -57,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed", type=float, default=2.5)
     ap.add_argument("--supersample", type=int, default=4)
+    ap.add_argument("--sheet", type=Path, default=None,
+                    help="also write a PNG: per clip (the first 4) rows of truth, teacher-forced and rollout frames")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, info = load_exported(args.export, "cpu")
@@ -99,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         "rollout_mse": float(metrics.mse(rollout_px, truth[:, p:]).mean()),
         "seconds": round(time.time() - t0, 1),
     }
+    if args.sheet is not None:
+        write_sheet(args.sheet, truth[:, p:], forced_px, rollout_px)
+        out["sheet"] = str(args.sheet)
     for key in ("teacher_forced_area_ratio", "rollout_area_ratio"):
         out[key + "_mean"] = float(np.mean(out[key]))
         out[key] = [round(v, 3) for v in out[key]]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from data_pipeline.synthetic import PALETTE
 from experiments import area_bias, own_context
@@ -76,3 +78,17 @@ def test_colour_areas_and_their_ratio_on_constructed_frames() -> None:
     assert areas.sum() == 16 + 8 + 9
     truth = areas[:, :1].repeat(2, axis=1)  # red 16 px in both frames, no blue
     assert area_bias.area_ratio(areas, truth) == [1.0, 0.5]  # blue is not in the truth: not counted
+
+
+
+def test_the_area_sheet_draws_each_clips_videos_as_rows(tmp_path: Path) -> None:
+    videos = [np.full((5, 3, 8, 8, 3), v, dtype=np.uint8) for v in (10, 120, 240)]  # 5 clips of 3 frames each
+    area_bias.write_sheet(tmp_path / "s.png", *videos, clips=2, frames=2, scale=2)
+    with Image.open(tmp_path / "s.png") as image:
+        pixels = np.asarray(image)[::2, ::2, 0]  # back to one pixel per pixel
+    tile, gap = 8 + 2, 4  # a tile with its 1-pixel frame; the gap under each clip
+    assert pixels.shape == (2 * (3 * tile + gap), 2 * tile)  # 2 clips x 3 rows, 2 frames
+    for clip in range(2):
+        top = clip * (3 * tile + gap)
+        assert [pixels[top + r * tile + 1, 1] for r in range(3)] == [10, 120, 240]  # truth, forced, rollout
+        assert pixels[top, 0] == 255 and (pixels[top + 3 * tile : top + 3 * tile + gap] == 255).all()
