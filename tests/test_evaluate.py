@@ -280,7 +280,7 @@ def test_report_to_json_has_the_report_json_layout() -> None:
     report = Report(spec=spec, clips=2, frame_size=(SIZE, SIZE), frechet_metrics=["frechet_pixstat"],
                     methods={"model": method(1.0), COPY_LAST: method(2.0)}, truth=truth)
     report.source = Source(export="e", step=3, weights="ema", truth="synthetic scenes, seed 1000",
-                           conditioning="unconditional", kv_cache=True, temporal="causal")
+                           conditioning="unconditional", kv_cache=True, temporal="causal", eta=1.0)
     out = report.to_json()
     assert json.loads(json.dumps(out, allow_nan=False)) == out
     assert list(out) == ["spec", "frames", "prompt_frames", "clip_len", "multiples", "clips", "frame_size",
@@ -312,7 +312,7 @@ def test_report_to_json_has_the_report_json_layout() -> None:
                                     "largest_part": True, "garbage": True, "all": False}
     assert list(summary["goals"]) == ["demo", "quality"] and summary["goals"]["quality"]["psnr_margin_db"] == 2.0
     assert out["source"] == {"export": "e", "step": 3, "weights": "ema", "truth": "synthetic scenes, seed 1000",
-                             "conditioning": "unconditional", "kv_cache": True, "temporal": "causal"}
+                             "conditioning": "unconditional", "kv_cache": True, "temporal": "causal", "eta": 1.0}
     plain = Report(spec=spec, clips=2, frame_size=(SIZE, SIZE), frechet_metrics=[],  # dataset truth: no objects
                    methods={COPY_LAST: MethodFigures(FrameCurves([0.0] * 10, [100.0] * 10),
                                                      [RangeFigures((2, 6), 0.0, 100.0)] * 2,
