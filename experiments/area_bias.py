@@ -30,6 +30,7 @@ from data_pipeline.synthetic import SyntheticTask
 from vidgpt import metrics
 from vidgpt.evaluation import EvalSpec, synthetic_truth
 from vidgpt.export import exported_diffusion, exported_sampling, load_exported
+from vidgpt.latent_space import codec_for_export
 from vidgpt.sampling import generate_as
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--frames", type=int, default=16, help="frames after the prompt")
     ap.add_argument("--context-scale", type=float, default=None)
-    ap.add_argument("--eta", type=float, default=None, help="override the export's diffusion.ddim_eta")
+    ap.add_argument("--eta", type=float, default=None, help="override the export's [diffusion] ddim_eta")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed", type=float, default=2.5)
@@ -78,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, info = load_exported(args.export, "cpu")
-    if args.eta is not None:
-        info = {**info, "diffusion": {**info["diffusion"], "ddim_eta": args.eta}}
-    diffusion = exported_diffusion(info)
+    diffusion = exported_diffusion(info, eta=args.eta)
+    codec = codec_for_export(info, model.cfg)
     base = exported_sampling(info)
     changes = {k: v for k, v in (("context_scale", args.context_scale), ("steps", args.steps)) if v is not None}
     clip_len = info["data"]["num_frames"]
@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     truth, scenes = synthetic_truth(spec)
     truth = truth[:, :total]  # (N, total, H, W, 3)
     backgrounds = [s.background for s in scenes]
-    latents = torch.from_numpy(truth).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0  # identity codec (N, T, 3, H, W)
-    to_pixels = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()  # noqa: E731
+    latents = torch.stack([torch.from_numpy(codec.encode(v)) for v in truth])  # (N, T, C, h, w)
+
+    def to_pixels(x: torch.Tensor) -> np.ndarray:  # (N, T, C, h, w) -> uint8 (N, T, H, W, 3)
+        return np.stack([codec.decode(z) for z in x])
 
     t0 = time.time()
     gen = torch.Generator().manual_seed(args.seed)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "experiment": "area_bias", "export": str(args.export), "clips": args.clips, "frames": args.frames,
         "prompt_frames": p, "window": window, "steps": sampling.steps, "context_scale": sampling.context_scale,
-        "eta": info["diffusion"].get("ddim_eta"), "seed": args.seed,
+        "eta": diffusion.eta, "seed": args.seed,
         "teacher_forced_area_ratio": area_ratio(forced_areas, true_areas),
         "rollout_area_ratio": area_ratio(rollout_areas, true_areas),
         "teacher_forced_mse": float(metrics.mse(forced_px, truth[:, p:]).mean()),

@@ -45,7 +45,7 @@ from experiments.longvideo import optimizer_step
 from vidgpt.diffusion import Diffusion
 from vidgpt.evaluation import mp4_round_trip, pad_text
 from vidgpt.export import exported_diffusion, exported_sampling, load_exported
-from vidgpt.latent_space import text_encoder_for, training_index
+from vidgpt.latent_space import codec_for_export, text_encoder_for, training_index
 from vidgpt.model import VidGPT
 from vidgpt.objective import FramePromptObjective
 from vidgpt.sampling import SamplingSpec, generate_as
@@ -79,7 +79,7 @@ def own_samples(model: VidGPT, diffusion: Diffusion, sampling: SamplingSpec, tru
 
 
 def make_pool(args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """{'true': (N, F, 3, S, S) latents in [-1, 1] of the training scenes, 'own': `own_samples` of them, and
+    """{'true': (N, F, C, h, w) latents (the export's codec) of the training scenes, 'own': `own_samples` of them, and
     'text' (N, Lt, D), 'text_mask' (N, Lt) when the model takes captions}."""
     model, info = load_exported(args.export, "cpu")
     index = training_index(info)
@@ -90,7 +90,8 @@ def make_pool(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     sampling = dataclasses.replace(exported_sampling(info), steps=args.sample_steps).for_clip_len(clip_len)
     scenes = [synthetic_scene(i, size=task["size"], seed=task["seed"], speed=task["speed"]) for i in range(args.videos)]
     frames = np.stack([mp4_round_trip(s.render(args.frames, task["supersample"]), task["fps"]) for s in scenes])
-    true = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0  # (N, F, 3, S, S)
+    codec = codec_for_export(info, model.cfg)
+    true = torch.stack([torch.from_numpy(codec.encode(v)) for v in frames])  # (N, F, C, h, w)
     pool = {"true": true}
     encoder = text_encoder_for(index, model.cfg, "cpu")
     if encoder is not None:
