@@ -57,7 +57,7 @@ MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio")
 """Settable `ModelConfig` fields (applied to the --flavor's config)."""
 DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
 """Settable `DiffusionConfig` fields (the run config's [diffusion])."""
-OBJECTIVE_FIELDS = ("loss_weighting", "snr_max", "per_frame_noise", "prompt_per_clip")
+OBJECTIVE_FIELDS = ("loss_weighting", "snr_max", "per_frame_noise", "prompt_per_clip", "teacher_forcing")
 """Settable `FramePromptObjective` fields (the run config's [objective])."""
 SETTABLE = (*DIFFUSION_FIELDS, *OBJECTIVE_FIELDS, *MODEL_FIELDS, "steps")
 """What a recipe may change: diffusion, objective and model fields, and `steps` (this arm's optimizer steps,
@@ -180,11 +180,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sample-steps", type=int, default=20, help="denoising steps per chunk (default: 20)")
     ap.add_argument("--context-scale", type=finite_float, default=1.0,
                     help="guidance on the earlier frames when sampling (the demo's: 2; default: 1, none)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="frames denoised together when sampling (the demo's: 1; default: half the clip)")
+    ap.add_argument("--window", type=int, default=None,
+                    help="finished frames each chunk attends to (the demo's: 7; default: the clip length - chunk)")
     ap.add_argument("--out", type=Path, default=None, help="also write each model's report, plot and sheet here")
     args = ap.parse_args(argv)
     for name in ("seeds", "steps", "batch", "lr", "clip_len", "pool", "size", "clips", "multiples", "sample_steps",
-                 "prompt_frames", "context_scale"):
-        if not getattr(args, name) > 0:
+                 "prompt_frames", "context_scale", "chunk", "window"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
             ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.prompt_frames >= args.clip_len:
         ap.error(f"--prompt-frames {args.prompt_frames} must be < --clip-len {args.clip_len}")
@@ -218,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = TrainSpec(clip_len=args.clip_len, batch=args.batch, lr=args.lr, pool=args.pool, size=args.size,
                      task=args.task)
     eval_spec = EvalSpec(sampling=SamplingSpec(prompt_frames=args.prompt_frames, steps=args.sample_steps,
-                                               context_scale=args.context_scale, precision="fp32"),
+                                               context_scale=args.context_scale, chunk=args.chunk,
+                                               window=args.window, precision="fp32"),
                          clip_len=args.clip_len, multiples=args.multiples, num_clips=args.clips, size=args.size,
                          task=args.task)
     log(f"rendering {spec.pool} training videos and {args.clips} held-out scenes")

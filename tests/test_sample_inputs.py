@@ -214,3 +214,23 @@ def test_chunk_and_window_default_to_the_training_clip_length() -> None:
     assert filled(SamplingSpec(chunk=2), 8) == (2, 6) and filled(SamplingSpec(window=3), 8) == (4, 3)
     assert filled(SamplingSpec(prompt_frames=30), 8) == (4, 4)
     assert filled(SamplingSpec(), None) == (4, 8) and filled(SamplingSpec(chunk=2), None) == (2, 8)
+
+
+def test_a_teacher_forced_model_is_sampled_frame_by_frame(files: dict[str, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A model trained with objective.teacher_forcing never saw two noisy frames together: --chunk 2 is
+    refused in one line naming the flag to use; --chunk 1 samples."""
+    export = tmp_path / "tf_export"
+    shutil.copytree(files["export"], export)
+    info = json.loads((export / "config.json").read_text())
+    info.setdefault("objective", {})["teacher_forcing"] = True
+    (export / "config.json").write_text(json.dumps(info))
+    args = ["--prompt", str(files["video"]), "--frames", "2", "--steps", "1", "--num", "1"]
+    with pytest.raises(SystemExit) as exc:
+        sample([str(export), *args, "--chunk", "2", "--out", str(tmp_path / "no")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "--chunk 2" in err and "teacher_forcing" in err and "--chunk 1" in err
+    assert not (tmp_path / "no").exists()
+    assert sample([str(export), *args, "--chunk", "1", "--out", str(tmp_path / "ok")]) == 0
+    assert sample([str(files["export"]), *args, "--chunk", "2", "--out", str(tmp_path / "plain")]) == 0

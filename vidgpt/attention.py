@@ -1,11 +1,11 @@
 """The one attention entry point of the project.
 
-`attention(q, k, v, causal=..., key_mask=...)` takes tensors in (B, L, H, D) layout (FlashAttention's)
+`attention(q, k, v, causal=..., key_mask=..., mask=...)` takes tensors in (B, L, H, D) layout (FlashAttention's)
 and dispatches to a kernel:
 
 - FlashAttention (`flash_attn_func(..., causal=True)`) when the package is installed, the tensors are
   on a CUDA device of compute capability >= 8.0 (FlashAttention 2 needs Ampere or later) in fp16/bf16,
-  and there is no key mask;
+  and there is no key mask or explicit mask;
 - PyTorch SDPA otherwise;
 - a plain masked-softmax reference ("math"), used by tests and analytic FLOP checks.
 
@@ -126,12 +126,13 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> t
 
 
 def _full_mask(
-    q: torch.Tensor, k: torch.Tensor, causal: bool, key_mask: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, causal: bool, key_mask: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Boolean mask broadcastable to (B, H, Lq, Lk), or None when everything is visible."""
-    mask = None
     if causal:
-        mask = causal_mask(q.shape[1], k.shape[1], q.device)  # (Lq, Lk)
+        causal_part = causal_mask(q.shape[1], k.shape[1], q.device)  # (Lq, Lk)
+        mask = causal_part if mask is None else (mask & causal_part)
     if key_mask is not None:
         km = key_mask[:, None, None, :]  # (B, 1, 1, Lk)
         mask = km if mask is None else (mask & km)
@@ -145,11 +146,12 @@ def reference_attention(
     *,
     causal: bool = False,
     key_mask: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain masked softmax attention; (B, Lq, H, D) x (B, Lk, H, D) -> (B, Lq, H, D)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale  # (B, H, Lq, Lk)
-    mask = _full_mask(q, k, causal, key_mask)
+    mask = _full_mask(q, k, causal, key_mask, mask)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1)
@@ -157,13 +159,14 @@ def reference_attention(
 
 
 def _sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, key_mask: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, key_mask: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
-    if causal and key_mask is None and q.shape[1] == k.shape[1]:
+    if causal and key_mask is None and mask is None and q.shape[1] == k.shape[1]:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
     else:
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=_full_mask(q, k, causal, key_mask))
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=_full_mask(q, k, causal, key_mask, mask))
     return out.transpose(1, 2)
 
 
@@ -174,11 +177,14 @@ def attention(
     *,
     causal: bool = False,
     key_mask: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Multi-head attention.
 
     q: (B, Lq, H, D); k, v: (B, Lk, H, D); key_mask: (B, Lk) bool, True = valid key.
     causal: bottom-right aligned causal mask (requires Lq <= Lk).
+    mask: (Lq, Lk) bool, True = attend, shared by the batch and the heads (teacher-forced training's
+    pattern); every query must see a key. FlashAttention takes no mask: AUTO picks SDPA for it.
     Returns (B, Lq, H, D).
     """
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
@@ -190,33 +196,37 @@ def attention(
         raise ValueError(f"causal attention needs q_len <= k_len, got {q.shape[1]} > {k.shape[1]}")
     if key_mask is not None and key_mask.shape != (k.shape[0], k.shape[1]):
         raise ValueError(f"key_mask must be (B, Lk)={(k.shape[0], k.shape[1])}, got {tuple(key_mask.shape)}")
+    if mask is not None and (mask.dtype != torch.bool or mask.shape != (q.shape[1], k.shape[1])):
+        raise ValueError(f"mask must be a bool (Lq, Lk)={(q.shape[1], k.shape[1])} tensor, got {mask.dtype} "
+                         f"{tuple(mask.shape)}")
 
     backend = _backend
     if backend is Backend.AUTO:
-        use_flash = q.dtype in (torch.float16, torch.bfloat16) and key_mask is None and flash_supported(q.device)
+        use_flash = (q.dtype in (torch.float16, torch.bfloat16) and key_mask is None and mask is None
+                     and flash_supported(q.device))
         backend = Backend.FLASH if use_flash else Backend.SDPA
-    if backend is Backend.FLASH and key_mask is not None:
-        raise ValueError("the FLASH backend does not take a key_mask; use SDPA")
-    case = (backend.value, q.device.type, str(q.dtype).removeprefix("torch."), key_mask is not None)
+    if backend is Backend.FLASH and (key_mask is not None or mask is not None):
+        raise ValueError("the FLASH backend does not take a key_mask or mask; use SDPA")
+    case = (backend.value, q.device.type, str(q.dtype).removeprefix("torch."), key_mask is not None or mask is not None)
     if case not in _logged:
         _logged.add(case)
-        log.info("attention: %s kernel for %s %s%s", *case[:3], " with a key mask" if case[3] else "")
+        log.info("attention: %s kernel for %s %s%s", *case[:3], " with a mask" if case[3] else "")
     B = q.shape[0]
     if B <= MAX_KERNEL_BATCH:
-        return _kernel(backend, q, k, v, causal, key_mask)
+        return _kernel(backend, q, k, v, causal, key_mask, mask)
     parts = []
     for lo in range(0, B, MAX_KERNEL_BATCH):  # the CUDA grid caps one launch's batch
         hi = min(B, lo + MAX_KERNEL_BATCH)
         parts.append(_kernel(backend, q[lo:hi], k[lo:hi], v[lo:hi], causal,
-                             None if key_mask is None else key_mask[lo:hi]))
+                             None if key_mask is None else key_mask[lo:hi], mask))
     return torch.cat(parts)
 
 
 def _kernel(backend: Backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-            key_mask: torch.Tensor | None) -> torch.Tensor:
+            key_mask: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
     if backend is Backend.FLASH:
         # bottom-right aligned causal since flash-attn 2.1
         return _flash_attn_func(q, k, v, causal=causal, deterministic=_deterministic)
     if backend is Backend.SDPA:
-        return _sdpa(q, k, v, causal, key_mask)
-    return reference_attention(q, k, v, causal=causal, key_mask=key_mask)
+        return _sdpa(q, k, v, causal, key_mask, mask)
+    return reference_attention(q, k, v, causal=causal, key_mask=key_mask, mask=mask)

@@ -87,6 +87,9 @@ def check_across_sections(cfg: Config) -> Config:
     if e.sampling.context_scale != 1.0 and not cfg.objective.trains_without_prompt:
         raise ConfigError("eval.sampling.context_scale: guidance on the earlier frames needs a model trained with "
                           "0-frame prompts (objective.prompt_rule = 'uniform', prompt_min_len = 0)")
+    if cfg.objective.teacher_forcing and e.sampling.chunk != 1:
+        raise ConfigError(f"eval.sampling.chunk: a model trained with objective.teacher_forcing never saw two noisy "
+                          f"frames together: sample it frame by frame (chunk = 1), got {e.sampling.chunk}")
     try:
         cfg.objective.check_process(build_diffusion(cfg.diffusion))
     except ValueError as exc:

@@ -131,11 +131,17 @@ def without_prompt_frames(info: dict[str, Any], model: str) -> str | None:
             f"never without earlier frames (that needs objective.prompt_rule = 'uniform', prompt_min_len = 0)")
 
 
-def context_guidance_refusal(scale: float, info: dict[str, Any], model: str) -> str | None:
-    """The one-line refusal of `--context-scale scale` for an export that never learned to generate
-    without earlier frames; None when the scale is 1 (no guidance) or the export has."""
-    reason = None if scale == 1.0 else without_prompt_frames(info, model)
-    return None if reason is None else f"--context-scale {scale:g} needs a model trained with 0-frame prompts; {reason}"
+def sampling_refusal(sampling: SamplingSpec, info: dict[str, Any], model: str) -> str | None:
+    """The one-line refusal of sampling settings the export never learned: `--context-scale` other than 1
+    for a model never trained without earlier frames, `--chunk` above 1 for a teacher-forced model (its noisy
+    frames never saw each other); None when the settings fit."""
+    scale = sampling.context_scale
+    if scale != 1.0 and (reason := without_prompt_frames(info, model)):
+        return f"--context-scale {scale:g} needs a model trained with 0-frame prompts; {reason}"
+    if sampling.chunk not in (None, 1) and (info.get("objective") or {}).get("teacher_forcing"):
+        return (f"--chunk {sampling.chunk}: {model} was trained with objective.teacher_forcing, one noisy frame at a "
+                f"time; sample it frame by frame (--chunk 1)")
+    return None
 
 
 def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[VidGPT, dict[str, Any]]:

@@ -248,17 +248,19 @@ class STDiTBlock(nn.Module):
         context: torch.Tensor | None,
         context_mask: torch.Tensor | None,
         cached: KVSource | None,
+        temporal_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """h: (B, T, S, D); mod: (B, T, 9, D) shared adaLN-single input; rope: cos/sin (T, 1, E/2);
         cached: the kv-cache's slot of this block: takes this call's temporal (k, v), each
-        (B*S, T, H, E), and returns cached + new, each (B*S, Tc+T, H, E). Returns h.
+        (B*S, T, H, E), and returns cached + new, each (B*S, Tc+T, H, E); temporal_mask: (T, T) bool,
+        which frames each frame attends to, in place of the causal mask (`teacher_forcing_mask`). Returns h.
 
         Two pure halves around the cache (`before_temporal`, `after_temporal`), so that torch.compile
         compiles tensor math only and the cache's in-place writes stay outside the graphs."""
         h, q, k, v = self.before_temporal(h, mod, rope)
         if cached is not None:
             k, v = cached(k, v)  # (B*S, Tc+T, H, E), written in place into the cache's buffers
-        return self.after_temporal(h, mod, q, k, v, context, context_mask)
+        return self.after_temporal(h, mod, q, k, v, context, context_mask, temporal_mask)
 
     def _modulation(self, mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = (mod + self.scale_shift_table).unsqueeze(2)  # (B, T, 1, 9, D): broadcast over S
@@ -287,13 +289,18 @@ class STDiTBlock(nn.Module):
         v: torch.Tensor,
         context: torch.Tensor | None,
         context_mask: torch.Tensor | None,
+        temporal_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Temporal attention of q (B*S, T, H, E) over k, v (B*S, Tc+T, H, E), causal (or, for the
-        baseline, bidirectional) across frames at each spatial position, cached keys first; then text
-        cross-attention (every token attends to the caption, no mixing across frames) and the MLP."""
+        baseline, bidirectional; or as temporal_mask says) across frames at each spatial position, cached
+        keys first; then text cross-attention (every token attends to the caption, no mixing across frames)
+        and the MLP."""
         B, T = h.shape[:2]
         _, _, _, _, _, g_t, sh_m, sc_m, g_m = self._modulation(mod)
-        o = self.attn_t.out(attention(q, k, v, causal=self.causal))  # (B*S, T, D)
+        if temporal_mask is not None:
+            o = self.attn_t.out(attention(q, k, v, mask=temporal_mask))  # (B*S, T, D)
+        else:
+            o = self.attn_t.out(attention(q, k, v, causal=self.causal))
         h = h + g_t * rearrange(o, "(B S) T D -> B T S D", B=B)
         if context is not None:
             xc = rearrange(self.norm_c(h), "B T S D -> B (T S) D")
@@ -315,6 +322,20 @@ class FinalLayer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the model
+
+
+def teacher_forcing_mask(frames: int, device: torch.device | None = None) -> torch.Tensor:
+    """The temporal attention pattern of a teacher-forced clip of `frames` frames laid out as
+    [clean_0 .. clean_{L-1}, noisy_0 .. noisy_{L-1}]: (2L, 2L) bool, True = attend. Clean frame i sees the
+    clean frames j <= i (causal, as when they were generated); noisy frame i sees the clean frames j < i
+    and itself, which is what frame-by-frame sampling shows it (finished frames in the kv-cache, then the
+    frame being denoised)."""
+    i = torch.arange(frames, device=device)
+    clean_clean = i[None, :] <= i[:, None]
+    noisy_clean = i[None, :] < i[:, None]
+    noisy_noisy = i[None, :] == i[:, None]
+    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], dim=1)
+    return torch.cat([top, torch.cat([noisy_clean, noisy_noisy], dim=1)], dim=0)  # (2L, 2L)
 
 
 def text_mask_or_none(text_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -450,6 +471,7 @@ class VidGPT(nn.Module):
         cache: TemporalKVCache | None = None,
         write_cache: bool = False,
         frame_offset: int = 0,
+        teacher_forced: bool = False,
     ) -> torch.Tensor:
         """Predict the diffusion target for every frame.
 
@@ -459,6 +481,10 @@ class VidGPT(nn.Module):
         cache: temporal keys/values of earlier frames; the frames of x come right after them.
         write_cache: append this call's frames to the cache (call it with clean frames and t=0).
         frame_offset: absolute index of x's first frame when no cache is given (RoPE positions).
+        teacher_forced: x is a clip of L = T/2 frames twice, [clean frames, noisy frames], and every noisy
+        frame sees the clean frames before it and itself (`teacher_forcing_mask`; the clean and the noisy
+        frame i share RoPE position frame_offset + i): each noisy frame is predicted as frame-by-frame
+        sampling with the kv-cache would predict it from those clean frames, all L in one call.
         Returns (B, T, C, H, W).
         """
         cfg = self.cfg
@@ -472,6 +498,9 @@ class VidGPT(nn.Module):
             raise ValueError(f"t must hold one timestep per frame, (B, T)={(B, T)}; got {tuple(t.shape)}")
         if write_cache and cache is None:
             raise ValueError("write_cache=True needs a cache")
+        if teacher_forced and (cache is not None or not cfg.causal or T % 2):
+            raise ValueError(f"teacher_forced needs a causal model, no kv-cache and an even number of frames "
+                             f"[clean, noisy]; got temporal={cfg.temporal!r}, cache={cache is not None}, T={T}")
         if cache is not None and not cfg.causal:
             raise ValueError("a bidirectional model cannot use a kv-cache: cached frames would have to see later ones")
         if cache is not None and cache.sink and cache.rope_theta != cfg.rope_theta:
@@ -485,13 +514,19 @@ class VidGPT(nn.Module):
         mod = rearrange(self.t_block(temb), "B T (K D) -> B T K D", K=NUM_MODULATIONS)
         context, context_mask = self._text_context(B, text, text_mask, drop_text)
         start = cache.next_position if cache is not None else frame_offset
-        rope = rope_angles(torch.arange(start, start + T, device=x.device), cfg.head_dim, cfg.rope_theta)
+        positions = torch.arange(start, start + T, device=x.device)
+        temporal_mask = None
+        if teacher_forced:
+            positions = torch.arange(start, start + T // 2, device=x.device).repeat(2)
+            temporal_mask = teacher_forcing_mask(T // 2, x.device)
+        rope = rope_angles(positions, cfg.head_dim, cfg.rope_theta)
 
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:
-                h = checkpoint(block, h, mod, rope, context, context_mask, None, use_reentrant=False)
+                h = checkpoint(block, h, mod, rope, context, context_mask, None, temporal_mask, use_reentrant=False)
             else:
-                h = block(h, mod, rope, context, context_mask, None if cache is None else functools.partial(cache.attend, i))
+                h = block(h, mod, rope, context, context_mask, None if cache is None else functools.partial(cache.attend, i),
+                          temporal_mask)
         if write_cache:
             cache.advance(T)
 

@@ -4,6 +4,11 @@ validation (`FramePromptObjective.loss`).
 
 A clip of L frames is split into P clean prompt frames (labelled t = 0, optionally lightly noised while
 still labelled 0) and L - P noisy frames; the loss is the mean squared error over the noisy frames only.
+
+Teacher forcing (`teacher_forcing = true`) instead shows the network the clip twice, clean and noisy, and
+every noisy frame i sees the clean frames before it and itself (`VidGPT.forward(teacher_forced=True)`):
+frame i is trained as the first frame generated after a prompt of i true frames, for every i at once, which
+is exactly what frame-by-frame sampling with the kv-cache asks of it.
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ class FramePromptObjective:
     """snr_clamp: the largest weight (that of the samples with t <= 1 / (1 + sqrt(snr_max)))."""
     text_drop_prob: float = 0.1
     """Probability of replacing a caption by the null embedding in training (classifier-free guidance)."""
+    teacher_forcing: bool = False
+    """Every frame i >= prompt_min_len is trained as the frame generated right after i clean frames (the clip
+    is fed twice, clean and noisy; twice the tokens per step), instead of one prompt length per clip. Needs the
+    uniform rule and sampling frame by frame ([eval.sampling] chunk = 1): noisy frames never see each other."""
 
     def __post_init__(self) -> None:
         if self.prompt_rule not in ("uniform", "chunked"):
@@ -82,6 +91,9 @@ class FramePromptObjective:
             raise ValueError(f"loss_weighting must be 'none' or 'snr_clamp', got {self.loss_weighting!r}")
         if not (math.isfinite(self.snr_max) and self.snr_max >= 1):
             raise ValueError(f"snr_max must be a number >= 1, got {self.snr_max}")
+        if self.teacher_forcing and self.prompt_rule != "uniform":
+            raise ValueError("teacher_forcing trains every prompt length from prompt_min_len up at once: it needs "
+                             f"prompt_rule 'uniform', got {self.prompt_rule!r}")
 
     def check_process(self, diffusion: Diffusion) -> None:
         """ValueError when the weighting does not fit the process (snr_clamp weights a flow's x0 error)."""
@@ -119,7 +131,11 @@ class FramePromptObjective:
     def draw_prompt_lengths(self, clip_len: int, batch: int, generator: torch.Generator | None = None,
                             limit: int | None = None) -> Tensor:
         """Prompt lengths of a batch, (batch,) int64 on the CPU: one draw repeated (the same random stream
-        as `sample_prompt_length`), or with prompt_per_clip one draw per clip from the same choices."""
+        as `sample_prompt_length`), or with prompt_per_clip one draw per clip from the same choices. Under
+        teacher forcing nothing is drawn: every clip gets the shortest allowed length, the first frame in
+        the loss (each later frame has its own clean prompt)."""
+        if self.teacher_forcing:
+            return torch.full((batch,), self._allowed(clip_len, limit)[0], dtype=torch.long)
         if not self.prompt_per_clip:
             return torch.full((batch,), self.sample_prompt_length(clip_len, generator, limit), dtype=torch.long)
         options = torch.tensor(self._allowed(clip_len, limit), dtype=torch.long)
@@ -173,7 +189,8 @@ class FramePromptObjective:
         precision; None keeps float32). Noising in bf16 would round x_t as if t were another time than
         the one the network is told.
         prompt_len: P clean prompt frames (0 <= P < L; 0: the whole clip is generated, text to video),
-        one for the batch or (B,) one per clip; valid: (B, L) bool, False for padding frames.
+        one for the batch or (B,) one per clip; valid: (B, L) bool, False for padding frames. Under teacher
+        forcing every frame i >= P is in the loss, predicted from the clean frames before it.
         context: None, or latents shaped like x0 that the network sees in place of x0's prompt frames (for
         instance its own generated frames, to train on its own rollouts); they get the same prompt noise and
         label t = 0, while the noisy frames, the target and the random draws stay those of x0. Frames at or
@@ -198,7 +215,12 @@ class FramePromptObjective:
             prompt_in = diffusion.add_noise(seen, noise, diffusion.time_at(u)[:, None].expand(B, L))
         else:
             prompt_in = seen
-        x_in = torch.where(is_prompt[:, :, None, None, None], prompt_in, diffusion.add_noise(x0, noise, t))
+        x_t = diffusion.add_noise(x0, noise, t_frames)
+        if self.teacher_forcing:  # [clean clip, noisy clip]: every noisy frame sees the clean ones before it
+            x_in = torch.cat([prompt_in, x_t], dim=1)
+            t = torch.cat([torch.zeros_like(t_frames), t_frames], dim=1)  # (B, 2L)
+        else:
+            x_in = torch.where(is_prompt[:, :, None, None, None], prompt_in, x_t)
 
         drop = None
         drop_prob = self.text_drop_prob if training else 0.0
@@ -210,7 +232,12 @@ class FramePromptObjective:
         if input_dtype is not None:
             x_in = x_in.to(input_dtype)
             text = None if text is None else text.to(input_dtype)
-        pred = model(x_in, diffusion.model_time(t), text=text, text_mask=text_mask, drop_text=drop)
+        if self.teacher_forcing:
+            pred = model(x_in, diffusion.model_time(t), text=text, text_mask=text_mask, drop_text=drop,
+                         teacher_forced=True)[:, L:]
+            t = t_frames
+        else:
+            pred = model(x_in, diffusion.model_time(t), text=text, text_mask=text_mask, drop_text=drop)
         return frame_prompt_loss(pred, diffusion.target(x0, noise, t), lens, valid, self.loss_weight(t_frames))
 
 

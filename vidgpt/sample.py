@@ -45,10 +45,10 @@ from vidgpt.cli import OneLineParser, add_dataclass_options, dataclass_from_opti
 from vidgpt.diffusion import Diffusion
 from vidgpt.export import (
     add_eta_option,
-    context_guidance_refusal,
     exported_diffusion,
     exported_sampling,
     load_exported,
+    sampling_refusal,
     without_prompt_frames,
 )
 from vidgpt.latent_space import codec_of, dataset_codec, text_encoder_for
@@ -161,7 +161,7 @@ def _sample_dataset_prompts(ap: OneLineParser, args: argparse.Namespace, samplin
     """The first --prompt-frames frames of --data's clips (default: the training data), with their captions."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_exported(Path(args.model), device)
-    if refusal := context_guidance_refusal(sampling.context_scale, info, args.model):
+    if refusal := sampling_refusal(sampling, info, args.model):
         ap.error(refusal)
     if args.compile:
         model.compile_blocks()
@@ -253,7 +253,7 @@ def _sample_user_prompts(ap: OneLineParser, args: argparse.Namespace, sampling: 
     if any(it.path is None for it in items) and unguided:
         ap.error(f"text to video (a caption without a prompt file) needs a model trained with 0-frame prompts; "
                  f"{unguided}: give it a --prompt")
-    if refusal := context_guidance_refusal(sampling.context_scale, info, args.model):
+    if refusal := sampling_refusal(sampling, info, args.model):
         ap.error(refusal)
     if sampling.sink and (shortest := min(codec.latent_frames(len(f)) for f in frames)) < sampling.sink:
         ap.error(f"--sink {sampling.sink}: a prompt has only {shortest} frames (the sink holds prompt frames)")

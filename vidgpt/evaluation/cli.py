@@ -56,10 +56,10 @@ from vidgpt.export import (
     CONFIG,
     WEIGHTS,
     add_eta_option,
-    context_guidance_refusal,
     exported_diffusion,
     exported_sampling,
     load_exported,
+    sampling_refusal,
 )
 from vidgpt.latent_space import codec_for_export, dataset_codec, text_encoder_for, training_index
 from vidgpt.model import ModelConfig, VidGPT
@@ -129,7 +129,7 @@ def _load(export: Path, device: str) -> tuple[VidGPT, dict[str, Any]]:
 def _spec(args: argparse.Namespace, sampling: SamplingSpec, info: dict[str, Any],
           index: dict[str, Any] | None) -> EvalSpec:
     """The spec of the flags; the clip length and the frame size default to the training run's."""
-    if refusal := context_guidance_refusal(sampling.context_scale, info, str(args.export)):
+    if refusal := sampling_refusal(sampling, info, str(args.export)):
         raise ValueError(refusal)
     clip_len = args.clip_len or info.get("data", {}).get("num_frames")
     if not clip_len:
