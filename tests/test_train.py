@@ -157,16 +157,19 @@ def test_two_ranks_with_half_the_batch_each_train_as_one_process(tmp_path: Path,
     assert worst < 1e-5, f"2-rank weights differ from the 1-process reference by up to {worst:.2e}"
 
 
-def test_the_trainer_step_is_the_plain_torch_step(tmp_path: Path, data: Path) -> None:
+@pytest.mark.parametrize("teacher_forcing", [False, True])
+def test_the_trainer_step_is_the_plain_torch_step(tmp_path: Path, data: Path, teacher_forcing: bool) -> None:
     """Everything the trainer does around DeepSpeed (prompt lengths, noise, captions, the valid mask, the
     EMA) is the plain training step: its own run of 6 steps, recorded (batches and generator states) and
     replayed in one process of plain torch, gives the same weights and EMA. Prompt lengths per clip,
-    caption dropout, prompt noise and snr_clamp (the demo's diffusion) are all on."""
+    caption dropout, prompt noise and snr_clamp (the demo's diffusion) are all on; and once teacher forcing
+    (the model called through the engine with teacher_forced=True)."""
     out = tmp_path / "run.pt"
     overrides = ["--model.flavor=tiny", f"--run_dir={tmp_path / 'run'}", f"--data.path={data}", "--training.steps=6",
                  "--data.batch_size=3", "--checkpoint.interval=100", "--optimizer.warmup_steps=2",
                  "--optimizer.weight_decay=0.01", "--optimizer.grad_clip=0.05", "--training.ema_decay=0.5",
-                 "--objective.prompt_per_clip=true", "--objective.text_drop_prob=0.5"]
+                 "--objective.prompt_per_clip=true", "--objective.text_drop_prob=0.5",
+                 f"--objective.teacher_forcing={str(teacher_forcing).lower()}"]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
                            str(free_port()), str(ROOT / "tests" / "trainer_replay.py"), str(out), "--config", str(DEMO),

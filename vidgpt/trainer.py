@@ -267,7 +267,8 @@ class Trainer:
         """The logging interval's figures: TensorBoard scalars and one console line."""
         cfg = self.cfg
         window_losses = self.losses.flush()
-        cost = StepCost.of(cfg.model, cfg.data.num_frames, lat_h, lat_w, self.samples_per_step)
+        frames = cfg.data.num_frames * (2 if cfg.objective.teacher_forcing else 1)  # the network sees clean + noisy
+        cost = StepCost.of(cfg.model, frames, lat_h, lat_w, self.samples_per_step)
         values = {"loss": sum(window_losses) / len(window_losses), "lr": self.scheduler.get_last_lr()[0],
                   "grad_norm": float(self.engine.get_global_grad_norm() or 0.0), "skipped_steps": self.guard.skipped,
                   **self.throughput.report(cost)}
