@@ -10,8 +10,8 @@ go wrong only on the model's own context (exposure bias). This measures both on 
 - rollout: the evaluation's continuation from the P prompt frames.
 `--sheet PATH` also draws the first clips' truth, teacher-forced and rollout frames, one row each.
 Each frame's area of a colour is its pixel count (`metrics.classify`: edge blends count for no colour, in the
-truth as in the samples); the ratio is the sum over clips and colours of sampled over true area, per frame.
-Prints one JSON object.
+truth as in the samples); the ratio is the sum over clips and colours of sampled over true area, per frame,
+over all shapes and over the smaller half (`small_shapes`: the ones that vanish first). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -43,10 +43,21 @@ def colour_areas(videos: np.ndarray, backgrounds: list[tuple[int, int, int]], sp
     return np.stack(out)
 
 
-def area_ratio(sampled: np.ndarray, true: np.ndarray) -> list[float]:
-    """Per frame: the sum of sampled areas over the sum of true areas, over the colours the truth shows."""
+def area_ratio(sampled: np.ndarray, true: np.ndarray, keep: np.ndarray | None = None) -> list[float]:
+    """Per frame: the sum of sampled areas over the sum of true areas, over the colours the truth shows;
+    keep (N, K) bool: only those (clip, colour) pairs."""
     shown = true > 0
-    return [float((sampled[:, f] * shown[:, f]).sum() / max(true[:, f].sum(), 1)) for f in range(true.shape[1])]
+    if keep is not None:
+        shown = shown & keep[:, None, :]
+    return [float((sampled[:, f] * shown[:, f]).sum() / max((true[:, f] * shown[:, f]).sum(), 1))
+            for f in range(true.shape[1])]
+
+
+def small_shapes(true: np.ndarray) -> np.ndarray:
+    """(N, K) bool: the (clip, colour) pairs whose true area in the first frame is shown and at most the median
+    of the shown ones (the smaller half of the shapes: the ones that vanish first). true: (N, T, K)."""
+    first = true[:, 0]
+    return (first > 0) & (first <= np.median(first[first > 0]))
 
 
 def write_sheet(path: Path, *rows: np.ndarray, clips: int = 4, frames: int = 12, scale: int = 3) -> None:
@@ -115,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         "eta": diffusion.eta, "seed": args.seed,
         "teacher_forced_area_ratio": area_ratio(forced_areas, true_areas),
         "rollout_area_ratio": area_ratio(rollout_areas, true_areas),
+        "teacher_forced_small_area_ratio": area_ratio(forced_areas, true_areas, small_shapes(true_areas)),
+        "rollout_small_area_ratio": area_ratio(rollout_areas, true_areas, small_shapes(true_areas)),
+        "small_shape_pixels_median": float(np.median(true_areas[:, 0][small_shapes(true_areas)])),
         "teacher_forced_mse": float(metrics.mse(forced_px, truth[:, p:]).mean()),
         "rollout_mse": float(metrics.mse(rollout_px, truth[:, p:]).mean()),
         "seconds": round(time.time() - t0, 1),
@@ -122,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sheet is not None:
         write_sheet(args.sheet, truth[:, p:], forced_px, rollout_px)
         out["sheet"] = str(args.sheet)
-    for key in ("teacher_forced_area_ratio", "rollout_area_ratio"):
+    for key in ("teacher_forced_area_ratio", "rollout_area_ratio", "teacher_forced_small_area_ratio",
+                "rollout_small_area_ratio"):
         out[key + "_mean"] = float(np.mean(out[key]))
         out[key] = [round(v, 3) for v in out[key]]
     print(json.dumps(out))

@@ -80,6 +80,19 @@ def test_colour_areas_and_their_ratio_on_constructed_frames() -> None:
     assert area_bias.area_ratio(areas, truth) == [1.0, 0.5]  # blue is not in the truth: not counted
 
 
+def test_small_shapes_are_the_smaller_half_and_their_ratio_counts_only_them() -> None:
+    """Two clips, colours 0-2: true first-frame areas 40, 10, 0 and 30, 20, 0; the shown areas' median is 25,
+    so the small shapes are colour 1 of clip 0 (10 px) and colour 1 of clip 1 (20 px)."""
+    true = np.zeros((2, 2, 3))
+    true[0, :, 0], true[0, :, 1], true[1, :, 0], true[1, :, 1] = 40, 10, 30, 20
+    small = area_bias.small_shapes(true)
+    assert small.tolist() == [[False, True, False], [False, True, False]]
+    sampled = true.copy()
+    sampled[:, 1, 1] = [5, 0]  # the small ones shrink in frame 1 (to half, and to nothing); the large keep theirs
+    assert area_bias.area_ratio(sampled, true, small) == [1.0, 5 / 30]
+    assert area_bias.area_ratio(sampled, true) == [1.0, (40 + 5 + 30) / 100]
+
+
 
 def test_the_area_sheet_draws_each_clips_videos_as_rows(tmp_path: Path) -> None:
     videos = [np.full((5, 3, 8, 8, 3), v, dtype=np.uint8) for v in (10, 120, 240)]  # 5 clips of 3 frames each
