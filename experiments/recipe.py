@@ -57,7 +57,7 @@ MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio")
 """Settable `ModelConfig` fields (applied to the --flavor's config)."""
 DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
 """Settable `DiffusionConfig` fields (the run config's [diffusion])."""
-OBJECTIVE_FIELDS = ("loss_weighting", "snr_max", "per_frame_noise", "prompt_per_clip", "teacher_forcing")
+OBJECTIVE_FIELDS = ("loss_weighting", "snr_max", "per_frame_noise", "prompt_per_clip", "teacher_forcing", "prompt_noise")
 """Settable `FramePromptObjective` fields (the run config's [objective])."""
 SETTABLE = (*DIFFUSION_FIELDS, *OBJECTIVE_FIELDS, *MODEL_FIELDS, "steps")
 """What a recipe may change: diffusion, objective and model fields, and `steps` (this arm's optimizer steps,
@@ -107,6 +107,12 @@ def recipe(base: Recipe, pairs: list[str]) -> Recipe:
         else:
             current = getattr(base.diffusion if name in DIFFUSION_FIELDS else base.objective, name)
         kind = type(current)
+        if kind is list:  # prompt_noise=LO,HI
+            try:
+                changes[name] = [float(v) for v in value.split(",")]
+            except ValueError:
+                raise ValueError(f"{pair!r}: {value!r} is not a comma-separated list of numbers") from None
+            continue
         if kind is bool:  # bool("false") is True: spell it out
             if value.lower() not in ("true", "false"):
                 raise ValueError(f"{pair!r}: {value!r} is not true or false")

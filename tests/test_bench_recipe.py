@@ -14,13 +14,16 @@ def test_recipe_changes_the_named_fields_with_their_types() -> None:
     assert recipe.recipe(recipe.BASE, []) == recipe.BASE
     assert recipe.recipe(recipe.BASE, ["per_frame_noise=true"]).objective.per_frame_noise is True
     assert recipe.recipe(recipe.BASE, ["per_frame_noise=False"]).objective.per_frame_noise is False
+    assert recipe.recipe(recipe.BASE, ["prompt_noise=0.05,0.3"]).objective.prompt_noise == [0.05, 0.3]
+    assert recipe.recipe(recipe.BASE, ["teacher_forcing=true"]).objective.teacher_forcing is True
     small = recipe.recipe(recipe.BASE, ["hidden=96", "steps=910"])  # a smaller model for longer: model and steps
     assert (small.diffusion, small.objective) == (recipe.BASE.diffusion, recipe.BASE.objective) and small.steps == 910
     assert small.model_config(recipe.FLAVORS["cpu"]).hidden == 96 and small.model_config(recipe.FLAVORS["cpu"]).depth == 4
     assert recipe.recipe(small, ["mlp_ratio=2"]).model == (("hidden", 96), ("mlp_ratio", 2.0))  # B builds on A
     for bad, match in [(["snr_max"], "expected FIELD=VALUE"), (["epochs=3"], "expected FIELD=VALUE"),
                        (["snr_max=lots"], "'lots' is not a float"), (["per_frame_noise=1"], "not true or false"),
-                       (["steps=0"], "not a whole number >= 1"), (["hidden=1.5"], "'1.5' is not a int")]:
+                       (["steps=0"], "not a whole number >= 1"), (["hidden=1.5"], "'1.5' is not a int"),
+                       (["prompt_noise=0,x"], "not a comma-separated list"), (["prompt_noise=0.3,0.1"], "lo <= hi")]:
         with pytest.raises(ValueError, match=match):
             recipe.recipe(recipe.BASE, bad)
 
@@ -45,7 +48,7 @@ def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.
     args = ["--flavor", "tiny", "--steps", "2", "--seeds", "2", "--pool", "4", "--clips", "2", "--size", "16",
             "--clip-len", "4", "--multiples", "1", "--sample-steps", "2", "--batch", "2",
             "--a", "loss_weighting=none", "--b", "loss_weighting=snr_clamp", "hidden=16", "steps=3", "--context-scale", "2",
-            "--out", str(tmp_path / "r")]
+            "--chunk", "1", "--window", "3", "--out", str(tmp_path / "r")]
     assert recipe.main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
@@ -56,6 +59,7 @@ def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.
     assert len(result["b_minus_a"]["mse"]["diffs"]) == 2
     assert [s["steps"] for s in result["train"]["a"]] == [2, 2] and [s["steps"] for s in result["train"]["b"]] == [3, 3]
     assert result["train"]["steps"] == {"a": 2, "b": 3} and result["eval"]["context_scale"] == 2.0
+    assert (result["eval"]["chunk"], result["eval"]["window"]) == (1, 3)
     assert result["model"]["b"]["hidden"] == 16 and result["model"]["b"]["params"] < result["model"]["a"]["params"]
     assert (tmp_path / "r" / "b_seed1" / "sheet.png").is_file()
 
@@ -66,6 +70,7 @@ def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.
     (["--b", "colour=red"], "expected FIELD=VALUE"),
     (["--b", "hidden=30"], "not divisible by heads"),
     (["--seeds", "0", "--b", "snr_max=3"], "--seeds must be > 0"),
+    (["--chunk", "0", "--b", "snr_max=3"], "--chunk must be > 0"),
 ])
 def test_recipe_benchmark_refuses_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
