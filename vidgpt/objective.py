@@ -194,7 +194,7 @@ class FramePromptObjective:
         context: None, or latents shaped like x0 that the network sees in place of x0's prompt frames (for
         instance its own generated frames, to train on its own rollouts); they get the same prompt noise and
         label t = 0, while the noisy frames, the target and the random draws stay those of x0. Frames at or
-        after the prompt length are not read.
+        after the prompt length are not read (under teacher forcing all are: they are the clean half).
         """
         B, L = x0.shape[:2]
         device = x0.device
