@@ -120,15 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     true_areas = colour_areas(truth[:, p:], backgrounds, spec)
     forced_areas = colour_areas(forced_px, backgrounds, spec)
     rollout_areas = colour_areas(rollout_px, backgrounds, spec)
+    small = small_shapes(true_areas)
     out = {
         "experiment": "area_bias", "export": str(args.export), "clips": args.clips, "frames": args.frames,
         "prompt_frames": p, "window": window, "steps": sampling.steps, "context_scale": sampling.context_scale,
         "eta": diffusion.eta, "seed": args.seed,
         "teacher_forced_area_ratio": area_ratio(forced_areas, true_areas),
         "rollout_area_ratio": area_ratio(rollout_areas, true_areas),
-        "teacher_forced_small_area_ratio": area_ratio(forced_areas, true_areas, small_shapes(true_areas)),
-        "rollout_small_area_ratio": area_ratio(rollout_areas, true_areas, small_shapes(true_areas)),
-        "small_shape_pixels_median": float(np.median(true_areas[:, 0][small_shapes(true_areas)])),
+        "teacher_forced_small_area_ratio": area_ratio(forced_areas, true_areas, small),
+        "rollout_small_area_ratio": area_ratio(rollout_areas, true_areas, small),
+        "small_shape_pixels_median": float(np.median(true_areas[:, 0][small])),
         "teacher_forced_mse": float(metrics.mse(forced_px, truth[:, p:]).mean()),
         "rollout_mse": float(metrics.mse(rollout_px, truth[:, p:]).mean()),
         "seconds": round(time.time() - t0, 1),

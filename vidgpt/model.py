@@ -297,10 +297,7 @@ class STDiTBlock(nn.Module):
         and the MLP."""
         B, T = h.shape[:2]
         _, _, _, _, _, g_t, sh_m, sc_m, g_m = self._modulation(mod)
-        if temporal_mask is not None:
-            o = self.attn_t.out(attention(q, k, v, mask=temporal_mask))  # (B*S, T, D)
-        else:
-            o = self.attn_t.out(attention(q, k, v, causal=self.causal))
+        o = self.attn_t.out(attention(q, k, v, causal=self.causal, mask=temporal_mask))  # (B*S, T, D)
         h = h + g_t * rearrange(o, "(B S) T D -> B T S D", B=B)
         if context is not None:
             xc = rearrange(self.norm_c(h), "B T S D -> B (T S) D")

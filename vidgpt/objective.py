@@ -218,9 +218,10 @@ class FramePromptObjective:
         x_t = diffusion.add_noise(x0, noise, t_frames)
         if self.teacher_forcing:  # [clean clip, noisy clip]: every noisy frame sees the clean ones before it
             x_in = torch.cat([prompt_in, x_t], dim=1)
-            t = torch.cat([torch.zeros_like(t_frames), t_frames], dim=1)  # (B, 2L)
+            t_in = torch.cat([torch.zeros_like(t_frames), t_frames], dim=1)  # (B, 2L)
         else:
             x_in = torch.where(is_prompt[:, :, None, None, None], prompt_in, x_t)
+            t_in = t
 
         drop = None
         drop_prob = self.text_drop_prob if training else 0.0
@@ -232,12 +233,9 @@ class FramePromptObjective:
         if input_dtype is not None:
             x_in = x_in.to(input_dtype)
             text = None if text is None else text.to(input_dtype)
-        if self.teacher_forcing:
-            pred = model(x_in, diffusion.model_time(t), text=text, text_mask=text_mask, drop_text=drop,
-                         teacher_forced=True)[:, L:]
-            t = t_frames
-        else:
-            pred = model(x_in, diffusion.model_time(t), text=text, text_mask=text_mask, drop_text=drop)
+        layout = {"teacher_forced": True} if self.teacher_forcing else {}
+        pred = model(x_in, diffusion.model_time(t_in), text=text, text_mask=text_mask, drop_text=drop,
+                     **layout)[:, -L:]  # teacher forcing: the noisy half
         return frame_prompt_loss(pred, diffusion.target(x0, noise, t), lens, valid, self.loss_weight(t_frames))
 
 
