@@ -26,12 +26,67 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data_pipeline.codecs import Codec
 from data_pipeline.synthetic import SyntheticTask
 from vidgpt import metrics
+from vidgpt.diffusion import Diffusion
 from vidgpt.evaluation import EvalSpec, synthetic_truth
 from vidgpt.export import exported_diffusion, exported_sampling, load_exported
 from vidgpt.latent_space import codec_for_export
-from vidgpt.sampling import generate_as
+from vidgpt.sampling import SamplingSpec, generate_as
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """An export with its sampler settings and the evaluation's held-out scenes, encoded: what the experiments
+    that sample single frames from chosen contexts start from."""
+
+    model: torch.nn.Module
+    diffusion: Diffusion
+    sampling: SamplingSpec
+    """The export's [eval.sampling], with the overrides, filled in for its clip length."""
+    spec: EvalSpec
+    codec: Codec
+    truth: np.ndarray
+    """uint8 (N, total, H, W, 3): the held-out scenes' first `total` frames."""
+    latents: torch.Tensor
+    """(N, total, C, h, w): truth encoded."""
+    backgrounds: list[tuple[int, int, int]]
+
+    @property
+    def prompt_frames(self) -> int:
+        return self.sampling.prompt_frames
+
+    @property
+    def window(self) -> int:
+        assert self.sampling.window is not None
+        return self.sampling.window
+
+    @property
+    def total(self) -> int:
+        return self.truth.shape[1]
+
+    def to_pixels(self, x: torch.Tensor) -> np.ndarray:
+        """(N, T, C, h, w) latents -> uint8 (N, T, H, W, 3)."""
+        return np.stack([self.codec.decode(z) for z in x])
+
+    @classmethod
+    def load(cls, export: Path, clips: int, frames: int, *, speed: float = 2.5, supersample: int = 4,
+             context_scale: float | None = None, steps: int | None = None, eta: float | None = None) -> HeldOut:
+        """`clips` held-out scenes of the built-in task (speed, supersample), prompt plus `frames` frames each."""
+        torch.set_num_threads(1)
+        model, info = load_exported(export, "cpu")
+        diffusion = exported_diffusion(info, eta=eta)
+        codec = codec_for_export(info, model.cfg)
+        changes = {k: v for k, v in (("context_scale", context_scale), ("steps", steps)) if v is not None}
+        clip_len = info["data"]["num_frames"]
+        sampling = dataclasses.replace(exported_sampling(info), **changes).for_clip_len(clip_len)
+        spec = EvalSpec(sampling=sampling, clip_len=clip_len, multiples=-(-frames // clip_len), num_clips=clips,
+                        task=SyntheticTask(speed=speed, supersample=supersample))
+        truth, scenes = synthetic_truth(spec)
+        truth = truth[:, : sampling.prompt_frames + frames]
+        latents = torch.stack([torch.from_numpy(codec.encode(v)) for v in truth])
+        return cls(model, diffusion, sampling, spec, codec, truth, latents, [s.background for s in scenes])
 
 
 def colour_areas(videos: np.ndarray, backgrounds: list[tuple[int, int, int]], spec: EvalSpec) -> np.ndarray:
@@ -88,26 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sheet", type=Path, default=None,
                     help="also write a PNG: per clip (the first 4) rows of truth, teacher-forced and rollout frames")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    model, info = load_exported(args.export, "cpu")
-    diffusion = exported_diffusion(info, eta=args.eta)
-    codec = codec_for_export(info, model.cfg)
-    base = exported_sampling(info)
-    changes = {k: v for k, v in (("context_scale", args.context_scale), ("steps", args.steps)) if v is not None}
-    clip_len = info["data"]["num_frames"]
-    sampling = dataclasses.replace(base, **changes).for_clip_len(clip_len)
-    spec = EvalSpec(sampling=sampling, clip_len=clip_len, multiples=-(-args.frames // clip_len), num_clips=args.clips,
-                    task=SyntheticTask(speed=args.speed, supersample=args.supersample))
-    p, window = sampling.prompt_frames, sampling.window
-    assert window is not None
-    total = p + args.frames
-    truth, scenes = synthetic_truth(spec)
-    truth = truth[:, :total]  # (N, total, H, W, 3)
-    backgrounds = [s.background for s in scenes]
-    latents = torch.stack([torch.from_numpy(codec.encode(v)) for v in truth])  # (N, T, C, h, w)
-
-    def to_pixels(x: torch.Tensor) -> np.ndarray:  # (N, T, C, h, w) -> uint8 (N, T, H, W, 3)
-        return np.stack([codec.decode(z) for z in x])
+    held = HeldOut.load(args.export, args.clips, args.frames, speed=args.speed, supersample=args.supersample,
+                        context_scale=args.context_scale, steps=args.steps, eta=args.eta)
+    model, diffusion, sampling, spec = held.model, held.diffusion, held.sampling, held.spec
+    p, window, total = held.prompt_frames, held.window, held.total
+    truth, latents, backgrounds, to_pixels = held.truth, held.latents, held.backgrounds, held.to_pixels
 
     t0 = time.time()
     gen = torch.Generator().manual_seed(args.seed)
