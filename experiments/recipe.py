@@ -53,7 +53,7 @@ FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part"
            "one_step_centroid_ratio")
 """Sampled rollouts' figures (vidgpt.evaluation's summary), then the network as a next-frame predictor
 (`experiments.predictor`: its one-call estimate of the first chunk from the clean prompt, over copy-last's)."""
-MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio")
+MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio", "temporal_scope")
 """Settable `ModelConfig` fields (applied to the --flavor's config)."""
 DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
 """Settable `DiffusionConfig` fields (the run config's [diffusion])."""
@@ -127,6 +127,7 @@ def recipe(base: Recipe, pairs: list[str]) -> Recipe:
         diffusion = dataclasses.replace(base.diffusion, **{k: v for k, v in changes.items() if k in DIFFUSION_FIELDS})
         objective = dataclasses.replace(base.objective, **{k: v for k, v in changes.items() if k in OBJECTIVE_FIELDS})
         objective.check_process(build_diffusion(diffusion))
+        dataclasses.replace(FLAVORS["cpu"], **model)  # the model's own checks (temporal_scope=sideways)
     except ValueError as exc:
         raise ValueError(f"{' '.join(pairs)}: {exc}") from None
     return Recipe(diffusion, objective, tuple(sorted(model.items())), steps)

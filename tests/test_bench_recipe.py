@@ -20,10 +20,12 @@ def test_recipe_changes_the_named_fields_with_their_types() -> None:
     assert (small.diffusion, small.objective) == (recipe.BASE.diffusion, recipe.BASE.objective) and small.steps == 910
     assert small.model_config(recipe.FLAVORS["cpu"]).hidden == 96 and small.model_config(recipe.FLAVORS["cpu"]).depth == 4
     assert recipe.recipe(small, ["mlp_ratio=2"]).model == (("hidden", 96), ("mlp_ratio", 2.0))  # B builds on A
+    assert recipe.recipe(recipe.BASE, ["temporal_scope=frame"]).model_config(recipe.FLAVORS["cpu"]).temporal_scope == "frame"
     for bad, match in [(["snr_max"], "expected FIELD=VALUE"), (["epochs=3"], "expected FIELD=VALUE"),
                        (["snr_max=lots"], "'lots' is not a float"), (["per_frame_noise=1"], "not true or false"),
                        (["steps=0"], "not a whole number >= 1"), (["hidden=1.5"], "'1.5' is not a int"),
-                       (["prompt_noise=0,x"], "not a comma-separated list"), (["prompt_noise=0.3,0.1"], "lo <= hi")]:
+                       (["prompt_noise=0,x"], "not a comma-separated list"), (["prompt_noise=0.3,0.1"], "lo <= hi"),
+                       (["temporal_scope=sideways"], "temporal_scope must be")]:
         with pytest.raises(ValueError, match=match):
             recipe.recipe(recipe.BASE, bad)
 

@@ -25,7 +25,7 @@ def test_blur_keeps_a_constant_image_and_the_mass_of_a_centred_dot() -> None:
 def test_contexts_take_the_last_frame_from_the_flawed_version() -> None:
     """true/own/blurred carry distinct constants per frame: each context holds the frames its name says."""
     def frames(a: float, b: float) -> torch.Tensor:
-        return torch.stack([torch.full((1, 1, 2, 2), float(a)), torch.full((1, 1, 2, 2), float(b))], dim=1)  # (1, 2, 1, 2, 2)
+        return torch.stack([torch.full((1, 1, 2, 2), float(a)), torch.full((1, 1, 2, 2), float(b))], dim=1)
 
     made = contexts(frames(0, 1), frames(10, 11), frames(20, 21))
     assert tuple(made) == CONTEXTS

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from vidgpt.attention import attention
+from vidgpt.attention import attention, causal_mask
 from vidgpt.kv_cache import TemporalKVCache, apply_rope, rope_angles  # RoPE lives with the cache, which re-rotates
 
 NUM_MODULATIONS = 9  # (shift, scale, gate) x (spatial attention, temporal attention, MLP)
@@ -63,6 +63,12 @@ class ModelConfig:
     """causal: frame i attends to frames <= i (ViD-GPT; enables the kv-cache). bidirectional: every frame
     attends to every frame of the call, the baseline that conditions each chunk on earlier frames by
     recomputing the whole window (no kv-cache is possible)."""
+    temporal_scope: Literal["position", "frame"] = "position"
+    """Which tokens of the frames it may see a token's temporal attention reads. position: the token at its
+    own spatial position in each of them (STDiT's factorized attention, the paper's). frame: every token of
+    each of them (space-time attention at frame granularity, as Wan-based causal generators use), so a
+    token can follow a shape that moves to another patch or behind another shape; the scores grow with
+    (frames x tokens per frame)^2 instead of frames^2 x tokens per frame. Same parameters and kv-cache."""
     flavor: str = field(default="custom", compare=False)
     """The named size (a key of FLAVORS) these hyperparameters started from; a label, not compared."""
     init_from: str = field(default="", compare=False)
@@ -88,6 +94,8 @@ class ModelConfig:
             problems.append(f"mlp_ratio must be > 0 (got {self.mlp_ratio})")
         if self.temporal not in ("causal", "bidirectional"):
             problems.append(f"temporal must be 'causal' or 'bidirectional' (got {self.temporal!r})")
+        if self.temporal_scope not in ("position", "frame"):
+            problems.append(f"temporal_scope must be 'position' or 'frame' (got {self.temporal_scope!r})")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 
@@ -229,6 +237,7 @@ class STDiTBlock(nn.Module):
         super().__init__()
         d = cfg.hidden
         self.causal = cfg.causal
+        self.whole_frames = cfg.temporal_scope == "frame"
         self.norm_s = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.attn_s = SelfAttention(d, cfg.heads)
         self.norm_t = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
@@ -293,16 +302,36 @@ class STDiTBlock(nn.Module):
     ) -> torch.Tensor:
         """Temporal attention of q (B*S, T, H, E) over k, v (B*S, Tc+T, H, E), causal (or, for the
         baseline, bidirectional; or as temporal_mask says) across frames at each spatial position, cached
-        keys first; then text cross-attention (every token attends to the caption, no mixing across frames)
-        and the MLP."""
+        keys first (temporal_scope "frame": over every position of those frames); then text cross-attention
+        (every token attends to the caption, no mixing across frames) and the MLP."""
         B, T = h.shape[:2]
         _, _, _, _, _, g_t, sh_m, sc_m, g_m = self._modulation(mod)
-        o = self.attn_t.out(attention(q, k, v, causal=self.causal, mask=temporal_mask))  # (B*S, T, D)
+        if self.whole_frames:
+            o = self.attn_t.out(_whole_frame_attention(q, k, v, B, self.causal, temporal_mask))
+        else:
+            o = self.attn_t.out(attention(q, k, v, causal=self.causal, mask=temporal_mask))  # (B*S, T, D)
         h = h + g_t * rearrange(o, "(B S) T D -> B T S D", B=B)
         if context is not None:
             xc = rearrange(self.norm_c(h), "B T S D -> B (T S) D")
             h = h + rearrange(self.attn_c(xc, context, context_mask), "B (T S) D -> B T S D", T=T)
         return h + g_m * self.mlp(modulate(self.norm_m(h), sh_m, sc_m))
+
+
+def _whole_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, causal: bool,
+                           frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """Temporal attention at frame granularity: every query token attends to every token of the key frames
+    its frame may see. q (B*S, T, H, E), k, v (B*S, Tk, H, E) in the kv-cache's layout -> (B*S, T, H, E).
+    frame_mask: (T, Tk) bool over frames (teacher forcing's), else the bottom-right aligned causal pattern
+    (causal) or none; one query frame of a causal call sees every key frame, so it needs no mask."""
+    S, T, Tk = q.shape[0] // batch, q.shape[1], k.shape[1]
+    qf, kf, vf = (rearrange(x, "(B S) T H E -> B (T S) H E", B=batch) for x in (q, k, v))
+    if frame_mask is None and causal and T > 1:
+        frame_mask = causal_mask(T, Tk, q.device)
+    token_mask = None
+    if frame_mask is not None:  # (T, Tk) -> (T*S, Tk*S): token (i, s) sees token (j, s') where frame i sees j
+        token_mask = frame_mask.repeat_interleave(S, dim=0).repeat_interleave(S, dim=1)
+    o = attention(qf, kf, vf, mask=token_mask)  # (B, T*S, H, E)
+    return rearrange(o, "B (T S) H E -> (B S) T H E", S=S)
 
 
 class FinalLayer(nn.Module):
@@ -586,7 +615,8 @@ def model_stats(
         mm += 2 * batch * L * (cfg.text_dim * d + d * d)  # caption projection
     per_block = 2 * N * (2 * (3 * d * d + d * d) + 2 * d * m)  # spatial + temporal attn projections, MLP
     attn = 4 * frame_rows * S * S * d  # spatial scores and values
-    attn += 4 * batch * S * frames * (cached_frames + frames) * d  # temporal (dense, incl. cached keys)
+    keys = cached_frames + frames  # temporal (dense, incl. cached keys): per position, or every position
+    attn += 4 * batch * (S * S if cfg.temporal_scope == "frame" else S) * frames * keys * d
     if L:
         per_block += 2 * N * 2 * d * d + 2 * batch * L * 2 * d * d  # cross q, proj; text k, v
         attn += 4 * N * L * d
