@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -18,12 +19,16 @@ from vidgpt.checkpoint import (
     CHECKSUMS,
     Checkpointer,
     CheckpointError,
+    StepCheckpoint,
+    check_model_config,
     find_checkpoint,
     resolve,
     tag_for,
     trainer_state_name,
     verify,
 )
+from vidgpt.components.checkpointing import MODEL_DEFAULTS
+from vidgpt.model import FLAVORS
 
 
 def fake_checkpoint(checkpoints: Path, step: int, world: int = 2) -> Path:
@@ -188,3 +193,18 @@ def test_small_files_get_the_same_mode_as_shards(tmp_path: Path) -> None:
     shard = tmp_path / "shard.tar"
     shard.write_bytes(b"x")  # written with open(): 0666 & ~umask
     assert stat.S_IMODE(os.stat(target).st_mode) == stat.S_IMODE(os.stat(shard).st_mode)
+
+
+def test_a_model_setting_newer_than_the_checkpoint_counts_as_its_default(tmp_path: Path) -> None:
+    """A checkpoint written before `temporal_scope` existed built the default ('position'): resuming it with
+    the default passes, with the other value it is refused, and a setting that differs is still named."""
+    now = dataclasses.asdict(FLAVORS["tiny"])
+    older = {k: v for k, v in now.items() if k != "temporal_scope"}
+    found = StepCheckpoint(tmp_path / "step_0000001", {"model": older})
+    check_model_config(found, now, MODEL_DEFAULTS)
+    with pytest.raises(CheckpointError, match="temporal_scope: checkpoint 'position' vs config 'frame'"):
+        check_model_config(found, {**now, "temporal_scope": "frame"}, MODEL_DEFAULTS)
+    with pytest.raises(CheckpointError, match="temporal_scope: checkpoint None vs config 'position'"):
+        check_model_config(found, now)  # without the defaults a missing setting is a difference
+    with pytest.raises(CheckpointError, match="depth: checkpoint 2 vs config 3"):
+        check_model_config(found, {**now, "depth": 3}, MODEL_DEFAULTS)

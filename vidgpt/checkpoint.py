@@ -311,9 +311,11 @@ def find_checkpoint(path: Path, parts: Parts = "all") -> StepCheckpoint:
     return found
 
 
-def check_model_config(found: StepCheckpoint, model_cfg: dict[str, Any]) -> None:
-    """CheckpointError unless the checkpoint's network has these hyperparameters (the flavor label aside)."""
-    saved = found.meta.get("model", {})
+def check_model_config(found: StepCheckpoint, model_cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+    """CheckpointError unless the checkpoint's network has these hyperparameters (the flavor label aside).
+    defaults: the value of each setting a checkpoint written before the setting existed lacks (ModelConfig's
+    defaults: what that older version built)."""
+    saved = {**(defaults or {}), **found.meta.get("model", {})}
     labels = ("flavor", "init_from", "init_reinit")  # not the network's shape
     diff = sorted(k for k in set(saved) | set(model_cfg) if k not in labels and saved.get(k) != model_cfg.get(k))
     if diff:

@@ -35,6 +35,8 @@ from vidgpt.ema import ShardedEMA
 from vidgpt.errors import ConfigError
 from vidgpt.model import ModelConfig
 
+MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+"""What a checkpoint written before a model setting existed built for it (`check_model_config`)."""
 NOT_ON_RESUME = {
     "training.seed": "the data order and the random streams continue from the checkpoint",
     "training.zero_stage": "the checkpoint's shards are laid out for its ZeRO stage",
@@ -123,7 +125,7 @@ class TrainingCheckpoints:
     def check_target(self, found: StepCheckpoint) -> None:
         """CheckpointError for another model; ConfigError naming every changed setting a resume of `found`
         cannot honour (nothing is written or loaded yet); the honoured changes are kept to announce."""
-        check_model_config(found, self.model)
+        check_model_config(found, self.model, MODEL_DEFAULTS)
         self.changes = config_changes(found.meta.get("config", {}), self.run_config)
         refused = [f"{k} {old!r} -> {new!r} ({why})" for k, (old, new) in self.changes.items()
                    if (why := override_problem(k, old, new))]
