@@ -357,19 +357,21 @@ def test_sink_cache_holds_the_first_frames_then_the_newest_at_contiguous_positio
     assert cache.evicted == written - window > 2 * window  # several evictions, the sink moved far from 0
 
 
-def _one_block_model() -> VidGPT:
+def _one_block_model(scope: str = "position") -> VidGPT:
     torch.manual_seed(0)
-    cfg = dataclasses.replace(TINY_NO_TEXT, depth=1)
+    cfg = dataclasses.replace(TINY_NO_TEXT, depth=1, temporal_scope=scope)
     return randomize_weights_(VidGPT(cfg), seed=0).eval()
 
 
+@pytest.mark.parametrize("scope", ["position", "frame"])
 @pytest.mark.parametrize("P,sink,chunk,window,n", [(3, 2, 2, 4, 10), (2, 1, 3, 5, 11), (4, 3, 1, 4, 8)])
 def test_sink_cache_equals_no_cache_through_evictions_with_one_block(P: int, sink: int, chunk: int, window: int,
-                                                                     n: int) -> None:
+                                                                     n: int, scope: str) -> None:
     """With one block a frame's cached keys/values depend on that frame and its position only, so the
     cache equals recomputing the context (the first `sink` frames + the newest window - sink, contiguous
-    positions) even after evictions, exactly when it holds those frames at those positions."""
-    model = _one_block_model()
+    positions) even after evictions, exactly when it holds those frames at those positions (frame scope:
+    the sink's re-rotation turns the temporal RoPE dims only, not the spatial ones)."""
+    model = _one_block_model(scope)
     prompt = _prompt(P)
     assert frames_before_eviction(P, n, chunk=chunk, window=window) < n  # it does evict
     common = dict(chunk=chunk, window=window, steps=3)
@@ -440,7 +442,7 @@ def test_sink_refusals_name_both_numbers() -> None:
     _one_line_error(r"sink \(4\) must be < window \(4\)", lambda: SamplingSpec(prompt_frames=4, sink=4).for_clip_len(8))
     assert SamplingSpec(prompt_frames=3, sink=3).for_clip_len(8).window == 4
     with torch.no_grad():  # the cache re-rotates its sink with the model's RoPE base only
-        _one_line_error("rope_theta 500.0, the model's is 10000.0", lambda: model(
+        _one_line_error("rope_theta 500.0 over 16 dims, the model's are 10000.0 over 16", lambda: model(
             _prompt(1), torch.zeros(B, 1), cache=TemporalKVCache(4, sink=1, rope_theta=500.0), write_cache=True))
 
 

@@ -12,8 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from vidgpt.attention import Backend, reference_attention, use_backend
 from vidgpt.config import ConfigError, load_config
 from vidgpt.diffusion import RectifiedFlow
-from vidgpt.kv_cache import TemporalKVCache
-from vidgpt.model import VidGPT, _whole_frame_attention, model_stats, teacher_forcing_mask
+from vidgpt.kv_cache import TemporalKVCache, rope_angles
+from vidgpt.model import VidGPT, _whole_frame_attention, model_stats, rotate, spatial_rope_angles, teacher_forcing_mask
 from vidgpt.sampling import generate
 from vidgpt.testing import randomize_weights_
 
@@ -132,3 +132,26 @@ def test_the_config_takes_the_scope_and_names_a_bad_one(tmp_path) -> None:  # no
     assert load_config(None, ["--model.temporal_scope=frame"]).model.temporal_scope == "frame"
     with pytest.raises(ConfigError, match="temporal_scope"):
         load_config(None, ["--model.temporal_scope=everywhere"])
+
+
+def test_3d_rope_scores_depend_on_offsets_in_time_and_space_only() -> None:
+    """Frame scope splits a head into temporal and spatial RoPE dims; a query/key score is unchanged when both
+    move by the same frames, rows or columns, and changes when only one of them moves."""
+    assert FRAME.rope_dims == (8, 8) and dataclasses.replace(FRAME, hidden=64, heads=2).rope_dims == (12, 20)
+    assert TINY.rope_dims == (TINY.head_dim, 0)
+    E, hp, wp, T = FRAME.head_dim, 4, 5, 6
+    et, es = FRAME.rope_dims
+    g = torch.Generator().manual_seed(7)
+    qv, kv = torch.randn(E, generator=g), torch.randn(E, generator=g)
+    x = torch.zeros(1 * hp * wp, T, 1, E)  # (B*S, T, H, E): every token and frame holds the same vector
+    rope = (*rope_angles(torch.arange(T), et, FRAME.rope_theta), *spatial_rope_angles(hp, wp, es, FRAME.rope_theta))
+    q, k = rotate(x + qv, rope, 1), rotate(x + kv, rope, 1)
+
+    def score(q_at: tuple[int, int, int], k_at: tuple[int, int, int]) -> float:  # (frame, row, col)
+        (fq, rq, cq), (fk, rk, ck) = q_at, k_at
+        return float(q[rq * wp + cq, fq, 0] @ k[rk * wp + ck, fk, 0])
+
+    base = score((3, 1, 2), (1, 2, 0))
+    assert abs(score((5, 2, 4), (3, 3, 2)) - base) < 1e-4  # both moved by 2 frames, 1 row, 2 columns
+    for moved in ((3, 2, 2), (3, 1, 3), (4, 1, 2)):  # the query alone moved a row, a column or a frame
+        assert abs(score(moved, (1, 2, 0)) - base) > 1e-3

@@ -56,10 +56,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class TemporalKVCache:
     """Per-block temporal keys/values of the frames generated (or prompted) so far."""
 
-    def __init__(self, window: int, *, sink: int = 0, rope_theta: float = 10000.0) -> None:
+    def __init__(self, window: int, *, sink: int = 0, rope_theta: float = 10000.0, rope_dims: int | None = None) -> None:
         """window: most frames held; sink: the first frames of the video, held whatever the window
         evicts (within the window: 0 <= sink < window); rope_theta: the model's RoPE base
-        (`ModelConfig.rope_theta`), used to re-rotate the sink's keys."""
+        (`ModelConfig.rope_theta`), and rope_dims: how many leading dims of a head its temporal RoPE
+        rotates (`ModelConfig.rope_dims[0]`; None: all), used to re-rotate the sink's keys."""
         if window < 1:
             raise ValueError(f"kv-cache window must be >= 1 frame, got {window}")
         if sink < 0 or (sink and sink >= window):
@@ -67,6 +68,7 @@ class TemporalKVCache:
         self.window = window
         self.sink = sink
         self.rope_theta = rope_theta
+        self.rope_dims = rope_dims
         self._keys: dict[int, torch.Tensor] = {}  # block -> (B*S, capacity, H, E) buffer
         self._values: dict[int, torch.Tensor] = {}
         self._sink_keys: dict[int, torch.Tensor] = {}  # block -> (B*S, sink, H, E) at positions 0..sink-1
@@ -141,9 +143,10 @@ class TemporalKVCache:
     def _rotate_sink(self) -> None:
         """Rewrite the held sink keys as the first-written ones rotated by `sink_position` more frames."""
         for block, first in self._sink_keys.items():  # first: (B*S, sink, H, E)
+            dims = self.rope_dims or first.shape[-1]  # the temporal dims; spatial ones (if any) stay
             shift = torch.tensor([self.sink_position()], device=first.device)
-            cos, sin = rope_angles(shift, first.shape[-1], self.rope_theta)  # each (1, 1, E/2): every sink frame
-            self._keys[block][:, : self.sink] = apply_rope(first, cos, sin)
+            cos, sin = rope_angles(shift, dims, self.rope_theta)  # each (1, 1, dims/2): every sink frame
+            self._keys[block][:, : self.sink, :, :dims] = apply_rope(first[..., :dims], cos, sin)
 
     def nbytes(self) -> int:
         """Bytes of the held frames (the buffers also have room for one call's new frames)."""

@@ -68,7 +68,9 @@ class ModelConfig:
     own spatial position in each of them (STDiT's factorized attention, the paper's). frame: every token of
     each of them (space-time attention at frame granularity, as Wan-based causal generators use), so a
     token can follow a shape that moves to another patch or behind another shape; the scores grow with
-    (frames x tokens per frame)^2 instead of frames^2 x tokens per frame. Same parameters and kv-cache."""
+    (frames x tokens per frame)^2 instead of frames^2 x tokens per frame. Its RoPE is 3D: a third of each
+    head's pairs rotate by the token's row and column (`rope_dims`), so scores see spatial offsets as
+    they see time offsets. Same parameters and kv-cache."""
     flavor: str = field(default="custom", compare=False)
     """The named size (a key of FLAVORS) these hyperparameters started from; a label, not compared."""
     init_from: str = field(default="", compare=False)
@@ -96,6 +98,8 @@ class ModelConfig:
             problems.append(f"temporal must be 'causal' or 'bidirectional' (got {self.temporal!r})")
         if self.temporal_scope not in ("position", "frame"):
             problems.append(f"temporal_scope must be 'position' or 'frame' (got {self.temporal_scope!r})")
+        elif self.temporal_scope == "frame" and self.heads >= 1 and self.hidden // self.heads < 6:
+            problems.append(f"temporal_scope 'frame' needs a head dim >= 6 for 3D RoPE (got {self.hidden // self.heads})")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 
@@ -106,6 +110,13 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
+
+    @property
+    def rope_dims(self) -> tuple[int, int]:
+        """(time, space) RoPE dims of a head: the first rotate by frame position, the rest (frame scope only:
+        2 * (head_dim // 6) for rows, as many for columns, as Wan splits its heads) by the token's place."""
+        space = 4 * (self.head_dim // 6) if self.temporal_scope == "frame" else 0
+        return self.head_dim - space, space
 
     @property
     def mlp_hidden(self) -> int:
@@ -227,7 +238,8 @@ class CrossAttention(nn.Module):
 KV = tuple[torch.Tensor, torch.Tensor]
 KVSource = Callable[[torch.Tensor, torch.Tensor], KV]
 """A block's kv-cache slot: this call's temporal (k, v) in, cached + new (k, v) out."""
-Rope = tuple[torch.Tensor, torch.Tensor]
+Rope = tuple[torch.Tensor, ...]
+"""Temporal RoPE cos, sin (T, 1, Et/2); with temporal_scope "frame" also spatial cos, sin (S, 1, 1, Es/2)."""
 
 
 class STDiTBlock(nn.Module):
@@ -259,7 +271,7 @@ class STDiTBlock(nn.Module):
         cached: KVSource | None,
         temporal_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """h: (B, T, S, D); mod: (B, T, 9, D) shared adaLN-single input; rope: cos/sin (T, 1, E/2);
+        """h: (B, T, S, D); mod: (B, T, 9, D) shared adaLN-single input; rope: `Rope`;
         cached: the kv-cache's slot of this block: takes this call's temporal (k, v), each
         (B*S, T, H, E), and returns cached + new, each (B*S, Tc+T, H, E); temporal_mask: (T, T) bool,
         which frames each frame attends to, in place of the causal mask (`teacher_forcing_mask`). Returns h.
@@ -286,7 +298,7 @@ class STDiTBlock(nn.Module):
         h = h + g_s * rearrange(self.attn_s(xs), "(B T) S D -> B T S D", B=B)
         xt = rearrange(modulate(self.norm_t(h), sh_t, sc_t), "B T S D -> (B S) T D")
         q, k, v = self.attn_t.qkv_heads(xt)  # (B*S, T, H, E)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = rotate(q, rope, B), rotate(k, rope, B)
         return h, q, k, v
 
     def after_temporal(
@@ -315,6 +327,27 @@ class STDiTBlock(nn.Module):
             xc = rearrange(self.norm_c(h), "B T S D -> B (T S) D")
             h = h + rearrange(self.attn_c(xc, context, context_mask), "B (T S) D -> B T S D", T=T)
         return h + g_m * self.mlp(modulate(self.norm_m(h), sh_m, sc_m))
+
+
+def rotate(x: torch.Tensor, rope: Rope, batch: int) -> torch.Tensor:
+    """RoPE on temporal q or k (B*S, T, H, E): the first Et dims by frame position; with spatial angles, the
+    other Es dims by the token's row and column."""
+    if len(rope) == 2:
+        return apply_rope(x, *rope)
+    cos, sin, cos_s, sin_s = rope
+    et = 2 * cos.shape[-1]
+    space = apply_rope(x[..., et:].unflatten(0, (batch, -1)), cos_s, sin_s)  # (B, S, T, H, Es)
+    return torch.cat([apply_rope(x[..., :et], cos, sin), space.flatten(0, 1)], dim=-1)
+
+
+def spatial_rope_angles(h: int, w: int, dims: int, theta: float,
+                        device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of the spatial RoPE of an h x w token grid (row-major), each (h*w, 1, 1, dims/2): half the
+    angles by row, half by column."""
+    rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    cr, sr = rope_angles(rows.reshape(-1), dims // 2, theta)  # (S, 1, dims/4)
+    cc, sc = rope_angles(cols.reshape(-1), dims // 2, theta)
+    return torch.cat([cr, cc], dim=-1)[:, None], torch.cat([sr, sc], dim=-1)[:, None]
 
 
 def _whole_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, causal: bool,
@@ -529,9 +562,10 @@ class VidGPT(nn.Module):
                              f"[clean, noisy]; got temporal={cfg.temporal!r}, cache={cache is not None}, T={T}")
         if cache is not None and not cfg.causal:
             raise ValueError("a bidirectional model cannot use a kv-cache: cached frames would have to see later ones")
-        if cache is not None and cache.sink and cache.rope_theta != cfg.rope_theta:
-            raise ValueError(f"the kv-cache re-rotates its sink with rope_theta {cache.rope_theta}, the model's is "
-                             f"{cfg.rope_theta}")
+        sink_rope = None if cache is None else (cache.rope_theta, cache.rope_dims or cfg.head_dim)
+        if cache is not None and cache.sink and sink_rope != (cfg.rope_theta, cfg.rope_dims[0]):
+            raise ValueError(f"the kv-cache re-rotates its sink with rope_theta {cache.rope_theta} over "
+                             f"{sink_rope[1]} dims, the model's are {cfg.rope_theta} over {cfg.rope_dims[0]}")
         hp, wp = H // cfg.patch, W // cfg.patch
 
         tokens = rearrange(x, "B T C (h p) (w q) -> B T (h w) (p q C)", p=cfg.patch, q=cfg.patch)
@@ -545,7 +579,10 @@ class VidGPT(nn.Module):
         if teacher_forced:
             positions = torch.arange(start, start + T // 2, device=x.device).repeat(2)
             temporal_mask = teacher_forcing_mask(T // 2, x.device)
-        rope = rope_angles(positions, cfg.head_dim, cfg.rope_theta)
+        time_dims, space_dims = cfg.rope_dims
+        rope: Rope = rope_angles(positions, time_dims, cfg.rope_theta)
+        if space_dims:
+            rope = (*rope, *spatial_rope_angles(hp, wp, space_dims, cfg.rope_theta, x.device))
 
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and torch.is_grad_enabled() and cache is None:

@@ -269,7 +269,8 @@ def generate(
     def zeros(n: int) -> Tensor:
         return torch.zeros(1, n, device=prompt.device)
 
-    cache = TemporalKVCache(window, sink=sink, rope_theta=model.cfg.rope_theta) if use_cache else None
+    cache = TemporalKVCache(window, sink=sink, rope_theta=model.cfg.rope_theta,
+                            rope_dims=model.cfg.rope_dims[0]) if use_cache else None
     if cache is not None and P:  # P = 0: text to video, the first chunk starts from noise alone
         net(prompt, zeros(P), cache=cache, write_cache=True)
 
