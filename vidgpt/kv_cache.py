@@ -25,9 +25,9 @@ keys as first written (rotated at positions 0..s-1, a copy kept at the first evi
 rotation's float round-off, which never accumulates (always from the first copy); it needs no change
 to the model, which keeps handing the cache keys rotated at absolute positions, and costs one rotation
 of s frames per chunk (storing the sink un-rotated and rotating on read would cost one per denoising
-step and need un-rotated keys from the model). With 3D RoPE (`ModelConfig.temporal_scope` "frame") only the
-leading `rope_dims` dims of a head are temporal, and only those are re-rotated; the spatial ones never move. Until the first eviction nothing moves: s > 0 is then
-exactly s = 0.
+step and need un-rotated keys from the model). Until the first eviction nothing moves: s > 0 is then
+exactly s = 0. With 3D RoPE (`ModelConfig.temporal_scope` "frame") only the leading `rope_dims` dims of a
+head are temporal, and only those are re-rotated; the spatial ones never move.
 
 The RoPE helpers (`rope_angles`, `apply_rope`) live here, as the cache re-rotates the sink with them;
 `vidgpt.model` applies them to every temporal query and key.
