@@ -13,7 +13,7 @@ from vidgpt.attention import Backend, reference_attention, use_backend
 from vidgpt.config import ConfigError, load_config
 from vidgpt.diffusion import RectifiedFlow
 from vidgpt.kv_cache import TemporalKVCache, rope_angles
-from vidgpt.model import VidGPT, _whole_frame_attention, model_stats, rotate, spatial_rope_angles, teacher_forcing_mask
+from vidgpt.model import VidGPT, model_stats, rotate, spatial_rope_angles, teacher_forcing_mask, whole_frame_attention
 from vidgpt.sampling import generate
 from vidgpt.testing import randomize_weights_
 
@@ -45,22 +45,22 @@ def _brute_force(q, k, v, batch: int, frame_sees) -> torch.Tensor:  # noqa: ANN0
 
 
 @pytest.mark.parametrize("T,Tk,causal", [(3, 3, True), (2, 5, True), (1, 4, True), (3, 3, False)])
-def test_whole_frame_attention_matches_a_brute_force_reference(T: int, Tk: int, causal: bool) -> None:
+def testwhole_frame_attention_matches_a_brute_force_reference(T: int, Tk: int, causal: bool) -> None:
     """Causal: query frame i (after Tk - T cached frames) sees key frames j <= i + Tk - T, at every position."""
     g = torch.Generator().manual_seed(T * 10 + Tk)
     S = 3
     q = torch.randn(B * S, T, 2, 4, generator=g)
     k, v = (torch.randn(B * S, Tk, 2, 4, generator=g) for _ in range(2))
-    got = _whole_frame_attention(q, k, v, B, causal, None)
+    got = whole_frame_attention(q, k, v, B, causal, None)
     expected = _brute_force(q, k, v, B, lambda i, j: (j <= i + Tk - T) if causal else True)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_whole_frame_attention_follows_a_frame_mask() -> None:
+def testwhole_frame_attention_follows_a_frame_mask() -> None:
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(B * 3, 6, 2, 4, generator=g) for _ in range(3))
     mask = teacher_forcing_mask(3)
-    got = _whole_frame_attention(q, k, v, B, True, mask)
+    got = whole_frame_attention(q, k, v, B, True, mask)
     torch.testing.assert_close(got, _brute_force(q, k, v, B, lambda i, j: bool(mask[i, j])), atol=1e-5, rtol=1e-5)
 
 

@@ -319,7 +319,7 @@ class STDiTBlock(nn.Module):
         B, T = h.shape[:2]
         _, _, _, _, _, g_t, sh_m, sc_m, g_m = self._modulation(mod)
         if self.whole_frames:
-            o = self.attn_t.out(_whole_frame_attention(q, k, v, B, self.causal, temporal_mask))
+            o = self.attn_t.out(whole_frame_attention(q, k, v, B, self.causal, temporal_mask))
         else:
             o = self.attn_t.out(attention(q, k, v, causal=self.causal, mask=temporal_mask))  # (B*S, T, D)
         h = h + g_t * rearrange(o, "(B S) T D -> B T S D", B=B)
@@ -350,7 +350,7 @@ def spatial_rope_angles(h: int, w: int, dims: int, theta: float,
     return torch.cat([cr, cc], dim=-1)[:, None], torch.cat([sr, sc], dim=-1)[:, None]
 
 
-def _whole_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, causal: bool,
+def whole_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, causal: bool,
                            frame_mask: torch.Tensor | None) -> torch.Tensor:
     """Temporal attention at frame granularity: every query token attends to every token of the key frames
     its frame may see. q (B*S, T, H, E), k, v (B*S, Tk, H, E) in the kv-cache's layout -> (B*S, T, H, E).
