@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if min(args.positions) < 4:
         ap.error(f"--positions {args.positions}: each must be >= 4 (own frame f-2 is sampled from f-4 and f-3)")
-    held = HeldOut.load(args.export, args.clips, max(args.positions) + 1 - 2, speed=args.speed,
+    # at least frames 0..max(positions), whatever the export's own prompt length (HeldOut counts after it)
+    held = HeldOut.load(args.export, args.clips, max(args.positions) + 1, speed=args.speed,
                         supersample=args.supersample)
     if held.prompt_frames != 2:
         print(f"note: the export samples from {held.prompt_frames} prompt frames; this uses 2", flush=True)
