@@ -16,8 +16,9 @@ matching (DMD, Yin et al. 2024) on the generated clip as a whole:
    frame: its x0 estimate at step k is the frame. Only that call carries gradient; the earlier steps and the cache
    writes of finished frames run without (Self-Forcing's gradient truncation), so the graph is one frame deep;
 2. the generated frames are noised to one flow time t per clip (t in [t_min, t_max]) and scored, with the clean
-   prompt frames before them, by the frozen teacher (the export; with its context guidance, as it samples) and by
-   the critic ("fake score", a copy of the export trained on the student's clips);
+   prompt frames before them (`--score-window`: only the last frames of a longer rollout), by the frozen teacher
+   (the export; with its context guidance, as it samples) and by the critic ("fake score", a copy of the export
+   trained on the student's clips);
 3. generator loss: 0.5 ||g - sg(g - (fake - real) / mean|g - real|)||^2, whose gradient in g is DMD's
    (fake - real), normalised per clip;
 4. the critic learns the student's clips with the export's own objective (`FramePromptObjective`: per-frame noise,
@@ -85,6 +86,11 @@ class SelfForcingSpec:
     t_max: float = 0.98
     ema_decay: float = 0.99
     window: int = 7
+    """The student's kv-cache window in the rollout (the export samples with 7)."""
+    score_window: int = 0
+    """Frames scored (and learned by the critic): the last `score_window` of [prompt, generated] (0: all). Shorter
+    than a long rollout, the teacher judges its late frames as a video of their own (no prompt frames left: all of
+    them noised, no context guidance), as LongLive trains on windows of long rollouts."""
     seed: int = 0
 
 
@@ -136,11 +142,19 @@ def scores(teacher: VidGPT, critic: VidGPT, diffusion: Diffusion, prompt: Tensor
     t_model = diffusion.model_time(torch.cat([torch.zeros(B, P), t_gen], dim=1))
     cond = {"text": text, "text_mask": text_mask}
     real = x0_estimate(diffusion, teacher(inp, t_model, **cond)[:, P:], x_t, t_gen)
-    if context_scale != 1.0:  # as `generate` guides: the frames alone, at their positions
+    if context_scale != 1.0 and P:  # as `generate` guides: the frames alone, at their positions
         free = x0_estimate(diffusion, teacher(x_t, t_model[:, P:], frame_offset=P, **cond), x_t, t_gen)
         real = free + context_scale * (real - free)
     fake = x0_estimate(diffusion, critic(inp, t_model, **cond)[:, P:], x_t, t_gen)
     return real, fake
+
+
+def scored_part(prompt: Tensor, gen: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """Of the video [prompt (B, P, ...), gen (B, F, ...)], its last `window` frames (0: all), split into the prompt
+    frames among them and the generated ones."""
+    P, n = prompt.shape[1], gen.shape[1]
+    start = 0 if window <= 0 else max(0, P + n - window)
+    return prompt[:, min(start, P):], gen[:, max(0, start - P):]
 
 
 def dmd_loss(gen: Tensor, real: Tensor, fake: Tensor) -> Tensor:
@@ -178,18 +192,19 @@ def self_force(student: VidGPT, diffusion: Diffusion, objective: FramePromptObje
         with torch.set_grad_enabled(update_g):
             gen = rollout(student, diffusion, prompt, spec.frames, steps=spec.denoise_steps, window=spec.window,
                           exit_step=exit_step, text=text, text_mask=text_mask, generator=gen_rng)
+        prompt_part, gen = scored_part(prompt, gen, spec.score_window)
         if update_g:
             t = spec.t_min + (spec.t_max - spec.t_min) * torch.rand(spec.batch, generator=gen_rng)
             noise = torch.randn(gen.shape, generator=gen_rng)
-            real, fake = scores(teacher, critic, diffusion, prompt, gen.detach(), t, noise,
+            real, fake = scores(teacher, critic, diffusion, prompt_part, gen.detach(), t, noise,
                                 context_scale=spec.context_scale, text=text, text_mask=text_mask)
             loss = dmd_loss(gen, real, fake)
             optimizer_step(student, ema, opt_g, loss, spec.ema_decay)
             g_losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(it // spec.critic_per_step + 1, ema)
-        clip = torch.cat([prompt, gen.detach()], dim=1)
-        c_loss = objective.loss_at(critic, diffusion, clip, prompt_frames, generator=gen_rng, text=text,
+        clip = torch.cat([prompt_part, gen.detach()], dim=1)
+        c_loss = objective.loss_at(critic, diffusion, clip, prompt_part.shape[1], generator=gen_rng, text=text,
                                    text_mask=text_mask)
         opt_c.zero_grad(set_to_none=True)
         c_loss.backward()

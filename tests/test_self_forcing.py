@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.self_forcing import SelfForcingSpec, dmd_loss, rollout, scores, self_force
+from experiments.self_forcing import SelfForcingSpec, dmd_loss, rollout, scored_part, scores, self_force
 from vidgpt.diffusion import RectifiedFlow
 from vidgpt.objective import FramePromptObjective
 from vidgpt.sampling import generate
@@ -64,14 +64,27 @@ def test_scores_agree_when_critic_is_teacher_and_no_guidance() -> None:
     assert not torch.allclose(guided, fake)
 
 
-def test_self_force_moves_the_student_and_keeps_the_pool() -> None:
-    """Two generator updates: the EMA differs from the start, the returned stats are finite, the pool is untouched."""
+@pytest.mark.parametrize("score_window", [0, 3])
+def test_self_force_moves_the_student_and_keeps_the_pool(score_window: int) -> None:
+    """Two generator updates: the EMA differs from the start, the returned stats are finite, the pool is untouched
+    (also when the scored window holds no prompt frame)."""
     model = tiny_model(text=False)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     pool = {"true": torch.randn(4, 6, 4, 16, 16)}
     kept = pool["true"].clone()
-    spec = SelfForcingSpec(steps=2, critic_per_step=2, batch=2, frames=3, denoise_steps=2, lr=1e-3, window=3)
+    spec = SelfForcingSpec(steps=2, critic_per_step=2, batch=2, frames=3, denoise_steps=2, lr=1e-3, window=3,
+                           score_window=score_window)
     ema, stats = self_force(model, RectifiedFlow("x0", eta=1.0), FramePromptObjective(per_frame_noise=True), pool, spec)
     assert any(not torch.equal(v, start[k]) for k, v in ema.state_dict().items())
     assert all(torch.isfinite(torch.tensor(stats["dmd_last_10"])))
     assert torch.equal(pool["true"], kept)
+
+
+def test_scored_part_takes_the_last_frames() -> None:
+    """The window's frames split into the prompt frames and the generated frames it holds."""
+    prompt = torch.arange(2.0).view(1, 2, 1, 1, 1)
+    gen = torch.arange(2.0, 8.0).view(1, 6, 1, 1, 1)
+    for window, (p, g) in {0: ([0, 1], [2, 3, 4, 5, 6, 7]), 8: ([0, 1], [2, 3, 4, 5, 6, 7]),
+                           7: ([1], [2, 3, 4, 5, 6, 7]), 4: ([], [4, 5, 6, 7])}.items():
+        a, b = scored_part(prompt, gen, window)
+        assert a.flatten().tolist() == p and b.flatten().tolist() == g
