@@ -11,7 +11,7 @@ issue 8. So one run per recipe cannot tell a gain from luck. This benchmark trai
 process on the synthetic scenes, `experiments.longvideo.train`) once per seed and per recipe,
 where recipe B differs from recipe A only in the fields given (`--a`, `--b`): `DiffusionConfig` and
 `FramePromptObjective` fields,
-model fields (depth, hidden, heads, mlp_ratio) and the arm's optimizer steps, so that a smaller model
+model fields (depth, hidden, heads, mlp_ratio, patch, temporal_scope) and the arm's optimizer steps, so that a smaller model
 trained for longer can be compared at equal compute. With the same seed both recipes see the same clips
 in the same order (and start from the same weights when their models are the same).
 Each model continues the same held-out scenes from P frames for k training clips (`vidgpt.evaluation`),
@@ -53,7 +53,7 @@ FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part"
            "one_step_centroid_ratio")
 """Sampled rollouts' figures (vidgpt.evaluation's summary), then the network as a next-frame predictor
 (`experiments.predictor`: its one-call estimate of the first chunk from the clean prompt, over copy-last's)."""
-MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio", "temporal_scope")
+MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio", "patch", "temporal_scope")
 """Settable `ModelConfig` fields (applied to the --flavor's config)."""
 DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
 """Settable `DiffusionConfig` fields (the run config's [diffusion])."""
