@@ -76,6 +76,9 @@ class SelfForcingSpec:
     batch: int = 8
     frames: int = 6
     """Generated frames per rollout, after 2 prompt frames (2 + 6: the training clip)."""
+    min_frames: int = 0
+    """> 0: each rollout's length is drawn uniformly from [min_frames, frames] (with `score_window`: windows from
+    the prompt's clip to the late frames of long rollouts); 0: always `frames`."""
     denoise_steps: int = 4
     """The student's denoising steps per frame."""
     lr: float = 5e-5
@@ -189,8 +192,11 @@ def self_force(student: VidGPT, diffusion: Diffusion, objective: FramePromptObje
         text, text_mask = (pool[k][idx] if k in pool else None for k in ("text", "text_mask"))
         exit_step = int(torch.randint(spec.denoise_steps, (), generator=gen_rng))
         update_g = it % spec.critic_per_step == 0
+        n_frames = spec.frames
+        if spec.min_frames:
+            n_frames = int(torch.randint(spec.min_frames, spec.frames + 1, (), generator=gen_rng))
         with torch.set_grad_enabled(update_g):
-            gen = rollout(student, diffusion, prompt, spec.frames, steps=spec.denoise_steps, window=spec.window,
+            gen = rollout(student, diffusion, prompt, n_frames, steps=spec.denoise_steps, window=spec.window,
                           exit_step=exit_step, text=text, text_mask=text_mask, generator=gen_rng)
         prompt_part, gen = scored_part(prompt, gen, spec.score_window)
         if update_g:
