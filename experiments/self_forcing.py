@@ -96,6 +96,19 @@ class SelfForcingSpec:
     them noised, no context guidance), as LongLive trains on windows of long rollouts."""
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be >= 1 (got {getattr(self, name)})"
+                    for name in ("steps", "critic_per_step", "batch", "frames", "denoise_steps", "window")
+                    if getattr(self, name) < 1]
+        if not 0 <= self.min_frames <= self.frames:
+            problems.append(f"min_frames must be in [0, frames={self.frames}] (got {self.min_frames})")
+        if self.score_window < 0:
+            problems.append(f"score_window must be >= 0 (got {self.score_window})")
+        if not 0 <= self.t_min < self.t_max <= 1:
+            problems.append(f"need 0 <= t_min < t_max <= 1 (got {self.t_min}, {self.t_max})")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 def rollout(student: VidGPT, diffusion: Diffusion, prompt: Tensor, frames: int, *, steps: int, window: int,
             exit_step: int, text: Tensor | None, text_mask: Tensor | None, generator: torch.Generator) -> Tensor:
@@ -241,11 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    spec = SelfForcingSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SelfForcingSpec)})
+    try:
+        spec = SelfForcingSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SelfForcingSpec)})
+    except ValueError as exc:
+        ap.error(str(exc))
     student, info = load_exported(args.export, "cpu")
     diffusion = exported_diffusion(info)
     prompt_frames = exported_sampling(info).prompt_frames
     pool = {k: v for k, v in torch.load(args.pool).items() if k in ("true", "text", "text_mask")}
+    if "true" not in pool or pool["true"].ndim != 5 or pool["true"].shape[1] < prompt_frames:
+        raise SystemExit(f"{args.pool}: needs 'true' (N, F, C, H, W) training videos of >= {prompt_frames} frames "
+                         "(experiments.own_context pool writes one)")
 
     def write(out: Path, model: VidGPT) -> None:
         out.mkdir(parents=True, exist_ok=True)

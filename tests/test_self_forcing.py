@@ -88,3 +88,10 @@ def test_scored_part_takes_the_last_frames() -> None:
                            7: ([1], [2, 3, 4, 5, 6, 7]), 4: ([], [4, 5, 6, 7])}.items():
         a, b = scored_part(prompt, gen, window)
         assert a.flatten().tolist() == p and b.flatten().tolist() == g
+
+
+@pytest.mark.parametrize("bad", [{"steps": 0}, {"min_frames": 7}, {"t_min": 0.5, "t_max": 0.5}, {"score_window": -1}])
+def test_spec_refuses_bad_settings(bad: dict) -> None:
+    """Each bad setting is named in one clear error."""
+    with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
+        SelfForcingSpec(**bad)
