@@ -45,7 +45,7 @@ def _brute_force(q, k, v, batch: int, frame_sees) -> torch.Tensor:  # noqa: ANN0
 
 
 @pytest.mark.parametrize("T,Tk,causal", [(3, 3, True), (2, 5, True), (1, 4, True), (3, 3, False)])
-def testwhole_frame_attention_matches_a_brute_force_reference(T: int, Tk: int, causal: bool) -> None:
+def test_whole_frame_attention_matches_a_brute_force_reference(T: int, Tk: int, causal: bool) -> None:
     """Causal: query frame i (after Tk - T cached frames) sees key frames j <= i + Tk - T, at every position."""
     g = torch.Generator().manual_seed(T * 10 + Tk)
     S = 3
@@ -56,7 +56,7 @@ def testwhole_frame_attention_matches_a_brute_force_reference(T: int, Tk: int, c
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def testwhole_frame_attention_follows_a_frame_mask() -> None:
+def test_whole_frame_attention_follows_a_frame_mask() -> None:
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(B * 3, 6, 2, 4, generator=g) for _ in range(3))
     mask = teacher_forcing_mask(3)

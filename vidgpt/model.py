@@ -351,7 +351,7 @@ def spatial_rope_angles(h: int, w: int, dims: int, theta: float,
 
 
 def whole_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, causal: bool,
-                           frame_mask: torch.Tensor | None) -> torch.Tensor:
+                          frame_mask: torch.Tensor | None) -> torch.Tensor:
     """Temporal attention at frame granularity: every query token attends to every token of the key frames
     its frame may see. q (B*S, T, H, E), k, v (B*S, Tk, H, E) in the kv-cache's layout -> (B*S, T, H, E).
     frame_mask: (T, Tk) bool over frames (teacher forcing's), else the bottom-right aligned causal pattern
