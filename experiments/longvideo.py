@@ -123,14 +123,16 @@ def lr_summary(factors: Sequence[float]) -> dict[str, float | None]:
     return {"first": round(factors[0], 4), "last": round(factors[-1], 4), "mean": round(float(np.mean(factors)), 4)}
 
 
-def optimizer_step(model: VidGPT, ema: VidGPT, opt: torch.optim.Optimizer, loss: torch.Tensor, ema_decay: float) -> None:
-    """One AdamW step on `loss` (gradients clipped to norm 1), then the EMA copy moved toward the weights."""
+def optimizer_step(model: VidGPT, ema: VidGPT | None, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   ema_decay: float = 0.0) -> None:
+    """One AdamW step on `loss` (gradients clipped to norm 1), then the EMA copy (if any) moved toward the weights."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - ema_decay)
+    if ema is not None:
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - ema_decay)
 
 
 def train(

@@ -31,20 +31,18 @@ import argparse
 import copy
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from data_pipeline.synthetic import synthetic_scene
 from experiments.longvideo import optimizer_step
 from vidgpt.diffusion import Diffusion
 from vidgpt.evaluation import mp4_round_trip, pad_text
-from vidgpt.export import exported_diffusion, exported_sampling, load_exported
+from vidgpt.export import exported_diffusion, exported_sampling, load_exported, save_derived_export
 from vidgpt.latent_space import codec_for_export, text_encoder_for, training_index
 from vidgpt.model import VidGPT
 from vidgpt.objective import FramePromptObjective
@@ -156,9 +154,7 @@ def train(args: argparse.Namespace, pool: dict[str, torch.Tensor]) -> dict[str, 
     ema, stats = fine_tune(model, exported_diffusion(info), FramePromptObjective(**info["objective"]),
                            info["data"]["num_frames"], pool, spec)
     out = args.out / args.arm / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(args.export / "config.json", out / "config.json")
-    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(out / "model.safetensors"))
+    save_derived_export(ema, args.export, out)
     return {"arm": args.arm, **dataclasses.asdict(spec), **stats, "export": str(out)}
 
 

@@ -33,7 +33,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -41,12 +40,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor
 
 from experiments.longvideo import optimizer_step
 from vidgpt.diffusion import Diffusion, RectifiedFlow
-from vidgpt.export import exported_diffusion, exported_sampling, load_exported
+from vidgpt.export import exported_diffusion, exported_sampling, load_exported, save_derived_export
 from vidgpt.kv_cache import TemporalKVCache
 from vidgpt.model import VidGPT
 from vidgpt.objective import FramePromptObjective
@@ -205,6 +203,7 @@ def self_force(student: VidGPT, diffusion: Diffusion, objective: FramePromptObje
         text, text_mask = (pool[k][idx] if k in pool else None for k in ("text", "text_mask"))
         exit_step = int(torch.randint(spec.denoise_steps, (), generator=gen_rng))
         update_g = it % spec.critic_per_step == 0
+        g_step = it // spec.critic_per_step + 1  # generator updates done after this iteration
         n_frames = spec.frames
         if spec.min_frames:
             n_frames = int(torch.randint(spec.min_frames, spec.frames + 1, (), generator=gen_rng))
@@ -221,17 +220,14 @@ def self_force(student: VidGPT, diffusion: Diffusion, objective: FramePromptObje
             optimizer_step(student, ema, opt_g, loss, spec.ema_decay)
             g_losses.append(float(loss.detach()))
             if on_step is not None:
-                on_step(it // spec.critic_per_step + 1, ema)
+                on_step(g_step, ema)
         clip = torch.cat([prompt_part, gen.detach()], dim=1)
         c_loss = objective.loss_at(critic, diffusion, clip, prompt_part.shape[1], generator=gen_rng, text=text,
                                    text_mask=text_mask)
-        opt_c.zero_grad(set_to_none=True)
-        c_loss.backward()
-        torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
-        opt_c.step()
+        optimizer_step(critic, None, opt_c, c_loss)
         c_losses.append(float(c_loss.detach()))
-        if update_g and (it // spec.critic_per_step + 1) % 10 == 0:
-            log(f"  step {it // spec.critic_per_step + 1}/{spec.steps}: dmd {sum(g_losses[-10:]) / 10:.5f} critic "
+        if update_g and g_step % 10 == 0:
+            log(f"  step {g_step}/{spec.steps}: dmd {sum(g_losses[-10:]) / 10:.5f} critic "
                 f"{sum(c_losses[-50:]) / len(c_losses[-50:]):.4f} ({time.perf_counter() - t0:.0f} s)")
     return ema, {"seconds": round(time.perf_counter() - t0, 1), "dmd_last_10": g_losses[-10:],
                  "critic_loss_last_50": sum(c_losses[-50:]) / max(1, len(c_losses[-50:]))}
@@ -266,19 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.pool}: needs 'true' (N, F, C, H, W) training videos of >= {prompt_frames} frames "
                          "(experiments.own_context pool writes one)")
 
-    def write(out: Path, model: VidGPT) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(args.export / "config.json", out / "config.json")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-
     def on_step(step: int, model: VidGPT) -> None:
         if args.save_every and step % args.save_every == 0 and step < spec.steps:
-            write(args.out / f"step_{step}" / "export", model)
+            save_derived_export(model, args.export, args.out / f"step_{step}" / "export")
 
     ema, stats = self_force(student, diffusion, FramePromptObjective(**info["objective"]), pool, spec, prompt_frames,
                             on_step)
     out = args.out / "export"
-    write(out, ema)
+    save_derived_export(ema, args.export, out)
     print(json.dumps({**dataclasses.asdict(spec), **stats, "export": str(out)}))
     return 0
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from experiments.self_forcing import SelfForcingSpec, dmd_loss, rollout, scored_part, scores, self_force
 from vidgpt.diffusion import RectifiedFlow
+from vidgpt.export import load_exported, save_derived_export
 from vidgpt.objective import FramePromptObjective
 from vidgpt.sampling import generate
 
-from conftest import tiny_model
+from conftest import TINY_NO_TEXT, tiny_model
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -95,3 +100,17 @@ def test_spec_refuses_bad_settings(bad: dict) -> None:
     """Each bad setting is named in one clear error."""
     with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
         SelfForcingSpec(**bad)
+
+
+def test_a_derived_export_round_trips(tmp_path: Path) -> None:
+    """save_derived_export writes weights that load back bit for bit, with the source export's config unchanged."""
+    source = tmp_path / "source"
+    source.mkdir()
+    info = {"model": dataclasses.asdict(TINY_NO_TEXT), "step": 7}
+    (source / "config.json").write_text(json.dumps(info))
+    model = tiny_model(text=False, seed=3)
+    save_derived_export(model, source, tmp_path / "derived")
+    loaded, got = load_exported(tmp_path / "derived")
+    assert got == info
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name

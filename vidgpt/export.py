@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,15 @@ def export(found: StepCheckpoint, out_dir: Path, weights: str = "ema") -> Path:
             "sampling": sampling_info(data),
             "eval": {"sampling": run_config.get("eval", {}).get("sampling", {})}}  # how to sample: exported_sampling
     (out_dir / CONFIG).write_text(json.dumps(info, indent=1) + "\n")
+    return out_dir / WEIGHTS
+
+
+def save_derived_export(model: VidGPT, source: Path, out_dir: Path) -> Path:
+    """Write `model`'s weights as an export at out_dir with the config of the export at `source` (weights trained
+    further from that export, which keep its model, data and sampling settings); returns the weights' path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / CONFIG, out_dir / CONFIG)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / WEIGHTS))
     return out_dir / WEIGHTS
 
 
