@@ -11,9 +11,11 @@ issue 8. So one run per recipe cannot tell a gain from luck. This benchmark trai
 process on the synthetic scenes, `experiments.longvideo.train`) once per seed and per recipe,
 where recipe B differs from recipe A only in the fields given (`--a`, `--b`): `DiffusionConfig` and
 `FramePromptObjective` fields,
-model fields (depth, hidden, heads, mlp_ratio, patch, temporal_scope) and the arm's optimizer steps, so that a smaller model
-trained for longer can be compared at equal compute. With the same seed both recipes see the same clips
-in the same order (and start from the same weights when their models are the same).
+model fields (depth, hidden, heads, mlp_ratio, patch, temporal_scope), the arm's optimizer steps (so that a smaller
+model trained for longer can be compared at equal compute) and its peak lr. With the same seed both recipes see the
+same clips in the same order (and start from the same weights when their models are the same). `--arms b
+--first-seed S --seeds 1` trains one arm at one seed, as that arm of the paired run would, so that the arms and
+seeds of one comparison can run as separate processes side by side (one thread each on a small machine).
 Each model continues the same held-out scenes from P frames for k training clips (`vidgpt.evaluation`),
 with the same sampling noise. Reported per seed and as mean, standard deviation over seeds, and the
 paired difference B - A with its mean, standard deviation and how many seeds it has the same sign on:
@@ -59,9 +61,9 @@ DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
 """Settable `DiffusionConfig` fields (the run config's [diffusion])."""
 OBJECTIVE_FIELDS = ("loss_weighting", "snr_max", "per_frame_noise", "prompt_per_clip", "teacher_forcing", "prompt_noise")
 """Settable `FramePromptObjective` fields (the run config's [objective])."""
-SETTABLE = (*DIFFUSION_FIELDS, *OBJECTIVE_FIELDS, *MODEL_FIELDS, "steps")
-"""What a recipe may change: diffusion, objective and model fields, and `steps` (this arm's optimizer steps,
-for comparisons at equal compute: a smaller model trained for longer)."""
+SETTABLE = (*DIFFUSION_FIELDS, *OBJECTIVE_FIELDS, *MODEL_FIELDS, "steps", "lr")
+"""What a recipe may change: diffusion, objective and model fields, `steps` (this arm's optimizer steps,
+for comparisons at equal compute: a smaller model trained for longer) and `lr` (this arm's peak learning rate)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +76,8 @@ class Recipe:
     """(field, value) pairs of MODEL_FIELDS applied to the flavor's ModelConfig."""
     steps: int | None = None
     """Optimizer steps; None: the benchmark's --steps."""
+    lr: float | None = None
+    """Peak learning rate; None: the benchmark's --lr."""
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
         return dataclasses.replace(base, **dict(self.model))
@@ -91,7 +95,7 @@ BASE = Recipe(_DEMO.diffusion, _DEMO.objective)
 def recipe(base: Recipe, pairs: list[str]) -> Recipe:
     """base with FIELD=VALUE pairs applied (fields of SETTABLE, values converted to the field's type);
     ValueError naming the pair for anything else."""
-    model, steps = dict(base.model), base.steps
+    model, steps, lr = dict(base.model), base.steps, base.lr
     changes: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -101,6 +105,14 @@ def recipe(base: Recipe, pairs: list[str]) -> Recipe:
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{pair!r}: {value!r} is not a whole number >= 1")
             steps = int(value)
+            continue
+        if name == "lr":
+            try:
+                lr = float(value)
+            except ValueError:
+                lr = math.nan
+            if not (math.isfinite(lr) and lr > 0):
+                raise ValueError(f"{pair!r}: {value!r} is not a number > 0")
             continue
         if name in MODEL_FIELDS:
             current = model.get(name, getattr(FLAVORS["cpu"], name))
@@ -130,7 +142,7 @@ def recipe(base: Recipe, pairs: list[str]) -> Recipe:
         dataclasses.replace(FLAVORS["cpu"], **model)  # the model's own checks (temporal_scope=sideways)
     except ValueError as exc:
         raise ValueError(f"{' '.join(pairs)}: {exc}") from None
-    return Recipe(diffusion, objective, tuple(sorted(model.items())), steps)
+    return Recipe(diffusion, objective, tuple(sorted(model.items())), steps, lr)
 
 
 HIGHER_IS_BETTER = ("presence_f1", "presence_f1_8x", "largest_part")
@@ -173,6 +185,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--b", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="recipe B: recipe A with these changed (e.g. loss_weighting=snr_clamp; hidden=96 steps=910)")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds per recipe (default: 3)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="train seeds FIRST_SEED .. FIRST_SEED + SEEDS - 1 (default: 0), so that seeds can be spread "
+                         "over processes")
+    ap.add_argument("--arms", choices=("ab", "a", "b"), default="ab",
+                    help="which recipes to train (default: ab, both, paired); one arm alone prints its figures "
+                         "without the paired differences, to be paired with another run's")
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps per model (default: 600, the demo's)")
     ap.add_argument("--flavor", choices=sorted(FLAVORS), default="cpu", help="model size (default: cpu)")
     ap.add_argument("--batch", type=int, default=8, help="clips per step (default: 8, the demo's 4 x 2 ranks)")
@@ -197,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "prompt_frames", "context_scale", "chunk", "window"):
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.first_seed < 0:
+        ap.error(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.prompt_frames >= args.clip_len:
         ap.error(f"--prompt-frames {args.prompt_frames} must be < --clip-len {args.clip_len}")
     try:
@@ -213,7 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             arm.model_config(FLAVORS[args.flavor])  # ModelConfig's own checks (hidden divisible by heads, ...)
         except ValueError as exc:
             ap.error(f"{flag} {' '.join(getattr(args, flag[2:]))} on flavor {args.flavor}: {exc}")
-    if args.recipe_a == args.recipe_b:
+    if args.recipe_a == args.recipe_b and args.arms != "a":
         ap.error("--b changes nothing: recipes A and B are the same")
     return args
 
@@ -237,14 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     pool = training_videos(spec)
     truth, scenes = synthetic_truth(eval_spec)
     codec = build_codec("identity")
-    rows: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
-    trained: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
-    for seed in range(args.seeds):
-        for arm in ("a", "b"):
+    arms = tuple(args.arms)
+    rows: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
+    trained: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for seed in seeds:
+        for arm in arms:
             arm_recipe: Recipe = getattr(args, f"recipe_{arm}")
             diffusion_cfg = arm_recipe.diffusion
             model, stats = train(arm_recipe.model_config(cfg), diffusion_cfg, arm_recipe.objective, pool,
-                                 dataclasses.replace(spec, seed=seed),
+                                 dataclasses.replace(spec, seed=seed, lr=arm_recipe.lr or args.lr),
                                  steps=arm_recipe.steps or args.steps, log=log)
             videos = continue_videos(model, build_diffusion(diffusion_cfg), codec, truth, eval_spec, seed=0)
             report = evaluate_videos(truth, {"model": videos}, eval_spec, scenes)
@@ -264,17 +286,17 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"flavor": args.flavor, **{arm: {"params": count_params(r.model_config(cfg)), **dict(r.model)}
                                             for arm, r in (("a", args.recipe_a), ("b", args.recipe_b))}},
         "train": {"steps": {"a": args.recipe_a.steps or args.steps, "b": args.recipe_b.steps or args.steps},
-                  "batch": args.batch, "lr": args.lr, "clip_len": args.clip_len, "pool": args.pool,
-                  "size": args.size, "task": dataclasses.asdict(args.task), "seeds": args.seeds,
-                  "a": trained["a"], "b": trained["b"]},
+                  "lr": {"a": args.recipe_a.lr or args.lr, "b": args.recipe_b.lr or args.lr},
+                  "batch": args.batch, "clip_len": args.clip_len, "pool": args.pool,
+                  "size": args.size, "task": dataclasses.asdict(args.task), "seeds": seeds, **trained},
         "eval": {"clips": args.clips, "prompt_frames": args.prompt_frames, "multiples": args.multiples,
                  "sample_steps": args.sample_steps, "chunk": eval_spec.sampling.chunk,
                  "window": eval_spec.sampling.window,
                  "context_scale": args.context_scale,
                  "synthetic_seed": eval_spec.synthetic_seed},
         "per_seed": rows,
-        "summary": {"a": summarize(rows["a"]), "b": summarize(rows["b"])},
-        "b_minus_a": paired(rows["a"], rows["b"]),
+        "summary": {arm: summarize(rows[arm]) for arm in arms},
+        "b_minus_a": paired(rows["a"], rows["b"]) if arms == ("a", "b") else None,
         "seconds": round(time.perf_counter() - t_start, 1),
         "host": {"machine": platform.machine(), "threads": torch.get_num_threads()},
     }

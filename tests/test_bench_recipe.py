@@ -20,12 +20,14 @@ def test_recipe_changes_the_named_fields_with_their_types() -> None:
     assert (small.diffusion, small.objective) == (recipe.BASE.diffusion, recipe.BASE.objective) and small.steps == 910
     assert small.model_config(recipe.FLAVORS["cpu"]).hidden == 96 and small.model_config(recipe.FLAVORS["cpu"]).depth == 4
     assert recipe.recipe(small, ["mlp_ratio=2"]).model == (("hidden", 96), ("mlp_ratio", 2.0))  # B builds on A
+    assert recipe.recipe(recipe.BASE, ["lr=4e-3"]).lr == 4e-3 and recipe.recipe(small, ["lr=1e-3"]).steps == 910
     assert recipe.recipe(recipe.BASE, ["temporal_scope=frame"]).model_config(recipe.FLAVORS["cpu"]).temporal_scope == "frame"
     for bad, match in [(["snr_max"], "expected FIELD=VALUE"), (["epochs=3"], "expected FIELD=VALUE"),
                        (["snr_max=lots"], "'lots' is not a float"), (["per_frame_noise=1"], "not true or false"),
                        (["steps=0"], "not a whole number >= 1"), (["hidden=1.5"], "'1.5' is not a int"),
                        (["prompt_noise=0,x"], "not a comma-separated list"), (["prompt_noise=0.3,0.1"], "lo <= hi"),
-                       (["temporal_scope=sideways"], "temporal_scope must be")]:
+                       (["temporal_scope=sideways"], "temporal_scope must be"), (["lr=0"], "not a number > 0"),
+                       (["lr=fast"], "not a number > 0"), (["lr=nan"], "not a number > 0")]:
         with pytest.raises(ValueError, match=match):
             recipe.recipe(recipe.BASE, bad)
 
@@ -65,6 +67,25 @@ def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.
     assert result["model"]["b"]["hidden"] == 16 and result["model"]["b"]["params"] < result["model"]["a"]["params"]
     assert (tmp_path / "r" / "b_seed1" / "sheet.png").is_file()
 
+    # one arm at one seed, in its own process, is that arm of the paired run (seeds spread over processes)
+    alone = [*args[:args.index("--seeds")], "--seeds", "1", "--first-seed", "1", "--arms", "b",
+             *args[args.index("--seeds") + 2:]]
+    assert recipe.main(alone) == 0
+    single = json.loads(capsys.readouterr().out.strip())
+    assert list(single["per_seed"]) == ["b"] and single["train"]["seeds"] == [1] and single["b_minus_a"] is None
+    assert single["per_seed"]["b"][0] == result["per_seed"]["b"][1]
+
+
+def test_recipe_arm_learning_rate_reaches_training(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--flavor", "tiny", "--steps", "3", "--seeds", "1", "--pool", "4", "--clips", "2", "--size", "16",
+            "--clip-len", "4", "--multiples", "1", "--sample-steps", "2", "--batch", "2", "--chunk", "1", "--lr", "1e-3"]
+    runs = []
+    for b in (["lr=1e-3", "snr_max=5"], ["lr=1e-2", "snr_max=5"]):  # snr_max=5 is the demo's: only lr differs from A
+        assert recipe.main([*args, "--arms", "b", "--b", *b]) == 0
+        runs.append(json.loads(capsys.readouterr().out.strip()))
+    assert [r["train"]["lr"] for r in runs] == [{"a": 1e-3, "b": 1e-3}, {"a": 1e-3, "b": 1e-2}]
+    assert runs[0]["train"]["b"][0]["loss_last_100"] != runs[1]["train"]["b"][0]["loss_last_100"]
+
 
 @pytest.mark.parametrize("argv,message", [
     (["--b"], "--b changes nothing"),
@@ -79,3 +100,12 @@ def test_recipe_benchmark_refuses_bad_arguments(argv: list[str], message: str, c
         recipe.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_recipe_arm_a_alone_needs_no_b() -> None:
+    args = recipe.parse_args(["--arms", "a", "--first-seed", "2"])
+    assert args.recipe_a == args.recipe_b and (args.arms, args.first_seed) == ("a", 2)
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--arms", "b"])  # B alone must differ from A
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--first-seed", "-1", "--b", "snr_max=3"])
