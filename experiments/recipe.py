@@ -11,7 +11,7 @@ issue 8. So one run per recipe cannot tell a gain from luck. This benchmark trai
 process on the synthetic scenes, `experiments.longvideo.train`) once per seed and per recipe,
 where recipe B differs from recipe A only in the fields given (`--a`, `--b`): `DiffusionConfig` and
 `FramePromptObjective` fields,
-model fields (depth, hidden, heads, mlp_ratio, patch, temporal_scope), the arm's optimizer steps (so that a smaller
+model fields (depth, hidden, heads, mlp_ratio, patch, temporal_scope, refine), the arm's optimizer steps (so that a smaller
 model trained for longer can be compared at equal compute) and its peak lr. With the same seed both recipes see the
 same clips in the same order (and start from the same weights when their models are the same). `--arms b
 --first-seed S --seeds 1` trains one arm at one seed, as that arm of the paired run would, so that the arms and
@@ -55,7 +55,7 @@ FIGURES = ("presence_f1", "garbage", "centroid_ratio_first_clip", "largest_part"
            "one_step_centroid_ratio")
 """Sampled rollouts' figures (vidgpt.evaluation's summary), then the network as a next-frame predictor
 (`experiments.predictor`: its one-call estimate of the first chunk from the clean prompt, over copy-last's)."""
-MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio", "patch", "temporal_scope")
+MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio", "patch", "temporal_scope", "refine")
 """Settable `ModelConfig` fields (applied to the --flavor's config)."""
 DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
 """Settable `DiffusionConfig` fields (the run config's [diffusion])."""
@@ -235,6 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"{flag} {' '.join(getattr(args, flag[2:]))} on flavor {args.flavor}: {exc}")
     if args.recipe_a == args.recipe_b and args.arms != "a":
         ap.error("--b changes nothing: recipes A and B are the same")
+    if args.arms == "a" and args.b:
+        ap.error(f"--arms a trains recipe A alone, so --b {' '.join(args.b)} would be ignored: drop it, or use "
+                 f"--arms b or ab")
     return args
 
 

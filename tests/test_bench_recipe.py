@@ -22,6 +22,7 @@ def test_recipe_changes_the_named_fields_with_their_types() -> None:
     assert recipe.recipe(small, ["mlp_ratio=2"]).model == (("hidden", 96), ("mlp_ratio", 2.0))  # B builds on A
     assert recipe.recipe(recipe.BASE, ["lr=4e-3"]).lr == 4e-3 and recipe.recipe(small, ["lr=1e-3"]).steps == 910
     assert recipe.recipe(recipe.BASE, ["temporal_scope=frame"]).model_config(recipe.FLAVORS["cpu"]).temporal_scope == "frame"
+    assert recipe.recipe(recipe.BASE, ["refine=32"]).model_config(recipe.FLAVORS["cpu"]).refine == 32
     for bad, match in [(["snr_max"], "expected FIELD=VALUE"), (["epochs=3"], "expected FIELD=VALUE"),
                        (["snr_max=lots"], "'lots' is not a float"), (["per_frame_noise=1"], "not true or false"),
                        (["steps=0"], "not a whole number >= 1"), (["hidden=1.5"], "'1.5' is not a int"),
@@ -94,6 +95,8 @@ def test_recipe_arm_learning_rate_reaches_training(capsys: pytest.CaptureFixture
     (["--b", "hidden=30"], "not divisible by heads"),
     (["--seeds", "0", "--b", "snr_max=3"], "--seeds must be > 0"),
     (["--chunk", "0", "--b", "snr_max=3"], "--chunk must be > 0"),
+    (["--arms", "a", "--b", "snr_max=3"], "--b snr_max=3 would be ignored"),
+    (["--b", "refine=-2"], "refine must be >= 0"),
 ])
 def test_recipe_benchmark_refuses_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:

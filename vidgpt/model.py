@@ -71,6 +71,12 @@ class ModelConfig:
     (frames x tokens per frame)^2 instead of frames^2 x tokens per frame. Its RoPE is 3D: a third of each
     head's pairs rotate by the token's row and column (`rope_dims`), so scores see spatial offsets as
     they see time offsets. Same parameters and kv-cache."""
+    refine: int = 0
+    """Channels of a convolutional refinement of the output (U-ViT's final 3x3 convolution, here residual: 3x3
+    conv C -> refine, SiLU, 3x3 conv refine -> C, added to the unpatchified output, its last conv starting at
+    zero so that a fresh model predicts as it would without it). It lets the network draw edges across patch
+    borders, which the per-token output layer cannot see. Per frame: causality and the kv-cache are untouched.
+    0: none (the paper's)."""
     flavor: str = field(default="custom", compare=False)
     """The named size (a key of FLAVORS) these hyperparameters started from; a label, not compared."""
     init_from: str = field(default="", compare=False)
@@ -86,6 +92,8 @@ class ModelConfig:
         for name in ("depth", "hidden", "heads", "patch", "in_channels", "freq_dim"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.refine < 0:
+            problems.append(f"refine must be >= 0 channels (got {self.refine})")
         if self.heads >= 1 and self.hidden % self.heads:
             problems.append(f"hidden={self.hidden} is not divisible by heads={self.heads}")
         elif self.heads >= 1 and (self.hidden // self.heads) % 2:
@@ -380,6 +388,20 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(h), shift, scale))
 
 
+class Refiner(nn.Module):
+    """ModelConfig.refine: a residual two-layer 3x3 convolution over each output frame."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cfg.in_channels, cfg.refine, 3, padding=1)
+        self.conv2 = nn.Conv2d(cfg.refine, cfg.in_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C, H, W) -> (B, T, C, H, W)."""
+        frames = x.flatten(0, 1)  # (B*T, C, H, W)
+        return x + self.conv2(F.silu(self.conv1(frames))).view_as(x)
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -426,6 +448,7 @@ class VidGPT(nn.Module):
             self.null_text = nn.Parameter(torch.zeros(cfg.text_len, cfg.text_dim))
         self.blocks = nn.ModuleList(STDiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
+        self.refiner = Refiner(cfg) if cfg.refine else None
         if init_weights:
             self.initialize_weights()
 
@@ -439,13 +462,15 @@ class VidGPT(nn.Module):
         d = self.cfg.hidden
         normal = {id(self.t_embedder.mlp[0]), id(self.t_embedder.mlp[2])}
         zero = {id(self.t_block[1]), id(self.final.linear)}  # adaLN-single starts from the per-block tables
+        if self.refiner is not None:
+            zero.add(id(self.refiner.conv2))
         zero |= {id(b.attn_c.proj) for b in self.blocks if self.cfg.text_dim}
         for module in self.modules():
             params = list(module.parameters(recurse=False))
             if not params:
                 continue
             with gather(params) if gather is not None else contextlib.nullcontext():
-                if isinstance(module, nn.Linear):
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
                     if id(module) in zero:
                         nn.init.zeros_(module.weight)
                     elif id(module) in normal:
@@ -594,7 +619,8 @@ class VidGPT(nn.Module):
             cache.advance(T)
 
         out = self.final(h, temb)  # (B, T, S, p*p*C)
-        return rearrange(out, "B T (h w) (p q C) -> B T C (h p) (w q)", h=hp, p=cfg.patch, q=cfg.patch)
+        out = rearrange(out, "B T (h w) (p q C) -> B T C (h p) (w q)", h=hp, p=cfg.patch, q=cfg.patch)
+        return out if self.refiner is None else self.refiner(out)
 
 
 # ----------------------------------------------------------------------------- accounting
@@ -620,7 +646,8 @@ def count_params(cfg: ModelConfig) -> int:
     block = NUM_MODULATIONS * d + 2 * (linear(d, 3 * d) + linear(d, d)) + linear(d, m) + linear(m, d)
     if cfg.text_dim:
         block += 2 * d + linear(d, d) + linear(d, 2 * d) + linear(d, d)
-    return n + cfg.depth * block + 2 * d + linear(d, cfg.patch_dim)
+    refiner = 2 * 9 * cfg.in_channels * cfg.refine + cfg.refine + cfg.in_channels if cfg.refine else 0
+    return n + cfg.depth * block + 2 * d + linear(d, cfg.patch_dim) + refiner
 
 
 def model_stats(
@@ -648,6 +675,7 @@ def model_stats(
     mm = 2 * N * cfg.patch_dim * d  # patch embedding
     mm += 2 * frame_rows * (cfg.freq_dim * d + d * d + d * NUM_MODULATIONS * d)  # t embedder + t_block
     mm += 2 * N * d * cfg.patch_dim  # output layer
+    mm += 2 * frame_rows * height * width * 2 * 9 * cfg.in_channels * cfg.refine  # the refiner's two convolutions
     if L:
         mm += 2 * batch * L * (cfg.text_dim * d + d * d)  # caption projection
     per_block = 2 * N * (2 * (3 * d * d + d * d) + 2 * d * m)  # spatial + temporal attn projections, MLP
