@@ -61,6 +61,9 @@ DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
 """Settable `DiffusionConfig` fields (the run config's [diffusion])."""
 OBJECTIVE_FIELDS = ("loss_weighting", "snr_max", "per_frame_noise", "prompt_per_clip", "teacher_forcing", "prompt_noise")
 """Settable `FramePromptObjective` fields (the run config's [objective])."""
+WEIGHTS = "weights.pt"
+"""What --out keeps of each trained model, beside its report: {"model": ModelConfig fields, "diffusion":
+DiffusionConfig fields, "state_dict"}, so that other samplers can be measured on it without training again."""
 SETTABLE = (*DIFFUSION_FIELDS, *OBJECTIVE_FIELDS, *MODEL_FIELDS, "steps", "lr")
 """What a recipe may change: diffusion, objective and model fields, `steps` (this arm's optimizer steps,
 for comparisons at equal compute: a smaller model trained for longer) and `lr` (this arm's peak learning rate)."""
@@ -209,7 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="frames denoised together when sampling (the demo's: 1; default: half the clip)")
     ap.add_argument("--window", type=int, default=None,
                     help="finished frames each chunk attends to (the demo's: 7; default: the clip length - chunk)")
-    ap.add_argument("--out", type=Path, default=None, help="also write each model's report, plot and sheet here")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"also write each model's report, plot, sheet and weights ({WEIGHTS}) here")
     args = ap.parse_args(argv)
     for name in ("seeds", "steps", "batch", "lr", "clip_len", "pool", "size", "clips", "multiples", "sample_steps",
                  "prompt_frames", "context_scale", "chunk", "window"):
@@ -280,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                               for k in FIGURES for v in [summary.get(k)]})
             trained[arm].append(arm_stats(stats))
             if args.out is not None:
-                write_outputs(report, truth, {"model": videos}, args.out / f"{arm}_seed{seed}")
+                arm_dir = args.out / f"{arm}_seed{seed}"
+                write_outputs(report, truth, {"model": videos}, arm_dir)
+                torch.save({"model": dataclasses.asdict(model.cfg), "diffusion": dataclasses.asdict(diffusion_cfg),
+                            "state_dict": model.state_dict()}, arm_dir / WEIGHTS)
             log(f"seed {seed}, recipe {arm.upper()}: {rows[arm][-1]} ({stats['seconds']} s of training)")
     result = {
         "benchmark": "recipe",

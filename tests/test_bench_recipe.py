@@ -4,8 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments import recipe
+from vidgpt.model import ModelConfig, VidGPT
 
 
 def test_recipe_changes_the_named_fields_with_their_types() -> None:
@@ -67,6 +69,10 @@ def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.
     assert (result["eval"]["chunk"], result["eval"]["window"]) == (1, 3)
     assert result["model"]["b"]["hidden"] == 16 and result["model"]["b"]["params"] < result["model"]["a"]["params"]
     assert (tmp_path / "r" / "b_seed1" / "sheet.png").is_file()
+    saved = torch.load(tmp_path / "r" / "b_seed1" / recipe.WEIGHTS)
+    model = VidGPT(ModelConfig(**saved["model"]))
+    model.load_state_dict(saved["state_dict"])  # the weights fit the config they were saved with
+    assert model.cfg.hidden == 16 and saved["diffusion"]["prediction"] == "x0"
 
     # one arm at one seed, in its own process, is that arm of the paired run (seeds spread over processes)
     alone = [*args[:args.index("--seeds")], "--seeds", "1", "--first-seed", "1", "--arms", "b",
@@ -75,6 +81,8 @@ def test_recipe_benchmark_prints_one_json_object(tmp_path: Path, capsys: pytest.
     single = json.loads(capsys.readouterr().out.strip())
     assert list(single["per_seed"]) == ["b"] and single["train"]["seeds"] == [1] and single["b_minus_a"] is None
     assert single["per_seed"]["b"][0] == result["per_seed"]["b"][1]
+    again = torch.load(tmp_path / "r" / "b_seed1" / recipe.WEIGHTS)["state_dict"]  # rewritten by the lone run
+    assert all(torch.equal(again[k], saved["state_dict"][k]) for k in saved["state_dict"])
 
 
 def test_recipe_arm_learning_rate_reaches_training(capsys: pytest.CaptureFixture[str]) -> None:
