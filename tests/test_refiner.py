@@ -32,7 +32,8 @@ def test_a_fresh_refiner_leaves_the_prediction_unchanged() -> None:
     plain = _model(TINY_NO_TEXT)
     refined = VidGPT(REFINED).eval()
     missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
-    assert sorted(missing) == ["refiner.conv1.bias", "refiner.conv1.weight", "refiner.conv2.bias", "refiner.conv2.weight"]
+    assert sorted(missing) == ["refiner.conv1.bias", "refiner.conv1.weight", "refiner.conv2.bias", "refiner.conv2.weight",
+                               "refiner.modulation.bias", "refiner.modulation.weight"]
     assert not unexpected
     assert refined.refiner.conv1.weight.abs().max() > 0  # only the last convolution starts at zero
     g = torch.Generator().manual_seed(1)
@@ -59,7 +60,10 @@ def test_the_refined_model_is_causal_and_mixes_neighbouring_pixels() -> None:
         frame = torch.zeros(1, 1, C, H, W)
         moved = frame.clone()
         moved[..., 0, 2] = 1.0
-        assert (model.refiner(moved) - model.refiner(frame))[..., 0, 1].abs().max() > 1e-4
+        temb = torch.randn(1, 1, REFINED.hidden, generator=g)
+        assert (model.refiner(moved, temb) - model.refiner(frame, temb))[..., 0, 1].abs().max() > 1e-4
+        # and it reads the timestep: the same frame refines differently at another noise level
+        assert (model.refiner(moved, temb) - model.refiner(moved, -temb)).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("chunk,window,n", [(1, 8, 6), (2, 8, 6)])

@@ -73,10 +73,10 @@ class ModelConfig:
     they see time offsets. Same parameters and kv-cache."""
     refine: int = 0
     """Channels of a convolutional refinement of the output (U-ViT's final 3x3 convolution, here residual: 3x3
-    conv C -> refine, SiLU, 3x3 conv refine -> C, added to the unpatchified output, its last conv starting at
-    zero so that a fresh model predicts as it would without it). It lets the network draw edges across patch
-    borders, which the per-token output layer cannot see. Per frame: causality and the kv-cache are untouched.
-    0: none (the paper's)."""
+    conv C -> refine, scaled and shifted by the frame's timestep embedding, SiLU, 3x3 conv refine -> C, added to
+    the unpatchified output; its last conv starts at zero so that a fresh model predicts as it would without it).
+    It lets the network draw edges across patch borders, which the per-token output layer cannot see. Per frame:
+    causality and the kv-cache are untouched. 0: none (the paper's)."""
     flavor: str = field(default="custom", compare=False)
     """The named size (a key of FLAVORS) these hyperparameters started from; a label, not compared."""
     init_from: str = field(default="", compare=False)
@@ -389,17 +389,20 @@ class FinalLayer(nn.Module):
 
 
 class Refiner(nn.Module):
-    """ModelConfig.refine: a residual two-layer 3x3 convolution over each output frame."""
+    """ModelConfig.refine: a residual two-layer 3x3 convolution over each output frame, its hidden channels
+    modulated by the frame's timestep embedding (so that it may smooth at high noise and keep edges at low)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cfg.in_channels, cfg.refine, 3, padding=1)
+        self.modulation = nn.Linear(cfg.hidden, 2 * cfg.refine)  # timestep embedding -> (scale, shift)
         self.conv2 = nn.Conv2d(cfg.refine, cfg.in_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C, H, W) -> (B, T, C, H, W)."""
-        frames = x.flatten(0, 1)  # (B*T, C, H, W)
-        return x + self.conv2(F.silu(self.conv1(frames))).view_as(x)
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C, H, W), temb: (B, T, D) -> (B, T, C, H, W)."""
+        scale, shift = self.modulation(F.silu(temb)).flatten(0, 1)[:, :, None, None].chunk(2, dim=1)  # (B*T, k, 1, 1)
+        h = F.silu(modulate(self.conv1(x.flatten(0, 1)), shift, scale))  # (B*T, k, H, W)
+        return x + self.conv2(h).view_as(x)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -463,7 +466,7 @@ class VidGPT(nn.Module):
         normal = {id(self.t_embedder.mlp[0]), id(self.t_embedder.mlp[2])}
         zero = {id(self.t_block[1]), id(self.final.linear)}  # adaLN-single starts from the per-block tables
         if self.refiner is not None:
-            zero.add(id(self.refiner.conv2))
+            zero |= {id(self.refiner.conv2), id(self.refiner.modulation)}
         zero |= {id(b.attn_c.proj) for b in self.blocks if self.cfg.text_dim}
         for module in self.modules():
             params = list(module.parameters(recurse=False))
@@ -620,7 +623,7 @@ class VidGPT(nn.Module):
 
         out = self.final(h, temb)  # (B, T, S, p*p*C)
         out = rearrange(out, "B T (h w) (p q C) -> B T C (h p) (w q)", h=hp, p=cfg.patch, q=cfg.patch)
-        return out if self.refiner is None else self.refiner(out)
+        return out if self.refiner is None else self.refiner(out, temb)
 
 
 # ----------------------------------------------------------------------------- accounting
@@ -646,7 +649,8 @@ def count_params(cfg: ModelConfig) -> int:
     block = NUM_MODULATIONS * d + 2 * (linear(d, 3 * d) + linear(d, d)) + linear(d, m) + linear(m, d)
     if cfg.text_dim:
         block += 2 * d + linear(d, d) + linear(d, 2 * d) + linear(d, d)
-    refiner = 2 * 9 * cfg.in_channels * cfg.refine + cfg.refine + cfg.in_channels if cfg.refine else 0
+    k = cfg.refine
+    refiner = 2 * 9 * cfg.in_channels * k + k + cfg.in_channels + linear(d, 2 * k) if k else 0
     return n + cfg.depth * block + 2 * d + linear(d, cfg.patch_dim) + refiner
 
 
@@ -675,7 +679,7 @@ def model_stats(
     mm = 2 * N * cfg.patch_dim * d  # patch embedding
     mm += 2 * frame_rows * (cfg.freq_dim * d + d * d + d * NUM_MODULATIONS * d)  # t embedder + t_block
     mm += 2 * N * d * cfg.patch_dim  # output layer
-    mm += 2 * frame_rows * height * width * 2 * 9 * cfg.in_channels * cfg.refine  # the refiner's two convolutions
+    mm += 2 * frame_rows * (height * width * 2 * 9 * cfg.in_channels + d * 2) * cfg.refine  # the refiner's convs, modulation
     if L:
         mm += 2 * batch * L * (cfg.text_dim * d + d * d)  # caption projection
     per_block = 2 * N * (2 * (3 * d * d + d * d) + 2 * d * m)  # spatial + temporal attn projections, MLP
