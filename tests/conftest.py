@@ -11,7 +11,10 @@ import torch
 
 from data_pipeline.s3_server import S3ServerError, start_moto_server
 from data_pipeline.storage import s3_client
+from vidgpt.diffusion import RectifiedFlow
+from vidgpt.kv_cache import TemporalKVCache
 from vidgpt.model import FLAVORS, ModelConfig, VidGPT
+from vidgpt.sampling import generate
 from vidgpt.testing import randomize_weights_
 
 TINY: ModelConfig = FLAVORS["tiny"]
@@ -23,6 +26,33 @@ def tiny_model(text: bool = True, seed: int = 0, dtype: torch.dtype = torch.floa
     torch.manual_seed(seed)
     model = VidGPT(TINY if text else TINY_NO_TEXT)
     return randomize_weights_(model, seed=seed).to(dtype).eval()
+
+
+def assert_cache_equals_no_cache(model: VidGPT, shape: tuple[int, int, int, int], chunk: int, window: int,
+                                 frames: int) -> None:
+    """`generate` with and without the kv-cache agrees (float64) from a (B, 2, C, H, W) prompt, until the
+    first eviction; and something was generated."""
+    B, C, H, W = shape
+    prompt = torch.randn(B, 2, C, H, W, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    runs = [generate(model, RectifiedFlow(), prompt, frames, chunk=chunk, window=window, steps=4, use_cache=cached,
+                     generator=torch.Generator().manual_seed(4)) for cached in (True, False)]
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-9, rtol=1e-9)
+    assert (runs[0][:, 2:] - prompt[:, -1:]).abs().max() > 1e-3
+
+
+def assert_teacher_forced_equals_cached(model: VidGPT, shape: tuple[int, int, int, int], frames: int) -> None:
+    """One teacher-forced call on [clean, noisy] predicts each noisy frame as the cached frame-by-frame calls do."""
+    B, C, H, W = shape
+    g = torch.Generator().manual_seed(5)
+    clean, noisy = (torch.randn(B, frames, C, H, W, generator=g) for _ in range(2))
+    t = torch.rand(B, frames, generator=g) * 1000
+    with torch.no_grad():
+        both = model(torch.cat([clean, noisy], 1), torch.cat([torch.zeros(B, frames), t], 1), teacher_forced=True)
+        cache = TemporalKVCache(window=frames)
+        for i in range(frames):
+            cached = model(noisy[:, i:i + 1], t[:, i:i + 1], cache=cache)[:, 0]
+            torch.testing.assert_close(both[:, frames + i], cached, atol=1e-5, rtol=1e-5)
+            model(clean[:, i:i + 1], torch.zeros(B, 1), cache=cache, write_cache=True)
 
 
 @pytest.fixture(autouse=True)
