@@ -21,7 +21,8 @@ frames [f - window, f) (`--sample-steps` steps, the export's context guidance); 
 `train`: the export's weights fine-tuned `--steps` steps at a constant lr (AdamW, no weight decay, the
 objective of its config: per-frame noise, snr_clamp, prompt noise, text dropout), EMA from the export's weights.
 Arm `own`: with probability `--prob` a batch's prompt frames are replaced by their own samples
-(`FramePromptObjective.loss_at(context=...)`); arm `plain`: never. Both arms draw the same clips, prompt
+(`FramePromptObjective.loss_at(context=...)`), with `--true-recent K` only the older ones (the K most recent stay
+true, written as OUT/own_recentK); arm `plain`: never. Both arms draw the same clips, prompt
 lengths, noise and timesteps (the coin has its own generator). The EMA is written as OUT/ARM/export.
 """
 
@@ -109,9 +110,22 @@ class FineTune:
     """Constant AdamW lr, no weight decay."""
     prob: float = 0.5
     """Share of the batches whose prompt frames are the model's own samples (0: the plain arm)."""
+    true_recent: int = 0
+    """In those batches the K most recent prompt frames stay true: own samples only in the older ones."""
     batch: int = 8
     ema_decay: float = 0.995
     seed: int = 0
+
+
+def own_context(own: torch.Tensor, true: torch.Tensor, prompt_len: torch.Tensor, true_recent: int) -> torch.Tensor:
+    """What the network sees in place of the prompt frames: own (B, L, C, H, W) samples, but the true frames from
+    prompt frame prompt_len[b] - true_recent on (prompt_len: (B,) int)."""
+    context = own.clone()
+    if true_recent:
+        for b, p in enumerate(prompt_len.tolist()):
+            lo = max(0, p - true_recent)
+            context[b, lo:] = true[b, lo:]
+    return context
 
 
 def fine_tune(model: VidGPT, diffusion: Diffusion, objective: FramePromptObjective, clip_len: int,
@@ -133,9 +147,12 @@ def fine_tune(model: VidGPT, diffusion: Diffusion, objective: FramePromptObjecti
         start = torch.randint(frames - clip_len + 1, (spec.batch,), generator=data_gen).tolist()
         x0 = torch.stack([true[i, s : s + clip_len] for i, s in zip(idx, start)])  # (B, L, C, H, W)
         use_own = float(torch.rand((), generator=coin_gen)) < spec.prob
-        context = torch.stack([own[i, s : s + clip_len] for i, s in zip(idx, start)]) if use_own else None
         owned += use_own
         prompt_len = objective.draw_prompt_lengths(clip_len, spec.batch, gen)
+        context = None
+        if use_own:
+            own_clips = torch.stack([own[i, s : s + clip_len] for i, s in zip(idx, start)])
+            context = own_context(own_clips, x0, prompt_len, spec.true_recent)
         text, text_mask = (pool[k][idx] if k in pool else None for k in ("text", "text_mask"))
         loss = objective.loss_at(model, diffusion, x0, prompt_len, generator=gen, text=text, text_mask=text_mask,
                                  context=context)
@@ -150,10 +167,10 @@ def fine_tune(model: VidGPT, diffusion: Diffusion, objective: FramePromptObjecti
 def train(args: argparse.Namespace, pool: dict[str, torch.Tensor]) -> dict[str, object]:
     model, info = load_exported(args.export, "cpu")
     spec = FineTune(steps=args.steps, lr=args.lr, prob=args.prob if args.arm == "own" else 0.0, batch=args.batch,
-                    ema_decay=args.ema_decay, seed=args.seed)
+                    ema_decay=args.ema_decay, seed=args.seed, true_recent=args.true_recent)
     ema, stats = fine_tune(model, exported_diffusion(info), FramePromptObjective(**info["objective"]),
                            info["data"]["num_frames"], pool, spec)
-    out = args.out / args.arm / "export"
+    out = args.out / (args.arm if not args.true_recent else f"{args.arm}_recent{args.true_recent}") / "export"
     save_derived_export(ema, args.export, out)
     return {"arm": args.arm, **dataclasses.asdict(spec), **stats, "export": str(out)}
 
@@ -171,11 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--lr", type=float, default=2e-4, help="constant lr (default: 2e-4, the quality run's last)")
     ap.add_argument("--prob", type=float, default=0.5, help="own: share of batches on own samples (default: 0.5)")
+    ap.add_argument("--true-recent", type=int, default=0,
+                    help="own: keep the K most recent prompt frames true, own samples only in older ones (default: 0)")
     ap.add_argument("--batch", type=int, default=8, help="clips per step; pool: videos per sampling call")
     ap.add_argument("--ema-decay", type=float, default=0.995)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.true_recent < 0:
+        ap.error(f"--true-recent must be >= 0 frames, got {args.true_recent}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what == "pool":

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -105,3 +106,19 @@ def test_the_area_sheet_draws_each_clips_videos_as_rows(tmp_path: Path) -> None:
         top = clip * (3 * tile + gap)
         assert [pixels[top + r * tile + 1, 1] for r in range(3)] == [10, 120, 240]  # truth, forced, rollout
         assert pixels[top, 0] == 255 and (pixels[top + 3 * tile : top + 3 * tile + gap] == 255).all()
+
+
+def test_own_context_keeps_the_most_recent_prompt_frames_true() -> None:
+    own, true = torch.zeros(3, 6, 1, 2, 2), torch.ones(3, 6, 1, 2, 2)
+    prompt_len = torch.tensor([4, 1, 0])
+    assert torch.equal(own_context.own_context(own, true, prompt_len, 0), own)  # all own
+    context = own_context.own_context(own, true, prompt_len, 2)
+    seen_true = context[:, :, 0, 0, 0]  # (B, L): 1 where the true frame is kept
+    assert seen_true.tolist() == [[0, 0, 1, 1, 1, 1], [1] * 6, [1] * 6]  # prompt frames 2, 3 true; 0 true; none
+    assert torch.equal(own, torch.zeros_like(own))  # the pool's tensors are not written
+
+
+def test_own_context_refuses_a_negative_true_recent(capsys) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit):
+        own_context.main(["train", "nowhere", "--out", "/tmp/x", "--true-recent", "-1"])
+    assert "--true-recent must be >= 0" in capsys.readouterr().err
