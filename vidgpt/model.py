@@ -76,7 +76,8 @@ class ModelConfig:
     conv C -> refine, scaled and shifted by the frame's timestep embedding, SiLU, 3x3 conv refine -> C, added to
     the unpatchified output; its last conv starts at zero so that a fresh model predicts as it would without it).
     It lets the network draw edges across patch borders, which the per-token output layer cannot see. Per frame:
-    causality and the kv-cache are untouched. 0: none (the paper's)."""
+    causality and the kv-cache are untouched. 0: none (the paper's, and the configs': on the built-in task it drew
+    solid shapes and lost small ones over the rollout, docs/experiments.md 2026-12-07)."""
     flavor: str = field(default="custom", compare=False)
     """The named size (a key of FLAVORS) these hyperparameters started from; a label, not compared."""
     init_from: str = field(default="", compare=False)
