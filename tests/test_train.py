@@ -131,16 +131,17 @@ def test_two_rank_zero3_run(run_a: Path) -> None:
     assert log.count("outputs: ") == 1  # rank 0 only
 
 
-@pytest.mark.parametrize("stage", [3, 0])
-def test_two_ranks_with_half_the_batch_each_train_as_one_process(tmp_path: Path, stage: int) -> None:
+@pytest.mark.parametrize("stage,refine", [(3, 0), (0, 0), (3, 4)])
+def test_two_ranks_with_half_the_batch_each_train_as_one_process(tmp_path: Path, stage: int, refine: int) -> None:
     """Data parallelism changes nothing but speed: 3 steps of 2 ranks through the trainer's DeepSpeed engine
     (ZeRO-3, and plain data parallel), each with half of every batch, give the weights of one process of plain
     torch (AdamW, clip_grad_norm_, the trainer's lr schedule) on the whole batches. The clipping threshold is
-    low enough to clip every step and the warm-up short, so the global gradient norm and the schedule count."""
+    low enough to clip every step and the warm-up short, so the global gradient norm and the schedule count.
+    Once with the output refiner (`model.refine`), whose convolutions ZeRO-3 partitions and initialises too."""
     out = tmp_path / "weights.pt"
     overrides = ["--model.flavor=tiny", "--data.batch_size=2", "--data.num_frames=4", "--optimizer.lr=3e-3",
                  "--optimizer.grad_clip=0.05", "--optimizer.warmup_steps=2", "--optimizer.weight_decay=0.01",
-                 f"--training.zero_stage={stage}", "--training.seed=5"]
+                 f"--training.zero_stage={stage}", "--training.seed=5", f"--model.refine={refine}"]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            str(free_port()), str(ROOT / "tests" / "dp_step.py"), str(out), *overrides],
@@ -150,6 +151,7 @@ def test_two_ranks_with_half_the_batch_each_train_as_one_process(tmp_path: Path,
     cfg = load_config(None, overrides)
     want = dp_step.reference(cfg, world=2)
     assert got.keys() == want.keys()
+    assert any(k.startswith("refiner.") for k in got) == bool(refine)
     start = dp_step.initial(cfg)
     moved = max((want[k] - start[k]).abs().max().item() for k in want)
     assert moved > 1e-3  # the steps did change the weights
