@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from data_pipeline.s3_server import S3ServerError, start_moto_server
 from data_pipeline.storage import s3_client
+from vidgpt.attention import Backend, use_backend
 from vidgpt.diffusion import RectifiedFlow
 from vidgpt.kv_cache import TemporalKVCache
 from vidgpt.model import FLAVORS, ModelConfig, VidGPT
@@ -53,6 +55,23 @@ def assert_teacher_forced_equals_cached(model: VidGPT, shape: tuple[int, int, in
             cached = model(noisy[:, i:i + 1], t[:, i:i + 1], cache=cache)[:, 0]
             torch.testing.assert_close(both[:, frames + i], cached, atol=1e-5, rtol=1e-5)
             model(clean[:, i:i + 1], torch.zeros(B, 1), cache=cache, write_cache=True)
+
+
+def counted_flops(model: VidGPT, shape: tuple[int, int, int, int], frames: int, cached: int) -> int:
+    """FLOPs torch's counter sees in one call on `frames` noisy frames (reference attention kernel), after
+    `cached` clean frames went into the kv-cache; a 5-token caption when the model takes text."""
+    B, C, H, W = shape
+    g = torch.Generator().manual_seed(6)
+    text = torch.randn(B, 5, model.cfg.text_dim, generator=g) if model.cfg.text_dim else None
+    cache = None
+    if cached:
+        cache = TemporalKVCache(window=8)
+        model(torch.randn(B, cached, C, H, W, generator=g), torch.zeros(B, cached), text=text, cache=cache,
+              write_cache=True)
+    with use_backend(Backend.MATH), FlopCounterMode(display=False) as counter:
+        model(torch.randn(B, frames, C, H, W, generator=g), torch.rand(B, frames, generator=g) * 1000, text=text,
+              cache=cache)
+    return counter.get_total_flops()
 
 
 @pytest.fixture(autouse=True)

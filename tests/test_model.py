@@ -4,13 +4,11 @@ import dataclasses
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from vidgpt.attention import Backend, use_backend
 from vidgpt.kv_cache import TemporalKVCache
 from vidgpt.model import FLAVORS, ModelConfig, VidGPT, count_params, model_stats, text_mask_or_none
 
-from conftest import TINY, tiny_model
+from conftest import TINY, counted_flops, tiny_model
 
 B, T, C, H, W = 2, 6, 4, 8, 8
 
@@ -71,16 +69,8 @@ def test_flavors() -> None:
 def test_analytic_flops_match_flop_counter(text: bool, cached: int) -> None:
     """model_stats counts every matmul and attention product the forward really runs (reference kernel)."""
     model = tiny_model(text=text)
-    x, t, txt, _ = _inputs(frames=4)
-    cache = None
-    if cached:
-        cache = TemporalKVCache(window=8)
-        model(torch.randn(B, cached, C, H, W), torch.zeros(B, cached), text=txt if text else None,
-              cache=cache, write_cache=True)
-    with use_backend(Backend.MATH), FlopCounterMode(display=False) as counter:
-        model(x, t, text=txt if text else None, cache=cache)
     stats = model_stats(model.cfg, 4, H, W, batch=B, cached_frames=cached)
-    assert counter.get_total_flops() == stats.flops
+    assert counted_flops(model, (B, C, H, W), 4, cached) == stats.flops
     assert 0 < stats.attention_flops < stats.flops
 
 

@@ -7,15 +7,12 @@ import dataclasses
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from vidgpt.attention import Backend, use_backend
 from vidgpt.config import ConfigError, load_config
-from vidgpt.kv_cache import TemporalKVCache
 from vidgpt.model import VidGPT, count_params, model_stats
 from vidgpt.testing import randomize_weights_
 
-from conftest import TINY, TINY_NO_TEXT, assert_cache_equals_no_cache, assert_teacher_forced_equals_cached
+from conftest import TINY, TINY_NO_TEXT, assert_cache_equals_no_cache, assert_teacher_forced_equals_cached, counted_flops
 
 REFINED = dataclasses.replace(TINY_NO_TEXT, refine=8)
 B, C, H, W = 2, 4, 8, 8
@@ -78,16 +75,7 @@ def test_the_refiner_is_counted_in_parameters_and_flops(cached: int) -> None:
     cfg = dataclasses.replace(TINY, refine=8)
     model = _model(cfg)
     assert sum(p.numel() for p in model.parameters()) == count_params(cfg) > count_params(TINY)
-    g = torch.Generator().manual_seed(6)
-    text = torch.randn(B, 5, TINY.text_dim, generator=g)
-    cache = None
-    if cached:
-        cache = TemporalKVCache(window=8)
-        model(torch.randn(B, cached, C, H, W, generator=g), torch.zeros(B, cached), text=text, cache=cache,
-              write_cache=True)
-    with use_backend(Backend.MATH), FlopCounterMode(display=False) as counter:
-        model(torch.randn(B, 4, C, H, W, generator=g), torch.rand(B, 4, generator=g) * 1000, text=text, cache=cache)
-    assert counter.get_total_flops() == model_stats(cfg, 4, H, W, batch=B, cached_frames=cached).flops
+    assert counted_flops(model, (B, C, H, W), 4, cached) == model_stats(cfg, 4, H, W, batch=B, cached_frames=cached).flops
 
 
 def test_the_config_takes_refine_and_names_a_bad_value() -> None:

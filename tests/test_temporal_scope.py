@@ -7,15 +7,14 @@ import dataclasses
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from vidgpt.attention import Backend, reference_attention, use_backend
+from vidgpt.attention import reference_attention
 from vidgpt.config import ConfigError, load_config
-from vidgpt.kv_cache import TemporalKVCache, rope_angles
+from vidgpt.kv_cache import rope_angles
 from vidgpt.model import VidGPT, model_stats, rotate, spatial_rope_angles, teacher_forcing_mask, whole_frame_attention
 from vidgpt.testing import randomize_weights_
 
-from conftest import TINY, TINY_NO_TEXT, assert_cache_equals_no_cache, assert_teacher_forced_equals_cached
+from conftest import TINY, TINY_NO_TEXT, assert_cache_equals_no_cache, assert_teacher_forced_equals_cached, counted_flops
 
 FRAME = dataclasses.replace(TINY_NO_TEXT, temporal_scope="frame")
 B, C, H, W = 2, 4, 8, 8
@@ -96,17 +95,9 @@ def test_frame_scope_teacher_forced_call_equals_cached_frame_by_frame_calls() ->
 @pytest.mark.parametrize("cached", [0, 3])
 def test_frame_scope_flops_match_the_flop_counter(cached: int) -> None:
     model = _model(dataclasses.replace(TINY, temporal_scope="frame"))
-    g = torch.Generator().manual_seed(6)
-    text = torch.randn(B, 5, TINY.text_dim, generator=g)
-    cache = None
-    if cached:
-        cache = TemporalKVCache(window=8)
-        model(torch.randn(B, cached, C, H, W, generator=g), torch.zeros(B, cached), text=text, cache=cache,
-              write_cache=True)
-    with use_backend(Backend.MATH), FlopCounterMode(display=False) as counter:
-        model(torch.randn(B, 4, C, H, W, generator=g), torch.rand(B, 4, generator=g) * 1000, text=text, cache=cache)
+    flops = counted_flops(model, (B, C, H, W), 4, cached)
     stats = model_stats(model.cfg, 4, H, W, batch=B, cached_frames=cached)
-    assert counter.get_total_flops() == stats.flops
+    assert flops == stats.flops
     assert stats.attention_flops > model_stats(TINY, 4, H, W, batch=B, cached_frames=cached).attention_flops
 
 
