@@ -102,11 +102,18 @@ def test_cfg_combines_two_separately_run_branches() -> None:
     _assert_roundoff(out[:, 2:], _one_step_by_hand(model, diffusion, prompt, text, cfg_scale=s))
 
 
-def _one_step_by_hand(model, diffusion, prompt, text, *, cfg_scale, context_scale=1.0):  # noqa: ANN001, ANN202
+def _one_step_by_hand(model, diffusion, prompt, text, *, cfg_scale, context_scale=1.0, guidance_noise=0.0):  # noqa: ANN001, ANN202
     """The first 2-frame chunk after `prompt` of a 1-step sampler, from separate model calls: each text
-    branch with its own cache; with context_scale != 1 also the chunk alone at the same positions."""
+    branch with its own cache; with context_scale != 1 also the chunk alone at the same positions, or with
+    guidance_noise > 0 the chunk after the prompt noised to that fraction (its noise drawn first)."""
     P = prompt.shape[1]
-    x = torch.randn(B, 2, C, H, W, generator=torch.Generator().manual_seed(11))  # _gen's seed: the same noise
+    gen = torch.Generator().manual_seed(11)  # _gen's seed: the same noise
+    noised_prompt, t_noised = None, None
+    if guidance_noise:
+        t_free = diffusion.time_at(torch.full((B, P), guidance_noise))
+        noised_prompt = diffusion.add_noise(prompt, torch.randn(prompt.shape, generator=gen), t_free)
+        t_noised = diffusion.model_time(t_free)
+    x = torch.randn(B, 2, C, H, W, generator=gen)
     t = diffusion.model_time(torch.full((B, 2), 1.0))
     with torch.no_grad():
         branch = {}
@@ -115,7 +122,10 @@ def _one_step_by_hand(model, diffusion, prompt, text, *, cfg_scale, context_scal
             model(prompt, torch.zeros(B, P), text=txt, cache=cache, write_cache=True)
             branch[name] = model(x, t, text=txt, cache=cache)
             if context_scale != 1.0:
-                alone = model(x, t, text=txt, frame_offset=P)
+                if noised_prompt is None:
+                    alone = model(x, t, text=txt, frame_offset=P)
+                else:  # no cache: the noised prompt and the chunk in one call
+                    alone = model(torch.cat([noised_prompt, x], 1), torch.cat([t_noised, t], 1), text=txt)[:, P:]
                 branch[name] = alone + context_scale * (branch[name] - alone)
     v = branch["null"] + cfg_scale * (branch["cond"] - branch["null"])
     return diffusion.step(v, x, 1.0, 0.0)
@@ -147,6 +157,37 @@ def test_context_guidance_combines_the_chunk_with_and_without_earlier_frames() -
     a = _gen(model, diffusion, empty, 4, chunk=2, window=4, steps=2, text=text, context_scale=s)
     b = _gen(model, diffusion, empty, 4, chunk=2, window=4, steps=2, text=text)
     assert torch.equal(a[:, :2], b[:, :2]) and not torch.equal(a[:, 2:], b[:, 2:])
+
+
+@pytest.mark.parametrize("diffusion", PROCESSES, ids=["ddpm", "flow"])
+def test_fractional_context_guidance_sees_the_noised_earlier_frames(diffusion) -> None:  # noqa: ANN001
+    """Fractional context guidance: one step rebuilt by hand (the unguided prediction is the chunk after the
+    prompt noised to the fraction, labelled with its time); the cached and the recomputed paths agree until
+    the first eviction, also with a sink and caption guidance; it differs from plain context guidance, 0 is
+    plain context guidance bit for bit, and bad values or a missing context guidance are refused."""
+    model = tiny_model(text=True)
+    prompt, text, s, g, h = _prompt(3), torch.randn(B, 4, 16), 2.0, 3.0, 0.5
+    if isinstance(diffusion, RectifiedFlow):  # (the by-hand step is the flow's: one step from t = 1 to 0)
+        out = _gen(model, diffusion, prompt, 2, chunk=2, window=4, steps=1, text=text, cfg_scale=g, context_scale=s,
+                   context_guidance_noise=h)
+        _assert_roundoff(out[:, 3:], _one_step_by_hand(model, diffusion, prompt, text, cfg_scale=g, context_scale=s,
+                                                       guidance_noise=h))
+    P, chunk, window, n = 2, 2, 8, 6
+    assert frames_before_eviction(P, n, chunk=chunk, window=window) == n
+    kw = dict(chunk=chunk, window=window, steps=3, text=text, cfg_scale=g, context_scale=s, sink=1)
+    cached = _gen(model, diffusion, prompt[:, :P], n, use_cache=True, context_guidance_noise=h, **kw)
+    _assert_roundoff(cached, _gen(model, diffusion, prompt[:, :P], n, use_cache=False, context_guidance_noise=h, **kw))
+    plain = _gen(model, diffusion, prompt[:, :P], n, **kw)
+    assert torch.equal(plain, _gen(model, diffusion, prompt[:, :P], n, context_guidance_noise=0.0, **kw))
+    assert (cached[:, P:] - plain[:, P:]).abs().max() > 1e-3 * plain.abs().max()
+    for bad in (1.0, -0.1, float("nan")):
+        _one_line_error("context_guidance_noise must be a number in", lambda bad=bad: _gen(
+            model, diffusion, prompt, 2, context_guidance_noise=bad, **kw))
+        _one_line_error("context_guidance_noise must be a number in",
+                        lambda bad=bad: SamplingSpec(context_scale=2.0, context_guidance_noise=bad))
+    _one_line_error(r"context_guidance_noise needs context guidance \(context_scale != 1\)",
+                    lambda: _gen(model, diffusion, prompt, 2, **{**kw, "context_scale": 1.0, "context_guidance_noise": h}))
+    _one_line_error("context_guidance_noise needs context guidance", lambda: SamplingSpec(context_guidance_noise=h))
 
 
 def test_eviction_makes_the_two_differ_and_bounds_the_cache() -> None:
@@ -216,18 +257,19 @@ def test_model_calls_and_flops_match_what_generate_runs() -> None:
             cache = kwargs.get("cache")
             seen.append((args[0].shape[1], 0 if cache is None else cache.length))
 
-        for context_scale in (1.0, 2.0):
+        for context_scale, noise in ((1.0, 0.0), (2.0, 0.0), (2.0, 0.4)):
             seen.clear()
             handle = model.register_forward_pre_hook(hook, with_kwargs=True)
             kw = dict(chunk=3, window=4, steps=3, use_cache=use_cache)  # chunks of 3, 3, 2 frames
             with use_backend(Backend.MATH), FlopCounterMode(display=False) as counter:
-                _gen(model, RectifiedFlow(), prompt, 8, text=text, cfg_scale=2.0, context_scale=context_scale, **kw)
+                _gen(model, RectifiedFlow(), prompt, 8, text=text, cfg_scale=2.0, context_scale=context_scale,
+                     context_guidance_noise=noise, **kw)
             handle.remove()
-            guided = context_scale != 1.0
-            plan = model_calls(2, 8, chunk=3, window=4, steps=3, use_cache=use_cache, context_guided=guided)
+            flags = dict(context_guided=context_scale != 1.0, fractional=noise > 0)
+            plan = model_calls(2, 8, chunk=3, window=4, steps=3, use_cache=use_cache, **flags)
             assert seen == [(c.new_frames, c.cached_frames) for c in plan]
             # (a 1-frame chunk alone would be off: the counter does not see einsum's singleton products)
-            assert counter.get_total_flops() == generation_flops(model, prompt, 8, guided=True, context_guided=guided, **kw)
+            assert counter.get_total_flops() == generation_flops(model, prompt, 8, guided=True, **flags, **kw)
     assert model_calls(1, 4, chunk=2, window=8, steps=2, use_cache=True) == [
         ModelCall(1, 0), ModelCall(2, 1), ModelCall(2, 1), ModelCall(2, 1), ModelCall(2, 3), ModelCall(2, 3),
     ]

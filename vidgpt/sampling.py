@@ -33,6 +33,15 @@ range and labelled with that time, so later chunks lean less on its fine errors.
 clean. The noise is drawn from the sampler's generator after each chunk that later chunks see (not after
 the last), in the same order with and without the cache. It needs a model that saw noisy earlier frames
 in training (per-frame noise).
+
+Fractional context guidance (`context_guidance_noise` h > 0, the fractional History Guidance of DFoT,
+Song et al. 2025): the unguided prediction of context guidance sees the earlier frames noised to the
+fraction h of the noise range (labelled with that time) instead of no earlier frame, so guidance pushes
+only along what the noise removes from them (their fine detail: outlines, exact positions) and keeps what
+it leaves (colours, coarse layout). With the cache it has a second kv-cache of its own, written with the
+noised frames; each frame is noised once, with noise drawn from the sampler's generator (the prompt's
+before the first chunk, each chunk's after it, after the context-noise draw), the same with and without
+the cache. It needs context_scale != 1 and a model trained with per-frame noise.
 """
 
 from __future__ import annotations
@@ -86,6 +95,9 @@ class SamplingSpec:
     context_noise: float = 0.0
     """Generated frames enter the context noised to this fraction of the noise range and labelled with that
     time (prompt frames stay clean; 0 = clean context; for models trained with per-frame noise)."""
+    context_guidance_noise: float = 0.0
+    """Context guidance's unguided prediction sees the earlier frames noised to this fraction of the noise range
+    instead of none (fractional history guidance; 0 = none; needs context_scale != 1 and per-frame noise)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Network precision: auto is bf16 on GPUs of compute capability >= 8.0, fp32 elsewhere; the
     sampler's state stays fp32."""
@@ -108,6 +120,11 @@ class SamplingSpec:
                 problems.append(f"{name} must be a number > 0 (1 = no guidance), got {value}")
         if not (math.isfinite(self.context_noise) and 0 <= self.context_noise < 1):
             problems.append(f"context_noise must be a number in [0, 1), got {self.context_noise}")
+        if not (math.isfinite(self.context_guidance_noise) and 0 <= self.context_guidance_noise < 1):
+            problems.append(f"context_guidance_noise must be a number in [0, 1), got {self.context_guidance_noise}")
+        elif self.context_guidance_noise and self.context_scale == 1.0:
+            problems.append("context_guidance_noise needs context guidance (context_scale != 1): it sets what the "
+                            "unguided prediction sees")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if problems:
@@ -141,31 +158,36 @@ class ModelCall:
 
 def model_calls(
     prompt_frames: int, num_frames: int, *, chunk: int, window: int, steps: int, use_cache: bool,
-    context_guided: bool = False,
+    context_guided: bool = False, fractional: bool = False,
 ) -> list[ModelCall]:
     """Every network call `generate` makes, in order (for FLOP accounting); context_guided: with
-    context_scale != 1 (one more call on the chunk alone per step of every chunk after frame 0)."""
+    context_scale != 1 (one more call on the chunk alone per step of every chunk after frame 0);
+    fractional: with context_guidance_noise > 0 (that call also reads the noised earlier frames, and the
+    cache of them is written as the main one is)."""
     calls: list[ModelCall] = []
+    fractional = fractional and context_guided
+    writes = 2 if fractional else 1
     if use_cache and prompt_frames:
-        calls.append(ModelCall(prompt_frames, 0))
+        calls += [ModelCall(prompt_frames, 0)] * writes
     plan = list(chunks(prompt_frames, num_frames, chunk))
     for i, (start, size) in enumerate(plan):
         context = min(start, window)  # finished frames visible to this chunk
         step = [ModelCall(size, context) if use_cache else ModelCall(context + size, 0)]
-        if context_guided and start > 0:
-            step.append(ModelCall(size, 0))  # the chunk without earlier frames
+        if context_guided and start > 0:  # the chunk without earlier frames, or with them noised
+            step.append((ModelCall(size, context) if use_cache else ModelCall(context + size, 0)) if fractional
+                        else ModelCall(size, 0))
         calls += step * steps
         if use_cache and i + 1 < len(plan):
-            calls.append(ModelCall(size, context))  # write the finished chunk
+            calls += [ModelCall(size, context)] * writes  # write the finished chunk
     return calls
 
 
 def generation_flops(
     model: VidGPT, prompt: Tensor, num_frames: int, *, chunk: int, window: int, steps: int,
-    use_cache: bool, guided: bool = False, context_guided: bool = False,
+    use_cache: bool, guided: bool = False, context_guided: bool = False, fractional: bool = False,
 ) -> int:
     """Analytic forward FLOPs of one `generate` call (guided: cfg_scale != 1; context_guided:
-    context_scale != 1)."""
+    context_scale != 1; fractional: context_guidance_noise > 0)."""
     B, P, _, H, W = prompt.shape
     return sum(
         model_stats(
@@ -173,7 +195,7 @@ def generation_flops(
             cached_frames=c.cached_frames,
         ).flops
         for c in model_calls(P, num_frames, chunk=chunk, window=window, steps=steps, use_cache=use_cache,
-                             context_guided=context_guided)
+                             context_guided=context_guided, fractional=fractional)
     )
 
 
@@ -197,6 +219,7 @@ def generate(
     context_scale: float = 1.0,
     sink: int = 0,
     context_noise: float = 0.0,
+    context_guidance_noise: float = 0.0,
     on_chunk: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """Generate `num_frames` frames after `prompt` (B, P, C, H, W); returns (B, P + num_frames, C, H, W).
@@ -214,6 +237,8 @@ def generate(
     docstring); 0 <= sink <= P, and sink < window when > 0; 0 = none.
     context_noise: generated frames enter the context noised to this fraction of the noise range, labelled
     with that time (see the module docstring); 0 = clean.
+    context_guidance_noise: context guidance's unguided prediction sees the earlier frames noised to this
+    fraction of the noise range instead of none (see the module docstring); 0 = none; needs context_scale != 1.
     on_chunk(frames): called with the prompt (when P > 0) and then each finished chunk (B, n, C, H, W), in
     order, so that a caller can decode the video while it is generated.
     """
@@ -232,6 +257,10 @@ def generate(
         raise ValueError(f"sink ({sink}) must be >= 0 and < window ({window}): the sink counts within the window")
     if not (math.isfinite(context_noise) and 0 <= context_noise < 1):
         raise ValueError(f"context_noise must be a number in [0, 1), got {context_noise}")
+    if not (math.isfinite(context_guidance_noise) and 0 <= context_guidance_noise < 1):
+        raise ValueError(f"context_guidance_noise must be a number in [0, 1), got {context_guidance_noise}")
+    if context_guidance_noise and context_scale == 1.0:
+        raise ValueError("context_guidance_noise needs context guidance (context_scale != 1)")
     if sink > prompt.shape[1]:
         raise ValueError(f"sink ({sink}) must be <= the prompt frames ({prompt.shape[1]}): the sink holds prompt frames")
     guided = cfg_scale != 1.0
@@ -274,6 +303,27 @@ def generate(
     if cache is not None and P:  # P = 0: text to video, the first chunk starts from noise alone
         net(prompt, zeros(P), cache=cache, write_cache=True)
 
+    # fractional context guidance: what the unguided prediction sees of the finished frames, noised once each
+    fractional = context_guidance_noise > 0
+    free_cache = TemporalKVCache(window, sink=sink, rope_theta=model.cfg.rope_theta,
+                                 rope_dims=model.cfg.rope_dims[0]) if use_cache and fractional else None
+    free_seen: list[Tensor] = []  # without the cache: the noised frames and their (1, n) model times
+    free_seen_t: list[Tensor] = []
+
+    def show_unguided(done_frames: Tensor) -> None:
+        n = done_frames.shape[1]
+        t_free = diffusion.time_at(torch.full((B, n), context_guidance_noise, device=prompt.device))
+        eps = torch.randn(done_frames.shape, generator=generator, device=prompt.device, dtype=prompt.dtype)
+        noised, t_label = diffusion.add_noise(done_frames, eps, t_free), diffusion.model_time(t_free[:1])
+        if free_cache is not None:
+            net(noised, t_label, cache=free_cache, write_cache=True)
+        else:
+            free_seen.append(noised)
+            free_seen_t.append(t_label)
+
+    if fractional and P:
+        show_unguided(prompt)
+
     frames = [prompt]  # what the video is
     if on_chunk is not None and P:
         on_chunk(prompt)
@@ -288,6 +338,9 @@ def generate(
         if cache is None:  # (B, <=W, C, H, W) and (1, <=W)
             context = _context(torch.cat(seen, dim=1), window, sink)
             context_t = _context(torch.cat(seen_t, dim=1), window, sink)
+            if free_seen:
+                free_context = _context(torch.cat(free_seen, dim=1), window, sink)
+                free_context_t = _context(torch.cat(free_seen_t, dim=1), window, sink)
         for t, t_next in schedule:
             t_model = diffusion.model_time(torch.full((1, size), t, device=prompt.device))
             if cache is not None:
@@ -296,8 +349,15 @@ def generate(
                 n_ctx = context.shape[1]
                 t_all = torch.cat([context_t, t_model], dim=1)
                 out = net(torch.cat([context, x], dim=1), t_all, frame_offset=start - n_ctx)[:, n_ctx:]
-            if context_scale != 1.0 and start > 0:  # the same chunk without any earlier frame
-                free = net(x, t_model, frame_offset=start)
+            if context_scale != 1.0 and start > 0:  # the same chunk without any earlier frame, or with them noised
+                if not fractional:
+                    free = net(x, t_model, frame_offset=start)
+                elif free_cache is not None:
+                    free = net(x, t_model, cache=free_cache)
+                else:
+                    n_free = free_context.shape[1]
+                    free = net(torch.cat([free_context, x], dim=1), torch.cat([free_context_t, t_model], dim=1),
+                               frame_offset=start - n_free)[:, n_free:]
                 out = free + context_scale * (out - free)
             noise = None
             if diffusion.needs_step_noise():
@@ -317,6 +377,8 @@ def generate(
             else:
                 seen.append(x_seen)
                 seen_t.append(t_x)
+            if fractional:
+                show_unguided(x)
         done += size
         if progress is not None:
             progress(done, num_frames)
@@ -347,7 +409,8 @@ def generate_as(
         model, diffusion, prompt, num_frames, chunk=spec.chunk, window=spec.window, steps=spec.steps,
         text=text, text_mask=text_mask, cfg_scale=spec.cfg_scale if text is not None else 1.0,
         use_cache=spec.kv_cache and model.cfg.causal, generator=generator, progress=progress, autocast=autocast,
-        context_scale=spec.context_scale, sink=spec.sink, context_noise=spec.context_noise, on_chunk=on_chunk,
+        context_scale=spec.context_scale, sink=spec.sink, context_noise=spec.context_noise,
+        context_guidance_noise=spec.context_guidance_noise, on_chunk=on_chunk,
     )
 
 

@@ -208,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"continuing {spec.num_clips} clips from {s.prompt_frames} prompt frames for {spec.multiples} x "
           f"{spec.clip_len} frames (chunk {s.chunk}, window {s.window}{f', sink {s.sink}' if s.sink else ''}, "
           f"{s.steps} steps, eta {diffusion.eta:g}, "
-          f"{f'context guidance {s.context_scale:g}, ' if s.context_scale != 1.0 else ''}"
+          f"{f'context guidance {s.context_scale:g}' if s.context_scale != 1.0 else ''}"
+          f"{f' against context noised to {s.context_guidance_noise:g}' if s.context_guidance_noise else ''}"
+          f"{', ' if s.context_scale != 1.0 else ''}"
+          f"{f'context noise {s.context_noise:g}, ' if s.context_noise else ''}"
           f"{f'caption guidance {s.cfg_scale:g}, ' if s.cfg_scale != 1.0 and clips.text is not None else ''}"
           f"{'kv-cache' if use_cache else 'no cache'}, {clips.conditioning})", flush=True)
     videos = continue_videos(model, diffusion, clips.codec, clips.truth, spec, seed=args.seed,
