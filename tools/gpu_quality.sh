@@ -6,7 +6,7 @@
 # Runs `vidgpt-demo --quality --device cuda`: 4,096 synthetic videos of the built-in task, the quality
 # config (configs/quality_cpu.toml: the demo's recipe, 6,000 steps; QUALITY_STEPS overrides), a planned
 # preemption and resume, export, and vidgpt-eval on 16 held-out scenes at 8x the clip against the quality
-# tier's goals. Wheels in .whl/ (deepspeed, av, ...: a machine that fetches nothing) are installed first.
+# tier's goals. Wheels in .whl/ (tools/gpu_wheels.sh: a machine that fetches nothing) are installed first.
 # Run tools/gpu_smoke.sh before it on a new machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,12 +19,7 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
   echo '{"gpu_quality": "no CUDA device visible to torch"}'
   exit 1
 fi
-if compgen -G ".whl/*.whl" >/dev/null; then
-  log "installing the wheels in .whl/"
-  "$PY" -m pip install -q --no-index --find-links .whl .whl/*.whl >"$WORK/pip.log" 2>&1 || log "pip failed: $WORK/pip.log"
-  "$PY" -m pip install -q --no-deps --no-build-isolation -e . >>"$WORK/pip.log" 2>&1 || log "pip -e failed: $WORK/pip.log"
-fi
-unset DS_ACCELERATOR
+source tools/gpu_env.sh
 
 STEPS=()
 [[ -n "${QUALITY_STEPS:-}" ]] && STEPS=(--steps "$QUALITY_STEPS")

@@ -11,7 +11,8 @@
 # 5. export, and bf16 sampling with the kv-cache;
 # 6. vidgpt-bench kvcache on the GPU (the cache's speedup) and vidgpt-bench attention.
 # Summary: step time, tokens/s, MFU against the GPU's dense bf16 peak, peak memory, kv-cache speedup and
-# the outcome of every stage. Needs a CUDA build of torch (and flash-attn: pip install -e '.[gpu]').
+# the outcome of every stage. Needs a CUDA build of torch (and flash-attn: pip install -e '.[gpu]', else SDPA);
+# the wheels in .whl/ (tools/gpu_wheels.sh) are installed first, for a machine that fetches nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-$(mktemp -d /tmp/vidgpt-gpu-smoke.XXXXXX)}"
@@ -33,7 +34,7 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
   echo '{"gpu_smoke": "no CUDA device visible to torch"}'
   exit 1
 fi
-unset DS_ACCELERATOR
+source tools/gpu_env.sh
 
 stage pytest_gpu "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
 stage demo "$PY" -m vidgpt.demo --device cuda --run-dir "$WORK/demo" --steps "${SMOKE_DEMO_STEPS:-200}"
