@@ -59,8 +59,7 @@ MODEL_FIELDS = ("depth", "hidden", "heads", "mlp_ratio", "patch", "temporal_scop
 """Settable `ModelConfig` fields (applied to the --flavor's config)."""
 DIFFUSION_FIELDS = ("prediction", "time_sampling", "ddim_eta", "data_std")
 """Settable `DiffusionConfig` fields (the run config's [diffusion])."""
-OBJECTIVE_FIELDS = ("loss_weighting", "snr_max", "per_frame_noise", "prompt_per_clip", "teacher_forcing", "prompt_noise",
-                    "motion_weight")
+OBJECTIVE_FIELDS = ("loss_weighting", "snr_max", "per_frame_noise", "prompt_per_clip", "teacher_forcing", "prompt_noise")
 """Settable `FramePromptObjective` fields (the run config's [objective])."""
 WEIGHTS = "weights.pt"
 """What --out keeps of each trained model, beside its report: {"model": ModelConfig fields, "diffusion":

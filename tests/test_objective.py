@@ -370,39 +370,3 @@ def test_context_replaces_what_the_prompt_frames_show_and_nothing_else(prompt_no
     assert got != ref  # the network saw other frames, so it predicts other ones
     with pytest.raises(ValueError, match="context must be shaped like x0"):
         objective.loss_at(plain, flow, x0, lens, context=context[:, :4])
-
-
-def test_motion_weight_weighs_the_pixels_that_change_from_the_previous_frame() -> None:
-    """A 2 x 2 square moving one pixel per frame over a still background: its leading and trailing edges
-    weigh 1 + w, the square's unchanged pixels and the background 1, the first frame and a still frame 1;
-    a smaller change weighs in proportion to the frame's largest. The loss is the hand-weighted mean, 0
-    is the default bit for bit, and a negative or non-finite weight is refused."""
-    x0 = torch.zeros(1, 4, 2, 6, 6)
-    for i, col in enumerate((0, 1, 2)):
-        x0[0, i, :, 2:4, col:col + 2] = 1.0
-    x0[0, 3] = x0[0, 2]  # the last frame stands still
-    x0[0, 1, 1, 0, 5] = 0.5  # one pixel of frame 1 changes by half the largest change, in one channel
-    w = FramePromptObjective(motion_weight=3.0).pixel_weight(x0)
-    assert w.shape == (1, 4, 1, 6, 6)
-    assert (w[0, 0] == 1).all() and (w[0, 3] == 1).all()  # no earlier frame; no change
-    expected = torch.ones(6, 6)
-    expected[2:4, 0] = expected[2:4, 2] = 4.0  # frame 1: left column vacated, right column entered
-    expected[0, 5] = 2.5
-    torch.testing.assert_close(w[0, 1, 0], expected)
-    expected = torch.ones(6, 6)
-    expected[2:4, 1] = expected[2:4, 3] = 4.0
-    expected[0, 5] = 2.5  # frame 2: the half-changed pixel changes back
-    torch.testing.assert_close(w[0, 2, 0], expected)
-
-    zeros = lambda x, t, **kw: torch.zeros_like(x)  # noqa: E731
-    flow = RectifiedFlow("x0")
-    got = FramePromptObjective(motion_weight=3.0).loss_at(zeros, flow, x0, 1, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(got, (w * x0.pow(2))[:, 1:].mean())
-    plain = FramePromptObjective().loss_at(zeros, flow, x0, 1, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(plain, FramePromptObjective(motion_weight=0.0).loss_at(
-        zeros, flow, x0, 1, generator=torch.Generator().manual_seed(0)))
-    torch.testing.assert_close(plain, x0[:, 1:].pow(2).mean())
-    assert FramePromptObjective().pixel_weight(x0) is None
-    for bad in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="motion_weight must be a number >= 0"):
-            FramePromptObjective(motion_weight=bad)

@@ -67,10 +67,6 @@ class FramePromptObjective:
     ((1 - t) / t)^2 clamped to [1, snr_max], so the network learns to keep the detail of nearly clean frames."""
     snr_max: float = 5.0
     """snr_clamp: the largest weight (that of the samples with t <= 1 / (1 + sqrt(snr_max)))."""
-    motion_weight: float = 0.0
-    """Extra weight on the pixels that change: each squared error of frame i is weighted 1 + motion_weight * m,
-    m in [0, 1] the pixel's largest change over channels from the clean frame i - 1, divided by the frame's
-    largest (0 for a frame that does not change and for the clip's first); 0: every pixel weighs 1."""
     text_drop_prob: float = 0.1
     """Probability of replacing a caption by the null embedding in training (classifier-free guidance)."""
     teacher_forcing: bool = False
@@ -95,8 +91,6 @@ class FramePromptObjective:
             raise ValueError(f"loss_weighting must be 'none' or 'snr_clamp', got {self.loss_weighting!r}")
         if not (math.isfinite(self.snr_max) and self.snr_max >= 1):
             raise ValueError(f"snr_max must be a number >= 1, got {self.snr_max}")
-        if not (math.isfinite(self.motion_weight) and self.motion_weight >= 0):
-            raise ValueError(f"motion_weight must be a number >= 0, got {self.motion_weight}")
         if self.teacher_forcing and self.prompt_rule != "uniform":
             raise ValueError("teacher_forcing trains every prompt length from prompt_min_len up at once: it needs "
                              f"prompt_rule 'uniform', got {self.prompt_rule!r}")
@@ -242,17 +236,7 @@ class FramePromptObjective:
         layout = {"teacher_forced": True} if self.teacher_forcing else {}
         pred = model(x_in, diffusion.model_time(t_in), text=text, text_mask=text_mask, drop_text=drop,
                      **layout)[:, -L:]  # teacher forcing: the noisy half
-        return frame_prompt_loss(pred, diffusion.target(x0, noise, t), lens, valid, self.loss_weight(t_frames),
-                                 self.pixel_weight(x0))
-
-    def pixel_weight(self, x0: Tensor) -> Tensor | None:
-        """(B, L, 1, H, W) weights of `motion_weight` for clean latents x0 (B, L, C, H, W), or None when it is 0."""
-        if not self.motion_weight:
-            return None
-        change = (x0[:, 1:] - x0[:, :-1]).abs().amax(dim=2, keepdim=True)  # (B, L-1, 1, H, W)
-        share = change / change.amax(dim=(3, 4), keepdim=True).clamp_min(1e-12)
-        share = torch.cat([torch.zeros_like(x0[:, :1, :1]), share], dim=1)  # the first frame: no earlier one
-        return 1.0 + self.motion_weight * share
+        return frame_prompt_loss(pred, diffusion.target(x0, noise, t), lens, valid, self.loss_weight(t_frames))
 
 
 def prompt_lengths(prompt_len: int | Tensor, batch: int, clip_len: int) -> Tensor:
@@ -271,23 +255,18 @@ def prompt_lengths(prompt_len: int | Tensor, batch: int, clip_len: int) -> Tenso
 
 def frame_prompt_loss(
     pred: Tensor, target: Tensor, prompt_len: int | Tensor, valid: Tensor | None = None, weight: Tensor | None = None,
-    pixel_weight: Tensor | None = None,
 ) -> Tensor:
     """Mean squared error over noisy frames only.
 
     pred, target: (B, L, C, H, W); frames < prompt_len (one for the batch, or (B,) one per clip) are
     prompts and contribute nothing (their gradient is exactly zero); valid: (B, L) bool masks padding
     frames out as well; weight: (B,) multiplies each sample's frame errors, (B, L) each frame's (the
-    mean is still over the frames counted, not the weights); pixel_weight: broadcastable to pred,
-    multiplies each squared error before a frame's mean.
+    mean is still over the frames counted, not the weights).
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     B, L = pred.shape[:2]
-    squared = (pred.float() - target.float()).pow(2)
-    if pixel_weight is not None:
-        squared = squared * pixel_weight
-    per_frame = squared.mean(dim=(2, 3, 4))  # (B, L)
+    per_frame = (pred.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, L)
     lens = prompt_lengths(prompt_len, B, L).to(pred.device)
     keep = torch.arange(L, device=pred.device)[None, :] >= lens[:, None]  # (B, L)
     if valid is not None:
