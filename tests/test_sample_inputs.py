@@ -115,6 +115,7 @@ def test_animate_an_image_and_a_list_of_prompts(files: dict[str, Path], tmp_path
     (["--prompt", "VIDEO", "--cfg-scale", "nan"], "argument --cfg-scale: not a finite number: 'nan'"),
     (["--prompt", "VIDEO", "--context-noise", "inf"], "argument --context-noise: not a finite number"),
     (["--prompt", "VIDEO", "--context-noise", "1.5"], "context_noise must be a number in [0, 1)"),
+    (["--prompt", "VIDEO", "--context-guidance-noise", "0.5"], "context_guidance_noise needs context guidance"),
     (["--prompt", "VIDEO", "--eta", "-1"], "--eta -1: ddim_eta must be >= 0"),
 ])
 def test_bad_inputs_get_one_line(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
