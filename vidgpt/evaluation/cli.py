@@ -205,15 +205,18 @@ def main(argv: list[str] | None = None) -> int:
 
     s = spec.sampling
     use_cache = s.kv_cache and model.cfg.causal
+    plan = [f"chunk {s.chunk}", f"window {s.window}", *([f"sink {s.sink}"] if s.sink else []), f"{s.steps} steps",
+            f"eta {diffusion.eta:g}"]
+    if s.context_scale != 1.0:
+        plan.append(f"context guidance {s.context_scale:g}" + (
+            f" against context noised to {s.context_guidance_noise:g}" if s.context_guidance_noise else ""))
+    if s.context_noise:
+        plan.append(f"context noise {s.context_noise:g}")
+    if s.cfg_scale != 1.0 and clips.text is not None:
+        plan.append(f"caption guidance {s.cfg_scale:g}")
+    plan += ["kv-cache" if use_cache else "no cache", clips.conditioning]
     print(f"continuing {spec.num_clips} clips from {s.prompt_frames} prompt frames for {spec.multiples} x "
-          f"{spec.clip_len} frames (chunk {s.chunk}, window {s.window}{f', sink {s.sink}' if s.sink else ''}, "
-          f"{s.steps} steps, eta {diffusion.eta:g}, "
-          f"{f'context guidance {s.context_scale:g}' if s.context_scale != 1.0 else ''}"
-          f"{f' against context noised to {s.context_guidance_noise:g}' if s.context_guidance_noise else ''}"
-          f"{', ' if s.context_scale != 1.0 else ''}"
-          f"{f'context noise {s.context_noise:g}, ' if s.context_noise else ''}"
-          f"{f'caption guidance {s.cfg_scale:g}, ' if s.cfg_scale != 1.0 and clips.text is not None else ''}"
-          f"{'kv-cache' if use_cache else 'no cache'}, {clips.conditioning})", flush=True)
+          f"{spec.clip_len} frames ({', '.join(plan)})", flush=True)
     videos = continue_videos(model, diffusion, clips.codec, clips.truth, spec, seed=args.seed,
                              text=clips.text, text_mask=clips.text_mask,
                              progress=lambda line: print("  " + line, flush=True))
